@@ -1,0 +1,51 @@
+#pragma once
+// The CLI's subcommands. Each parses nothing itself: main.cpp fills these structs from flags.
+#include <CLI/CLI.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "serving/sampling.h"
+
+namespace hs::cli {
+
+struct ModelFlags {
+  std::string model = "default";
+  std::string dtype = "auto";
+  std::string device = "cpu";
+};
+
+struct SamplingFlags {
+  std::optional<float> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int32_t> top_k, max_tokens;
+  std::optional<int64_t> seed;
+  std::vector<std::string> stop;
+};
+
+struct GenerateFlags {
+  std::string prompt;  // read from stdin when empty
+  bool json = false;
+};
+
+struct ChatFlags {
+  std::string system;
+  bool no_think = false;
+};
+
+struct TokenizeFlags {
+  std::string text;
+  bool json = false;
+  bool add_special = false;
+};
+
+void add_model_flags(CLI::App* app, ModelFlags& f);
+void add_sampling_flags(CLI::App* app, SamplingFlags& f);
+// Engine defaults overridden by whatever flags were given.
+SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFlags& f, int32_t default_max_tokens);
+
+int run_generate(const ModelFlags& m, const SamplingFlags& s, const GenerateFlags& g);
+int run_chat(const ModelFlags& m, const SamplingFlags& s, const ChatFlags& c);
+int run_tokenize(const ModelFlags& m, const TokenizeFlags& t);
+int run_info(const ModelFlags& m, bool json);
+
+}  // namespace hs::cli

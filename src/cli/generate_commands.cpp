@@ -1,0 +1,119 @@
+// `generate` and `chat`: the commands that run the model.
+#include <unistd.h>
+
+#include <iostream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "serving/generate.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hs::cli {
+
+void add_model_flags(CLI::App* app, ModelFlags& f) {
+  app->add_option("-m,--model", f.model, "Hugging Face folder, .gguf file, or 'default' (bundled SmolLM2-135M-Instruct)")
+      ->capture_default_str();
+  app->add_option("--dtype", f.dtype, "auto, float32 or bfloat16")->capture_default_str();
+  app->add_option("--device", f.device, "cpu, cuda or cuda:N")->capture_default_str();
+}
+
+void add_sampling_flags(CLI::App* app, SamplingFlags& f) {
+  app->add_option("--temperature", f.temperature, "Sampling temperature; 0 is greedy");
+  app->add_option("--top-p", f.top_p, "Nucleus sampling threshold in (0, 1]");
+  app->add_option("--top-k", f.top_k, "Keep the k most likely tokens; 0 disables");
+  app->add_option("--min-p", f.min_p, "Drop tokens below min-p times the top probability");
+  app->add_option("--repetition-penalty", f.repetition_penalty, "Penalty for tokens already present (1 disables)");
+  app->add_option("--max-tokens", f.max_tokens, "Maximum new tokens");
+  app->add_option("--seed", f.seed, "Random seed for reproducible sampling");
+  app->add_option("--stop", f.stop, "Stop string (repeatable)");
+}
+
+SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFlags& f, int32_t default_max_tokens) {
+  SamplingParams p = defaults;
+  p.max_tokens = default_max_tokens;
+  if (f.temperature) p.temperature = *f.temperature;
+  if (f.top_p) p.top_p = *f.top_p;
+  if (f.top_k) p.top_k = *f.top_k;
+  if (f.min_p) p.min_p = *f.min_p;
+  if (f.repetition_penalty) p.repetition_penalty = *f.repetition_penalty;
+  if (f.max_tokens) p.max_tokens = *f.max_tokens;
+  if (f.seed) p.seed = *f.seed;
+  p.stop = f.stop;
+  validate_sampling(p);
+  return p;
+}
+
+namespace {
+
+Engine load(const ModelFlags& m) {
+  Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true});
+  if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' has no tokenizer.json");
+  return e;
+}
+
+// Streams one generation to stdout; returns the full text.
+std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
+  size_t printed = 0;
+  GenerationResult r = generate(e, req, [&](const TokenEvent& ev) {
+    if (json) {
+      std::cout << nlohmann::json{{"id", ev.id}, {"text", ev.text}, {"logprob", ev.logprob}}.dump() << "\n";
+    } else {
+      std::cout << ev.text;
+    }
+    printed += ev.text.size();
+    std::cout.flush();
+    return true;
+  });
+  std::string rest = r.text.size() > printed ? r.text.substr(printed) : "";
+  if (json) {
+    std::cout << nlohmann::json{{"finish_reason", r.finish_reason}, {"text", r.text},
+                                {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()}}
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << rest;
+  }
+  std::cout.flush();
+  return r.text;
+}
+
+}  // namespace
+
+int run_generate(const ModelFlags& m, const SamplingFlags& s, const GenerateFlags& g) {
+  std::string prompt = g.prompt;
+  if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  if (prompt.empty()) throw Error(ErrorKind::InvalidArgument, "the prompt is empty (pass --prompt or pipe text in)");
+  Engine e = load(m);
+  GenerationRequest req{encode(*e.tokenizer, prompt, /*add_special_tokens=*/true),
+                        resolve_sampling(e.defaults, s, 256)};
+  stream(e, req, g.json);
+  if (!g.json) std::cout << "\n";
+  return 0;
+}
+
+int run_chat(const ModelFlags& m, const SamplingFlags& s, const ChatFlags& c) {
+  Engine e = load(m);
+  const ChatTemplate tmpl = detect_chat_template(e.tokenizer->chat_template);
+  const SamplingParams params = resolve_sampling(e.defaults, s, 512);
+  std::vector<ChatMessage> messages;
+  if (!c.system.empty()) messages.push_back({"system", c.system});
+  const bool interactive = isatty(STDIN_FILENO);
+  std::string line;
+  while (true) {
+    if (interactive) std::cout << "> " << std::flush;
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    messages.push_back({"user", line});
+    std::string prompt = render_chat(tmpl, messages, true, !c.no_think);
+    GenerationRequest req{encode(*e.tokenizer, prompt, false), params};
+    std::string reply = stream(e, req, false);
+    std::cout << "\n";
+    messages.push_back({"assistant", reply});
+  }
+  return 0;
+}
+
+}  // namespace hs::cli

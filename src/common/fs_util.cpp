@@ -1,0 +1,18 @@
+#include "common/fs_util.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace hs {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorKind::NotFound, "cannot read '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace hs

@@ -1,0 +1,9 @@
+#pragma once
+#include <string>
+
+namespace hs {
+
+// Whole file as a string; throws NotFound with the path when it cannot be read.
+std::string read_text_file(const std::string& path);
+
+}  // namespace hs

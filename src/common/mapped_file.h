@@ -1,0 +1,29 @@
+#pragma once
+// A read-only memory map of a whole file. Weights are views into it, so it must outlive them:
+// tensors hold a shared_ptr to the map.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace hs {
+
+class MappedFile {
+ public:
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile(std::string path, const uint8_t* data, size_t size) : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  const uint8_t* data_;
+  size_t size_;
+};
+
+}  // namespace hs

@@ -1,0 +1,14 @@
+#pragma once
+// Block formats of the GGUF specification turned back into floats. Layouts follow ggml's
+// block_q4_0 / q4_1 / q8_0 / q4_K / q6_K structs; see dequantize.cpp for each.
+#include <cstdint>
+
+namespace hs {
+
+float half_to_float(uint16_t h);
+
+// Decodes n elements (a multiple of the type's block size) from src into dst.
+// Throws Unsupported for a type it does not know.
+void dequantize(uint32_t ggml_type, const uint8_t* src, float* dst, int64_t n);
+
+}  // namespace hs

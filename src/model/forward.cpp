@@ -1,0 +1,103 @@
+#include "model/forward.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace hs {
+
+namespace {
+
+// RMSNorm as transformers computes it: in float32, cast back before the weight multiply.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+}  // namespace
+
+KvCache make_kv_cache(const Model& model, int64_t rows, int64_t capacity) {
+  const ModelConfig& c = model.config;
+  KvCache cache;
+  cache.rows = rows;
+  cache.capacity = capacity;
+  auto opts = at::TensorOptions().dtype(model.dtype).device(model.device);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    cache.k.push_back(at::zeros({rows, capacity + 1, c.num_kv_heads, c.head_dim}, opts));
+    cache.v.push_back(at::zeros({rows, capacity + 1, c.num_kv_heads, c.head_dim}, opts));
+  }
+  return cache;
+}
+
+at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
+  const ModelConfig& c = model.config;
+  const ModelWeights& w = model.weights;
+  const int64_t B = step.tokens.size(0), T = step.tokens.size(1), L = step.kv_extent;
+  if (B != cache.rows) throw Error(ErrorKind::Internal, "batch rows do not match the KV cache");
+  if (L > cache.capacity)
+    throw Error(ErrorKind::ContextOverflow, "the sequence needs " + std::to_string(L) +
+                                                " positions but the KV cache holds " + std::to_string(cache.capacity));
+  const auto dev = model.device;
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
+
+  at::Tensor x = w.embed.index_select(0, step.tokens.reshape({-1})).view({B, T, c.hidden_size});
+
+  // Absolute positions of this step's tokens; padding tokens write to the scratch slot.
+  at::Tensor offsets = at::arange(T, i64);
+  at::Tensor pos = step.start_pos.unsqueeze(1) + offsets.unsqueeze(0);                  // [B, T]
+  at::Tensor valid = offsets.unsqueeze(0) < step.n_new.unsqueeze(1);                    // [B, T]
+  at::Tensor write_pos = at::where(valid, pos, at::full_like(pos, cache.capacity));     // [B, T]
+  at::Tensor rows = at::arange(B, i64).unsqueeze(1).expand({B, T});
+  at::Tensor mask = at::arange(L, i64).view({1, 1, 1, L}) <= pos.view({B, 1, T, 1});    // [B, 1, T, L]
+
+  // RoPE angles computed as transformers does (float32 positions times float32 inverse frequencies).
+  at::Tensor inv_freq =
+      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
+  at::Tensor freqs = pos.to(at::kFloat).unsqueeze(-1) * inv_freq;                        // [B, T, D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  at::Tensor cos = emb.cos().to(model.dtype).unsqueeze(2);                               // [B, T, 1, D]
+  at::Tensor sin = emb.sin().to(model.dtype).unsqueeze(2);
+
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    const LayerWeights& l = w.layers[li];
+    at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
+    at::Tensor q = linear(h, l.wq, l.bq).view({B, T, c.num_heads, c.head_dim});
+    at::Tensor k = linear(h, l.wk, l.bk).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = linear(h, l.wv, l.bv).view({B, T, c.num_kv_heads, c.head_dim});
+    if (l.q_norm.defined()) {
+      q = rms_norm(q, l.q_norm, c.rms_norm_eps);
+      k = rms_norm(k, l.k_norm, c.rms_norm_eps);
+    }
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    cache.k[li].index_put_({rows, write_pos}, k);
+    cache.v[li].index_put_({rows, write_pos}, v);
+    at::Tensor keys = cache.k[li].narrow(1, 0, L).transpose(1, 2);    // [B, KVH, L, D]
+    at::Tensor values = cache.v[li].narrow(1, 0, L).transpose(1, 2);
+    at::Tensor attn = at::scaled_dot_product_attention(q.transpose(1, 2), keys, values, mask, 0.0, false, scale,
+                                                       /*enable_gqa=*/true);        // [B, H, T, D]
+    x = x + linear(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.wo, l.bo);
+    h = rms_norm(x, l.ffn_norm, c.rms_norm_eps);
+    at::Tensor ff = at::silu(linear(h, l.w_gate, l.b_gate)) * linear(h, l.w_up, l.b_up);
+    x = x + linear(ff, l.w_down, l.b_down);
+  }
+  if (!step.all_logits) {
+    at::Tensor last = (step.n_new - 1).clamp_min(0);
+    x = x.index({at::arange(B, i64), last});  // [B, hidden]
+  }
+  x = rms_norm(x, w.final_norm, c.rms_norm_eps);
+  return at::linear(x, w.lm_head).to(at::kFloat);
+}
+
+}  // namespace hs

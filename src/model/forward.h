@@ -1,0 +1,33 @@
+#pragma once
+// The transformer forward pass over a batch in which every row has its own start position and its own
+// number of new tokens, reading and extending a preallocated KV cache.
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "model/model.h"
+
+namespace hs {
+
+// Keys and values per layer, [rows, capacity + 1, kv_heads, head_dim]. The extra position is a scratch
+// slot that absorbs writes from padding tokens, so a step's shapes never depend on the data.
+struct KvCache {
+  std::vector<at::Tensor> k, v;
+  int64_t rows = 0;
+  int64_t capacity = 0;
+};
+
+KvCache make_kv_cache(const Model& model, int64_t rows, int64_t capacity);
+
+struct BatchStep {
+  at::Tensor tokens;     // [rows, T] int64 on the model's device; row r's tokens past n_new[r] are padding
+  at::Tensor start_pos;  // [rows] int64: tokens of each row already in the cache
+  at::Tensor n_new;      // [rows] int64: valid tokens of each row in `tokens` (0 leaves the row untouched)
+  int64_t kv_extent = 0; // max over rows of start_pos + n_new; attention reads this much of the cache
+  bool all_logits = false;
+};
+
+// Returns float32 logits: [rows, vocab] for each row's last new token, or [rows, T, vocab] with all_logits.
+at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step);
+
+}  // namespace hs

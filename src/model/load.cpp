@@ -1,0 +1,289 @@
+#include "model/load.h"
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "model/config.h"
+#include "model/dequantize.h"
+#include "model/gguf_file.h"
+#include "model/model.h"
+#include "model/safetensors_file.h"
+
+namespace hs {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Produces a weight by Hugging Face name, already in the model's dtype and device; an undefined
+// tensor when the file lacks it.
+using WeightSource = std::function<at::Tensor(const std::string& name)>;
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+at::Tensor take(const WeightSource& src, const std::string& name, std::vector<int64_t> shape, bool required) {
+  at::Tensor t = src(name);
+  if (!t.defined()) {
+    if (required) throw Error(ErrorKind::CorruptFile, "the model file lacks the tensor '" + name + "'");
+    return t;
+  }
+  if (t.sizes() != at::IntArrayRef(shape))
+    throw Error(ErrorKind::CorruptFile, "tensor '" + name + "' has shape " + shape_str(t.sizes()) + ", expected " +
+                                            shape_str(shape) + " from the model configuration");
+  return t;
+}
+
+ModelWeights build_weights(const ModelConfig& c, const WeightSource& src) {
+  const int64_t h = c.hidden_size, q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+  const int64_t ff = c.intermediate_size;
+  ModelWeights w;
+  w.embed = take(src, "model.embed_tokens.weight", {c.vocab_size, h}, true);
+  w.final_norm = take(src, "model.norm.weight", {h}, true);
+  w.lm_head = take(src, "lm_head.weight", {c.vocab_size, h}, !c.tie_word_embeddings);
+  if (!w.lm_head.defined()) w.lm_head = w.embed;
+  const bool qk_norm = c.arch == Architecture::Qwen3;
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.attn_norm = take(src, p + "input_layernorm.weight", {h}, true);
+    l.wq = take(src, p + "self_attn.q_proj.weight", {q_out, h}, true);
+    l.wk = take(src, p + "self_attn.k_proj.weight", {kv_out, h}, true);
+    l.wv = take(src, p + "self_attn.v_proj.weight", {kv_out, h}, true);
+    l.wo = take(src, p + "self_attn.o_proj.weight", {h, q_out}, true);
+    if (c.attention_bias) {
+      l.bq = take(src, p + "self_attn.q_proj.bias", {q_out}, true);
+      l.bk = take(src, p + "self_attn.k_proj.bias", {kv_out}, true);
+      l.bv = take(src, p + "self_attn.v_proj.bias", {kv_out}, true);
+      l.bo = take(src, p + "self_attn.o_proj.bias", {h}, false);
+    }
+    if (qk_norm) {
+      l.q_norm = take(src, p + "self_attn.q_norm.weight", {c.head_dim}, true);
+      l.k_norm = take(src, p + "self_attn.k_norm.weight", {c.head_dim}, true);
+    }
+    l.ffn_norm = take(src, p + "post_attention_layernorm.weight", {h}, true);
+    l.w_gate = take(src, p + "mlp.gate_proj.weight", {ff, h}, true);
+    l.w_up = take(src, p + "mlp.up_proj.weight", {ff, h}, true);
+    l.w_down = take(src, p + "mlp.down_proj.weight", {h, ff}, true);
+    if (c.mlp_bias) {
+      l.b_gate = take(src, p + "mlp.gate_proj.bias", {ff}, true);
+      l.b_up = take(src, p + "mlp.up_proj.bias", {ff}, true);
+      l.b_down = take(src, p + "mlp.down_proj.bias", {h}, true);
+    }
+    w.layers.push_back(std::move(l));
+  }
+  return w;
+}
+
+at::Device parse_device(const std::string& s) {
+  try {
+    at::Device d(s);
+    if (d.is_cuda() && !at::hasCUDA())
+      throw Error(ErrorKind::InvalidArgument, "device '" + s + "' requested but no CUDA device is available");
+    if (!d.is_cpu() && !d.is_cuda()) throw Error(ErrorKind::Unsupported, "device '" + s + "' is not supported");
+    return d;
+  } catch (const c10::Error&) {
+    throw Error(ErrorKind::InvalidArgument, "'" + s + "' is not a device (expected cpu, cuda or cuda:N)");
+  }
+}
+
+at::ScalarType parse_dtype(const std::string& s, const at::Device& device) {
+  if (s == "auto") return device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  if (s == "float32" || s == "fp32" || s == "f32") return at::kFloat;
+  if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
+  throw Error(ErrorKind::InvalidArgument, "dtype '" + s + "' is not supported (auto, float32, bfloat16)");
+}
+
+// A view into mapped bytes when they already have the wanted dtype and device, a converted copy otherwise.
+at::Tensor materialize(const uint8_t* data, at::ScalarType file_dtype, at::IntArrayRef shape, const Model& m) {
+  at::Tensor view = at::from_blob(const_cast<uint8_t*>(data), shape, at::TensorOptions().dtype(file_dtype));
+  if (file_dtype == m.dtype && m.device.is_cpu()) return view;
+  return view.to(m.device, m.dtype, /*non_blocking=*/false, /*copy=*/true);
+}
+
+at::ScalarType safetensors_dtype(const std::string& name, const std::string& dtype) {
+  if (dtype == "F32") return at::kFloat;
+  if (dtype == "F16") return at::kHalf;
+  if (dtype == "BF16") return at::kBFloat16;
+  throw Error(ErrorKind::Unsupported, "tensor '" + name + "' has dtype " + dtype + "; supported: F32, F16, BF16");
+}
+
+std::shared_ptr<Model> load_hf_folder(const std::string& dir, std::shared_ptr<Model> m) {
+  fs::path config_path = fs::path(dir) / "config.json";
+  if (!fs::exists(config_path)) throw Error(ErrorKind::NotFound, "'" + dir + "' has no config.json");
+  m->config = parse_hf_config(read_text_file(config_path.string()));
+  m->format = "safetensors";
+  SafetensorsTensors tensors = read_safetensors_folder(dir);
+  for (auto& [name, e] : tensors) m->files.push_back(e.file);
+  WeightSource src = [&](const std::string& name) -> at::Tensor {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) return {};
+    return materialize(it->second.data, safetensors_dtype(name, it->second.dtype), it->second.shape, *m);
+  };
+  m->weights = build_weights(m->config, src);
+  return m;
+}
+
+ModelConfig config_from_gguf(const GgufFile& g) {
+  const std::string arch = g.get_string("general.architecture");
+  ModelConfig c;
+  if (arch == "llama") {
+    c.arch = Architecture::Llama;
+  } else if (arch == "qwen3") {
+    c.arch = Architecture::Qwen3;
+  } else {
+    throw Error(ErrorKind::Unsupported,
+                "GGUF architecture '" + arch + "' is not supported; supported architectures: llama, qwen3");
+  }
+  const std::string p = arch + ".";
+  c.hidden_size = g.get_int(p + "embedding_length");
+  c.intermediate_size = g.get_int(p + "feed_forward_length");
+  c.num_layers = g.get_int(p + "block_count");
+  c.num_heads = g.get_int(p + "attention.head_count");
+  c.num_kv_heads = g.get_int(p + "attention.head_count_kv", c.num_heads);
+  c.head_dim = g.get_int(p + "attention.key_length", c.num_heads ? c.hidden_size / c.num_heads : 0);
+  c.context_length = g.get_int(p + "context_length");
+  c.rope_theta = g.get_float(p + "rope.freq_base", 10000.0);
+  c.rms_norm_eps = g.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5);
+  const GgufTensorInfo* embd = g.find_tensor("token_embd.weight");
+  if (!embd || embd->ne.size() != 2) throw Error(ErrorKind::CorruptFile, "GGUF file lacks token_embd.weight");
+  c.vocab_size = g.get_int(p + "vocab_size", embd->ne[1]);
+  c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
+  c.attention_bias = g.find_tensor("blk.0.attn_q.bias") != nullptr;
+  if (g.has(p + "rope.scaling.type") && g.get_string(p + "rope.scaling.type") != "none")
+    throw Error(ErrorKind::Unsupported, "rope scaling '" + g.get_string(p + "rope.scaling.type") + "' is not supported");
+  validate_config(c);
+  return c;
+}
+
+std::string gguf_name(const std::string& hf) {
+  static const std::pair<const char*, const char*> kLayer[] = {
+      {"input_layernorm.weight", "attn_norm.weight"},        {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},          {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},     {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},              {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"self_attn.o_proj.bias", "attn_output.bias"},         {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},     {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},           {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"},
+  };
+  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf == "model.norm.weight") return "output_norm.weight";
+  if (hf == "lm_head.weight") return "output.weight";
+  const std::string prefix = "model.layers.";
+  size_t dot = hf.find('.', prefix.size());
+  std::string index = hf.substr(prefix.size(), dot - prefix.size());
+  std::string rest = hf.substr(dot + 1);
+  for (const auto& [from, to] : kLayer)
+    if (rest == from) return "blk." + index + "." + to;
+  return "";
+}
+
+// llama.cpp's converter permutes Llama q/k rows so that its interleaved RoPE applies; undo it so the
+// Hugging Face rotate-half RoPE in forward.cpp is right for both formats.
+at::Tensor unpermute_rope_rows(const at::Tensor& w, int64_t n_heads) {
+  const int64_t out = w.size(0);
+  return w.reshape({n_heads, out / n_heads / 2, 2, w.size(1)}).transpose(1, 2).reshape({out, w.size(1)}).contiguous();
+}
+
+std::shared_ptr<Model> load_gguf(const std::string& path, std::shared_ptr<Model> m) {
+  GgufFile g = read_gguf(path);
+  m->config = config_from_gguf(g);
+  m->format = "gguf";
+  m->files.push_back(g.file);
+  WeightSource src = [&](const std::string& hf) -> at::Tensor {
+    const GgufTensorInfo* t = g.find_tensor(gguf_name(hf));
+    if (!t) return {};
+    std::vector<int64_t> shape(t->ne.rbegin(), t->ne.rend());
+    if (!t->data)
+      throw Error(ErrorKind::Unsupported, "tensor '" + t->name + "' has type " + ggml_type_name(t->type) +
+                                              ", which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                                              "Q4_1, Q4_K, Q6_K)");
+    at::Tensor out;
+    if (t->type == static_cast<uint32_t>(GgmlType::F32)) {
+      out = materialize(t->data, at::kFloat, shape, *m);
+    } else if (t->type == static_cast<uint32_t>(GgmlType::BF16)) {
+      out = materialize(t->data, at::kBFloat16, shape, *m);
+    } else {
+      at::Tensor f = at::empty(shape, at::kFloat);
+      dequantize(t->type, t->data, f.data_ptr<float>(), t->numel());
+      out = f.to(m->device, m->dtype);
+    }
+    if (m->config.arch == Architecture::Llama) {
+      if (hf.find("q_proj") != std::string::npos) out = unpermute_rope_rows(out, m->config.num_heads);
+      if (hf.find("k_proj") != std::string::npos) out = unpermute_rope_rows(out, m->config.num_kv_heads);
+    }
+    return out;
+  };
+  m->weights = build_weights(m->config, src);
+  return m;
+}
+
+bool has_gguf_magic(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char magic[4] = {};
+  size_t n = std::fread(magic, 1, 4, f);
+  std::fclose(f);
+  return n == 4 && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+std::shared_ptr<Model> new_model(const LoadOptions& options, const std::string& source) {
+  auto m = std::make_shared<Model>();
+  m->device = parse_device(options.device);
+  m->dtype = parse_dtype(options.dtype, m->device);
+  m->source = source;
+  return m;
+}
+
+}  // namespace
+
+std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+  auto m = new_model(options, path);
+  if (fs::is_directory(path)) return load_hf_folder(path, m);
+  if (!fs::exists(path)) throw Error(ErrorKind::NotFound, "model '" + path + "' does not exist");
+  if (fs::path(path).extension() == ".gguf" || has_gguf_magic(path)) return load_gguf(path, m);
+  throw Error(ErrorKind::Unsupported,
+              "'" + path + "' is neither a Hugging Face model folder nor a GGUF file");
+}
+
+std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOptions& options, uint64_t seed) {
+  validate_config(config);
+  auto m = new_model(options, "random");
+  m->config = config;
+  m->format = "random";
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const int64_t h = config.hidden_size;
+  auto opts = at::TensorOptions().dtype(m->dtype).device(m->device);
+  auto normal = [&](std::vector<int64_t> shape) {
+    return at::normal(0.0, 0.02, shape, gen, at::TensorOptions().dtype(at::kFloat)).to(m->device, m->dtype);
+  };
+  WeightSource random_src = [&](const std::string& name) -> at::Tensor {
+    const ModelConfig& c = config;
+    const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim, ff = c.intermediate_size;
+    auto ends_with = [&](const char* s) {
+      std::string suffix(s);
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (name == "model.embed_tokens.weight") return normal({c.vocab_size, h});
+    if (name == "lm_head.weight") return c.tie_word_embeddings ? at::Tensor() : normal({c.vocab_size, h});
+    if (ends_with("norm.weight") || ends_with("layernorm.weight"))
+      return at::ones({ends_with("q_norm.weight") || ends_with("k_norm.weight") ? c.head_dim : h}, opts);
+    if (ends_with("q_proj.weight")) return normal({q_out, h});
+    if (ends_with("k_proj.weight") || ends_with("v_proj.weight")) return normal({kv_out, h});
+    if (ends_with("o_proj.weight")) return normal({h, q_out});
+    if (ends_with("gate_proj.weight") || ends_with("up_proj.weight")) return normal({ff, h});
+    if (ends_with("down_proj.weight")) return normal({h, ff});
+    return {};
+  };
+  m->weights = build_weights(config, random_src);
+  return m;
+}
+
+}  // namespace hs

@@ -1,0 +1,23 @@
+#pragma once
+// Loading models from Hugging Face folders (config.json + safetensors) and GGUF files.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace hs {
+
+struct Model;
+struct ModelConfig;
+
+struct LoadOptions {
+  std::string dtype = "auto";   // "auto" (float32 on cpu, bfloat16 on cuda), "float32", "bfloat16"
+  std::string device = "cpu";   // "cpu", "cuda", "cuda:N"
+};
+
+// path is a Hugging Face model folder or a .gguf file.
+std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& options);
+
+// A model of the given shape with random weights (N(0, 0.02), seeded), for benchmarks.
+std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOptions& options, uint64_t seed);
+
+}  // namespace hs

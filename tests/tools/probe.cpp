@@ -1,0 +1,163 @@
+// Test probe: runs engine internals on a JSON request (argv[1]) and writes results for pytest to compare
+// against Hugging Face references. Modes: logits, generate, tokenize, chat, dequantize.
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "model/dequantize.h"
+#include "model/forward.h"
+#include "model/gguf_file.h"
+#include "model/load.h"
+#include "model/safetensors_file.h"
+#include "serving/generate.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using nlohmann::json;
+using NamedTensors = std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>>;
+
+std::vector<float> to_vector(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kFloat).contiguous().cpu();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+// Batched, chunked prefill with logits at every position, then teacher-forced batched decode of the
+// continuation tokens: row i yields logits for prompt_i + continuation_i, one position at a time.
+void run_logits(const json& req) {
+  auto model = hs::load_model(req.at("model"), hs::LoadOptions{req.value("dtype", "float32"), "cpu"});
+  auto prompts = req.at("prompts").get<std::vector<std::vector<int64_t>>>();
+  auto conts = req.value("continuations", std::vector<std::vector<int64_t>>(prompts.size()));
+  const int64_t chunk = req.value("chunk", 1 << 20);
+  const int64_t B = prompts.size();
+  int64_t longest = 0, capacity = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    longest = std::max<int64_t>(longest, prompts[b].size());
+    capacity = std::max<int64_t>(capacity, prompts[b].size() + conts[b].size());
+  }
+  at::InferenceMode guard;
+  hs::KvCache cache = hs::make_kv_cache(*model, B, capacity);
+  std::vector<std::vector<at::Tensor>> rows(B);
+  auto i64 = at::TensorOptions().dtype(at::kLong);
+  for (int64_t off = 0; off < longest; off += chunk) {
+    const int64_t T = std::min(chunk, longest - off);
+    at::Tensor tokens = at::zeros({B, T}, i64);
+    std::vector<int64_t> start(B), n_new(B);
+    int64_t extent = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t len = prompts[b].size();
+      start[b] = std::min(off, len);
+      n_new[b] = std::clamp<int64_t>(len - off, 0, T);
+      for (int64_t t = 0; t < n_new[b]; ++t) tokens[b][t] = prompts[b][off + t];
+      extent = std::max(extent, start[b] + n_new[b]);
+    }
+    at::Tensor out = hs::forward(*model, cache, {tokens, at::tensor(start, i64), at::tensor(n_new, i64), extent, true});
+    for (int64_t b = 0; b < B; ++b)
+      if (n_new[b] > 0) rows[b].push_back(out[b].narrow(0, 0, n_new[b]));
+  }
+  size_t longest_cont = 0;
+  for (const auto& c : conts) longest_cont = std::max(longest_cont, c.size());
+  for (size_t s = 0; s < longest_cont; ++s) {
+    std::vector<int64_t> tok(B, 0), start(B), n_new(B, 0);
+    int64_t extent = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      start[b] = prompts[b].size() + std::min(s, conts[b].size());
+      if (s < conts[b].size()) {
+        tok[b] = conts[b][s];
+        n_new[b] = 1;
+      }
+      extent = std::max(extent, start[b] + n_new[b]);
+    }
+    at::Tensor out = hs::forward(*model, cache,
+                                 {at::tensor(tok, i64).view({B, 1}), at::tensor(start, i64), at::tensor(n_new, i64), extent, false});
+    for (int64_t b = 0; b < B; ++b)
+      if (n_new[b]) rows[b].push_back(out[b].unsqueeze(0));
+  }
+  NamedTensors named;
+  for (int64_t b = 0; b < B; ++b) {
+    at::Tensor all = at::cat(rows[b], 0);
+    named.push_back({"logits." + std::to_string(b), {all.sizes().vec(), to_vector(all)}});
+  }
+  hs::write_safetensors_f32(req.at("out"), named);
+}
+
+void run_generate(const json& req) {
+  hs::Engine engine = hs::load_engine(hs::EngineOptions{req.at("model"), req.value("dtype", "float32"), "cpu", true});
+  std::vector<hs::GenerationRequest> requests;
+  for (const auto& p : req.at("prompts")) {
+    hs::GenerationRequest r;
+    r.prompt = p.get<std::vector<int32_t>>();
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = req.value("max_tokens", 32);
+    r.sampling.ignore_eos = req.value("ignore_eos", true);
+    requests.push_back(r);
+  }
+  hs::GenerateOptions opts;
+  opts.prefill_chunk = req.value("chunk", 512);
+  auto results = hs::generate_batch(engine, requests, {}, opts);
+  json out = json::array();
+  for (const auto& r : results) out.push_back({{"ids", r.ids}, {"finish_reason", r.finish_reason}});
+  std::cout << json{{"results", out}}.dump() << "\n";
+}
+
+void run_tokenize(const json& req) {
+  auto tok = hs::load_tokenizer(req.at("model"));
+  json ids = json::array(), decoded = json::array();
+  for (const auto& t : req.at("texts")) {
+    auto v = hs::encode(*tok, t.get<std::string>(), req.value("add_special_tokens", false));
+    ids.push_back(v);
+    decoded.push_back(hs::decode(*tok, v));
+  }
+  std::cout << json{{"ids", ids}, {"decoded", decoded}}.dump() << "\n";
+}
+
+void run_chat(const json& req) {
+  auto tok = hs::load_tokenizer(req.at("model"));
+  hs::ChatTemplate tmpl = hs::detect_chat_template(req.contains("template") ? req["template"].get<std::string>()
+                                                                           : tok->chat_template);
+  json out = json::array();
+  for (const auto& conv : req.at("conversations")) {
+    std::vector<hs::ChatMessage> msgs;
+    for (const auto& m : conv) msgs.push_back({m.at("role"), m.at("content")});
+    out.push_back(hs::render_chat(tmpl, msgs, req.value("add_generation_prompt", true), req.value("enable_thinking", true)));
+  }
+  std::cout << json{{"rendered", out}}.dump() << "\n";
+}
+
+void run_dequantize(const json& req) {
+  hs::GgufFile g = hs::read_gguf(req.at("gguf"));
+  NamedTensors named;
+  for (const auto& t : g.tensors) {
+    std::vector<float> values(t.numel());
+    if (!t.data) throw hs::Error(hs::ErrorKind::Unsupported, "tensor type " + hs::ggml_type_name(t.type) + " is not supported");
+    hs::dequantize(t.type, t.data, values.data(), t.numel());
+    named.push_back({t.name, {std::vector<int64_t>(t.ne.rbegin(), t.ne.rend()), std::move(values)}});
+  }
+  hs::write_safetensors_f32(req.at("out"), named);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: hyprstream-probe REQUEST.json\n";
+    return 2;
+  }
+  try {
+    json req = json::parse(hs::read_text_file(argv[1]));
+    const std::string mode = req.at("mode");
+    if (mode == "logits") run_logits(req);
+    else if (mode == "generate") run_generate(req);
+    else if (mode == "tokenize") run_tokenize(req);
+    else if (mode == "chat") run_chat(req);
+    else if (mode == "dequantize") run_dequantize(req);
+    else throw hs::Error(hs::ErrorKind::InvalidArgument, "unknown mode " + mode);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
