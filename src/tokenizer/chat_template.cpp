@@ -80,10 +80,18 @@ ChatTemplate detect_chat_template(const std::string& jinja) {
     t.format = ChatFormat::Qwen3;
     return t;
   }
-  // A default system prompt is written literally inside the template; the first literal one counts.
-  const std::string open = "<|im_start|>system\\n";
+  // A default system prompt is written literally inside the template, after "system" and a newline that
+  // is either escaped in the Jinja string or a real one (GGUF converters unescape it); the first counts.
+  const std::string open = "<|im_start|>system";
   for (size_t at = jinja.find(open); at != std::string::npos; at = jinja.find(open, at + 1)) {
     size_t begin = at + open.size();
+    if (jinja.compare(begin, 2, "\\n") == 0) {
+      begin += 2;
+    } else if (jinja.compare(begin, 1, "\n") == 0) {
+      begin += 1;
+    } else {
+      continue;
+    }
     size_t end = jinja.find("<|im_end|>", begin);
     if (end == std::string::npos) break;
     std::string text = jinja.substr(begin, end - begin);

