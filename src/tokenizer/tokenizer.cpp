@@ -43,8 +43,8 @@ void bpe_piece(const Tokenizer& tok, std::string_view piece, std::vector<int32_t
   for (size_t i = 0; i < mapped.size();) {
     size_t n = utf8_sequence_length(static_cast<unsigned char>(mapped[i]));
     int32_t id = tok.find_token(mapped.substr(i, n));
-    if (id < 0) throw Error(ErrorKind::CorruptFile, "tokenizer vocabulary lacks a byte-level symbol");
-    symbols.push_back(id);
+    if (id < 0) id = tok.unk_id;
+    if (id >= 0) symbols.push_back(id);
     i += n;
   }
   while (symbols.size() > 1) {

@@ -41,6 +41,7 @@ struct Tokenizer {
   bool ignore_merges = false;  // a whole piece found in the vocabulary is emitted as is (Llama 3)
   std::vector<int32_t> prefix_ids, suffix_ids;  // added by encode(..., add_special_tokens=true)
   int32_t bos_id = -1, eos_id = -1, pad_id = -1;
+  int32_t unk_id = -1;  // BPE symbol missing from the vocabulary: this id, or dropped when -1 (as `tokenizers` does)
   std::string chat_template;
   std::string source;
 

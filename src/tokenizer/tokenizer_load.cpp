@@ -195,6 +195,8 @@ std::shared_ptr<Tokenizer> load_tokenizer_json(const std::string& folder) {
       tok->added_tokens.push_back(t);
     }
     finish_added_tokens(*tok);
+    if (model.contains("unk_token") && model["unk_token"].is_string())
+      tok->unk_id = tok->find_token(model["unk_token"].get<std::string>());
     read_normalizer(*tok, j.value("normalizer", json()));
     bool byte_level = false;
     read_pre_tokenizer(*tok, j.value("pre_tokenizer", json()), &byte_level);

@@ -111,7 +111,7 @@ void run_tokenize(const json& req) {
     ids.push_back(v);
     decoded.push_back(hs::decode(*tok, v));
   }
-  std::cout << json{{"ids", ids}, {"decoded", decoded}}.dump() << "\n";
+  std::cout << json{{"ids", ids}, {"decoded", decoded}}.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
 }
 
 void run_chat(const json& req) {
