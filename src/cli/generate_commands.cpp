@@ -50,7 +50,7 @@ namespace {
 
 Engine load(const ModelFlags& m) {
   Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true});
-  if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' has no tokenizer.json");
+  if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' ships no tokenizer (tokenizer.json or GGUF tokenizer metadata)");
   return e;
 }
 

@@ -93,7 +93,7 @@ Engine load_engine(const EngineOptions& options) {
   if (!fs::exists(e.path)) throw Error(ErrorKind::NotFound, "model '" + e.path + "' does not exist");
   const bool folder = fs::is_directory(e.path);
   if (options.load_weights) e.model = load_model(e.path, LoadOptions{options.dtype, options.device});
-  if (!folder || fs::exists(fs::path(e.path) / "tokenizer.json")) e.tokenizer = load_tokenizer(e.path);
+  e.tokenizer = load_tokenizer(e.path);
   if (folder) read_generation_config(e, fs::path(e.path) / "generation_config.json");
   if (e.tokenizer && e.tokenizer->eos_id >= 0) e.eos_ids.push_back(e.tokenizer->eos_id);
   // ChatML models end a turn with <|im_end|> whatever their declared eos is.

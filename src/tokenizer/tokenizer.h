@@ -52,7 +52,7 @@ struct Tokenizer {
 // Loads tokenizer.json (and tokenizer_config.json beside it for the chat template and special tokens).
 std::shared_ptr<Tokenizer> load_tokenizer_json(const std::string& folder);
 std::shared_ptr<Tokenizer> load_tokenizer_gguf(const GgufFile& gguf);
-// A folder holding tokenizer.json, or a .gguf file.
+// A folder holding tokenizer.json, or a .gguf file; null when the model ships no tokenizer.
 std::shared_ptr<Tokenizer> load_tokenizer(const std::string& model_path);
 
 // Throws InvalidArgument if text is not valid UTF-8.

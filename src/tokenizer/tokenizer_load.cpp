@@ -265,8 +265,10 @@ std::shared_ptr<Tokenizer> load_tokenizer_gguf(const GgufFile& g) {
 }
 
 std::shared_ptr<Tokenizer> load_tokenizer(const std::string& model_path) {
-  if (fs::is_directory(model_path)) return load_tokenizer_json(model_path);
-  return load_tokenizer_gguf(read_gguf(model_path));
+  if (fs::is_directory(model_path))
+    return fs::exists(fs::path(model_path) / "tokenizer.json") ? load_tokenizer_json(model_path) : nullptr;
+  GgufFile g = read_gguf(model_path);
+  return g.has("tokenizer.ggml.model") ? load_tokenizer_gguf(g) : nullptr;
 }
 
 }  // namespace hs

@@ -105,6 +105,7 @@ void run_generate(const json& req) {
 
 void run_tokenize(const json& req) {
   auto tok = hs::load_tokenizer(req.at("model"));
+  if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
   json ids = json::array(), decoded = json::array();
   for (const auto& t : req.at("texts")) {
     auto v = hs::encode(*tok, t.get<std::string>(), req.value("add_special_tokens", false));
@@ -116,6 +117,7 @@ void run_tokenize(const json& req) {
 
 void run_chat(const json& req) {
   auto tok = hs::load_tokenizer(req.at("model"));
+  if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
   hs::ChatTemplate tmpl = hs::detect_chat_template(req.contains("template") ? req["template"].get<std::string>()
                                                                            : tok->chat_template);
   json out = json::array();
