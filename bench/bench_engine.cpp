@@ -64,6 +64,7 @@ struct Args {
   std::string random_config;  // "qwen3-1.7b" or a config.json path
   std::string device = "cpu";
   std::string dtype = "auto";
+  std::string quantize = "none";
   std::vector<int64_t> prompt_lengths{128, 512};
   std::vector<int64_t> batches{1, 8};
   int64_t decode_steps = 32;
@@ -95,6 +96,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--random-config") a.random_config = value();
     else if (k == "--device") a.device = value();
     else if (k == "--dtype") a.dtype = value();
+    else if (k == "--quantize") a.quantize = value();
     else if (k == "--prompt-lengths") a.prompt_lengths = parse_list(value());
     else if (k == "--batches") a.batches = parse_list(value());
     else if (k == "--decode-steps") a.decode_steps = std::stoll(value());
@@ -103,7 +105,7 @@ Args parse_args(int argc, char** argv) {
     else
       throw hs::Error(hs::ErrorKind::InvalidArgument,
                       "unknown flag " + k +
-                          " (--model, --random-config, --device, --dtype, --prompt-lengths, --batches, "
+                          " (--model, --random-config, --device, --dtype, --quantize, --prompt-lengths, --batches, "
                           "--decode-steps, --context, --repeats)");
   }
   return a;
@@ -165,7 +167,7 @@ int main(int argc, char** argv) {
                       {"cuda_available", at::hasCUDA()}};
     auto t0 = Clock::now();
     std::shared_ptr<hs::Model> model;
-    hs::LoadOptions lo{a.dtype, a.device};
+    hs::LoadOptions lo{a.dtype, a.device, a.quantize};
     if (!a.random_config.empty()) {
       hs::ModelConfig c = a.random_config == "qwen3-1.7b" ? qwen3_1_7b()
                                                           : hs::parse_hf_config(hs::read_text_file(a.random_config));
@@ -183,6 +185,7 @@ int main(int argc, char** argv) {
     out["parameters"] = hs::parameter_count(m);
     out["dtype"] = m.dtype == at::kBFloat16 ? "bfloat16" : "float32";
     out["device"] = m.device.str();
+    out["weights"] = m.int8_weights ? "int8" : out["dtype"];
     for (int64_t n : a.prompt_lengths) {
       double s = time_prefill(m, n, a.repeats);
       out["prefill"][std::to_string(n)] = {{"ms", s * 1e3}, {"tokens_per_s", n / s}};

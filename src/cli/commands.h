@@ -13,6 +13,7 @@ struct ModelFlags {
   std::string model = "default";
   std::string dtype = "auto";
   std::string device = "cpu";
+  std::string quantize = "none";
 };
 
 struct SamplingFlags {

@@ -18,6 +18,8 @@ void add_model_flags(CLI::App* app, ModelFlags& f) {
       ->capture_default_str();
   app->add_option("--dtype", f.dtype, "auto, float32 or bfloat16")->capture_default_str();
   app->add_option("--device", f.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app->add_option("--quantize", f.quantize, "none, or int8: weight-only int8 projections (cpu), faster decoding")
+      ->capture_default_str();
 }
 
 void add_sampling_flags(CLI::App* app, SamplingFlags& f) {
@@ -49,7 +51,7 @@ SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFl
 namespace {
 
 Engine load(const ModelFlags& m) {
-  Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true});
+  Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true, m.quantize});
   if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' ships no tokenizer (tokenizer.json or GGUF tokenizer metadata)");
   return e;
 }

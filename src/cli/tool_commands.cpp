@@ -28,10 +28,10 @@ int run_tokenize(const ModelFlags& m, const TokenizeFlags& t) {
 }
 
 int run_info(const ModelFlags& m, bool json) {
-  ModelSummary s = summarize(load_engine(EngineOptions{m.model, m.dtype, m.device, true}));
+  ModelSummary s = summarize(load_engine(EngineOptions{m.model, m.dtype, m.device, true, m.quantize}));
   nlohmann::json j{{"path", s.path},           {"format", s.format},
                    {"architecture", s.architecture}, {"parameters", s.parameters},
-                   {"dtype", s.dtype},         {"device", s.device},
+                   {"dtype", s.dtype},         {"device", s.device},       {"weights", s.weights},
                    {"context_length", s.context_length}, {"vocab_size", s.vocab_size},
                    {"layers", s.layers},       {"hidden_size", s.hidden_size},
                    {"heads", s.heads},         {"kv_heads", s.kv_heads},

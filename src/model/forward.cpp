@@ -20,8 +20,30 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+// Rows up to which running the int8 kernel one row at a time beats dequantising for a dense matmul: the
+// kernel is fast for one row (the weights then stay in cache across rows) and slow for several at once.
+constexpr int64_t kInt8KernelMaxRows = 8;
+
+at::Tensor linear(const at::Tensor& x, const Linear& lin) {
+  at::Tensor y;
+  if (lin.q8.defined()) {
+    at::Tensor x2 = x.reshape({-1, x.size(-1)});
+    if (x2.size(0) <= kInt8KernelMaxRows) {
+      at::Tensor xb = x2.to(at::kBFloat16).contiguous();
+      std::vector<at::Tensor> rows;
+      for (int64_t r = 0; r < xb.size(0); ++r)
+        rows.push_back(at::_weight_int8pack_mm(xb.narrow(0, r, 1), lin.q8, lin.q8_scale));
+      y = (rows.size() == 1 ? rows[0] : at::cat(rows, 0)).to(x.scalar_type());
+    } else {
+      y = at::linear(x2, lin.q8.to(x.scalar_type()) * lin.q8_scale.to(x.scalar_type()).unsqueeze(1));
+    }
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = y.size(-1);
+    y = y.view(shape);
+  } else {
+    y = at::linear(x, lin.weight);
+  }
+  return lin.bias.defined() ? y + lin.bias : y;
 }
 
 }  // namespace
@@ -72,9 +94,9 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
   for (int64_t li = 0; li < c.num_layers; ++li) {
     const LayerWeights& l = w.layers[li];
     at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
-    at::Tensor q = linear(h, l.wq, l.bq).view({B, T, c.num_heads, c.head_dim});
-    at::Tensor k = linear(h, l.wk, l.bk).view({B, T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = linear(h, l.wv, l.bv).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor q = linear(h, l.q).view({B, T, c.num_heads, c.head_dim});
+    at::Tensor k = linear(h, l.k).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = linear(h, l.v).view({B, T, c.num_kv_heads, c.head_dim});
     if (l.q_norm.defined()) {
       q = rms_norm(q, l.q_norm, c.rms_norm_eps);
       k = rms_norm(k, l.k_norm, c.rms_norm_eps);
@@ -87,17 +109,16 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
     at::Tensor values = cache.v[li].narrow(1, 0, L).transpose(1, 2);
     at::Tensor attn = at::scaled_dot_product_attention(q.transpose(1, 2), keys, values, mask, 0.0, false, scale,
                                                        /*enable_gqa=*/true);        // [B, H, T, D]
-    x = x + linear(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.wo, l.bo);
+    x = x + linear(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o);
     h = rms_norm(x, l.ffn_norm, c.rms_norm_eps);
-    at::Tensor ff = at::silu(linear(h, l.w_gate, l.b_gate)) * linear(h, l.w_up, l.b_up);
-    x = x + linear(ff, l.w_down, l.b_down);
+    x = x + linear(at::silu(linear(h, l.gate)) * linear(h, l.up), l.down);
   }
   if (!step.all_logits) {
     at::Tensor last = (step.n_new - 1).clamp_min(0);
     x = x.index({at::arange(B, i64), last});  // [B, hidden]
   }
   x = rms_norm(x, w.final_norm, c.rms_norm_eps);
-  return at::linear(x, w.lm_head).to(at::kFloat);
+  return linear(x, w.lm_head).to(at::kFloat);
 }
 
 }  // namespace hs

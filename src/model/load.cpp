@@ -49,39 +49,48 @@ ModelWeights build_weights(const ModelConfig& c, const WeightSource& src) {
   ModelWeights w;
   w.embed = take(src, "model.embed_tokens.weight", {c.vocab_size, h}, true);
   w.final_norm = take(src, "model.norm.weight", {h}, true);
-  w.lm_head = take(src, "lm_head.weight", {c.vocab_size, h}, !c.tie_word_embeddings);
-  if (!w.lm_head.defined()) w.lm_head = w.embed;
+  w.lm_head.weight = take(src, "lm_head.weight", {c.vocab_size, h}, !c.tie_word_embeddings);
+  if (!w.lm_head.weight.defined()) {
+    w.lm_head.weight = w.embed;
+    w.lm_head_tied = true;
+  }
+  auto linear = [&](const std::string& name, int64_t out, int64_t in, bool has_bias, bool bias_required) {
+    Linear lin;
+    lin.weight = take(src, name + ".weight", {out, in}, true);
+    if (has_bias) lin.bias = take(src, name + ".bias", {out}, bias_required);
+    return lin;
+  };
   const bool qk_norm = c.arch == Architecture::Qwen3;
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights l;
     l.attn_norm = take(src, p + "input_layernorm.weight", {h}, true);
-    l.wq = take(src, p + "self_attn.q_proj.weight", {q_out, h}, true);
-    l.wk = take(src, p + "self_attn.k_proj.weight", {kv_out, h}, true);
-    l.wv = take(src, p + "self_attn.v_proj.weight", {kv_out, h}, true);
-    l.wo = take(src, p + "self_attn.o_proj.weight", {h, q_out}, true);
-    if (c.attention_bias) {
-      l.bq = take(src, p + "self_attn.q_proj.bias", {q_out}, true);
-      l.bk = take(src, p + "self_attn.k_proj.bias", {kv_out}, true);
-      l.bv = take(src, p + "self_attn.v_proj.bias", {kv_out}, true);
-      l.bo = take(src, p + "self_attn.o_proj.bias", {h}, false);
-    }
+    l.q = linear(p + "self_attn.q_proj", q_out, h, c.attention_bias, true);
+    l.k = linear(p + "self_attn.k_proj", kv_out, h, c.attention_bias, true);
+    l.v = linear(p + "self_attn.v_proj", kv_out, h, c.attention_bias, true);
+    l.o = linear(p + "self_attn.o_proj", h, q_out, c.attention_bias, false);
     if (qk_norm) {
       l.q_norm = take(src, p + "self_attn.q_norm.weight", {c.head_dim}, true);
       l.k_norm = take(src, p + "self_attn.k_norm.weight", {c.head_dim}, true);
     }
     l.ffn_norm = take(src, p + "post_attention_layernorm.weight", {h}, true);
-    l.w_gate = take(src, p + "mlp.gate_proj.weight", {ff, h}, true);
-    l.w_up = take(src, p + "mlp.up_proj.weight", {ff, h}, true);
-    l.w_down = take(src, p + "mlp.down_proj.weight", {h, ff}, true);
-    if (c.mlp_bias) {
-      l.b_gate = take(src, p + "mlp.gate_proj.bias", {ff}, true);
-      l.b_up = take(src, p + "mlp.up_proj.bias", {ff}, true);
-      l.b_down = take(src, p + "mlp.down_proj.bias", {h}, true);
-    }
+    l.gate = linear(p + "mlp.gate_proj", ff, h, c.mlp_bias, true);
+    l.up = linear(p + "mlp.up_proj", ff, h, c.mlp_bias, true);
+    l.down = linear(p + "mlp.down_proj", h, ff, c.mlp_bias, true);
     w.layers.push_back(std::move(l));
   }
   return w;
+}
+
+// Weight-only int8, symmetric per output row: the decode step then reads a byte per weight.
+void quantize_int8(ModelWeights& w) {
+  for_each_linear(w, [](Linear& lin) {
+    at::Tensor f = lin.weight.to(at::kFloat);
+    at::Tensor scale = (f.abs().amax(1) / 127.0).clamp_min(1e-12);
+    lin.q8 = at::round(f / scale.unsqueeze(1)).clamp(-127, 127).to(at::kChar).contiguous();
+    lin.q8_scale = scale.to(at::kBFloat16);
+    lin.weight = at::Tensor();
+  });
 }
 
 at::Device parse_device(const std::string& s) {
@@ -250,6 +259,13 @@ std::shared_ptr<Model> new_model(const LoadOptions& options, const std::string& 
   m->device = parse_device(options.device);
   m->dtype = parse_dtype(options.dtype, m->device);
   m->source = source;
+  if (options.quantize == "int8") {
+    // The int8 matmul kernel wants bfloat16 activations on the CPU.
+    if (!m->device.is_cpu()) throw Error(ErrorKind::Unsupported, "--quantize int8 is implemented for the cpu device only");
+    m->int8_weights = true;
+  } else if (options.quantize != "none") {
+    throw Error(ErrorKind::InvalidArgument, "quantize '" + options.quantize + "' is not supported (none, int8)");
+  }
   return m;
 }
 
@@ -257,11 +273,17 @@ std::shared_ptr<Model> new_model(const LoadOptions& options, const std::string& 
 
 std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
   auto m = new_model(options, path);
-  if (fs::is_directory(path)) return load_hf_folder(path, m);
-  if (!fs::exists(path)) throw Error(ErrorKind::NotFound, "model '" + path + "' does not exist");
-  if (fs::path(path).extension() == ".gguf" || has_gguf_magic(path)) return load_gguf(path, m);
-  throw Error(ErrorKind::Unsupported,
-              "'" + path + "' is neither a Hugging Face model folder nor a GGUF file");
+  if (fs::is_directory(path)) {
+    load_hf_folder(path, m);
+  } else if (!fs::exists(path)) {
+    throw Error(ErrorKind::NotFound, "model '" + path + "' does not exist");
+  } else if (fs::path(path).extension() == ".gguf" || has_gguf_magic(path)) {
+    load_gguf(path, m);
+  } else {
+    throw Error(ErrorKind::Unsupported, "'" + path + "' is neither a Hugging Face model folder nor a GGUF file");
+  }
+  if (m->int8_weights) quantize_int8(m->weights);
+  return m;
 }
 
 std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOptions& options, uint64_t seed) {
@@ -294,6 +316,7 @@ std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOp
     return {};
   };
   m->weights = build_weights(config, random_src);
+  if (m->int8_weights) quantize_int8(m->weights);
   return m;
 }
 

@@ -13,27 +13,36 @@
 
 namespace hs {
 
+// A projection y = x W^T + b. Dense models keep `weight`; weight-only int8 models keep `q8` and
+// `q8_scale` instead (per output row, symmetric), which halve to quarter the bytes a decode step reads.
+struct Linear {
+  at::Tensor weight;    // [out, in], as in PyTorch's Linear
+  at::Tensor bias;      // [out] or undefined
+  at::Tensor q8;        // [out, in] int8
+  at::Tensor q8_scale;  // [out] bfloat16
+};
+
 struct LayerWeights {
-  at::Tensor attn_norm;               // [hidden]
-  at::Tensor wq, wk, wv, wo;          // [out, in], as in PyTorch's Linear
-  at::Tensor bq, bk, bv, bo;          // undefined unless attention_bias
-  at::Tensor q_norm, k_norm;          // [head_dim], Qwen3 only
-  at::Tensor ffn_norm;                // [hidden]
-  at::Tensor w_gate, w_up, w_down;
-  at::Tensor b_gate, b_up, b_down;    // undefined unless mlp_bias
+  at::Tensor attn_norm;         // [hidden]
+  Linear q, k, v, o;            // biases only with attention_bias
+  at::Tensor q_norm, k_norm;    // [head_dim], Qwen3 only
+  at::Tensor ffn_norm;          // [hidden]
+  Linear gate, up, down;        // biases only with mlp_bias
 };
 
 struct ModelWeights {
   at::Tensor embed;       // [vocab, hidden]
   at::Tensor final_norm;  // [hidden]
-  at::Tensor lm_head;     // [vocab, hidden]; the same tensor as embed when tied
+  Linear lm_head;         // its weight is the embed tensor itself when tied
+  bool lm_head_tied = false;
   std::vector<LayerWeights> layers;
 };
 
 struct Model {
   ModelConfig config;
   ModelWeights weights;
-  at::ScalarType dtype = at::kFloat;
+  at::ScalarType dtype = at::kFloat;  // of activations and dense weights
+  bool int8_weights = false;
   at::Device device = at::kCPU;
   std::string source;  // the path it came from, or "random"
   std::string format;  // "safetensors", "gguf" or "random"
@@ -42,6 +51,9 @@ struct Model {
 
 // Calls fn(name, tensor) for every defined weight tensor, with Hugging Face names.
 void for_each_weight(ModelWeights& w, const std::function<void(const std::string&, at::Tensor&)>& fn);
+
+// Every projection, the lm_head included.
+void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn);
 
 int64_t parameter_count(const Model& model);
 

@@ -92,7 +92,7 @@ Engine load_engine(const EngineOptions& options) {
   e.path = resolve_model_path(options.model);
   if (!fs::exists(e.path)) throw Error(ErrorKind::NotFound, "model '" + e.path + "' does not exist");
   const bool folder = fs::is_directory(e.path);
-  if (options.load_weights) e.model = load_model(e.path, LoadOptions{options.dtype, options.device});
+  if (options.load_weights) e.model = load_model(e.path, LoadOptions{options.dtype, options.device, options.quantize});
   e.tokenizer = load_tokenizer(e.path);
   if (folder) read_generation_config(e, fs::path(e.path) / "generation_config.json");
   if (e.tokenizer && e.tokenizer->eos_id >= 0) e.eos_ids.push_back(e.tokenizer->eos_id);
@@ -114,6 +114,7 @@ ModelSummary summarize(const Engine& e) {
   s.architecture = architecture_name(c.arch);
   s.dtype = m.dtype == at::kBFloat16 ? "bfloat16" : "float32";
   s.device = m.device.str();
+  s.weights = m.int8_weights ? "int8" : s.dtype;
   s.parameters = parameter_count(m);
   s.context_length = c.context_length;
   s.vocab_size = c.vocab_size;

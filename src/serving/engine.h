@@ -17,6 +17,7 @@ struct EngineOptions {
   std::string dtype = "auto";
   std::string device = "cpu";
   bool load_weights = true;       // false loads only the tokenizer and the configuration
+  std::string quantize = "none";  // "int8": weight-only int8 projections on the CPU
 };
 
 struct Engine {
@@ -33,7 +34,7 @@ std::string resolve_model_path(const std::string& spec);
 Engine load_engine(const EngineOptions& options);
 
 struct ModelSummary {
-  std::string path, format, architecture, dtype, device;
+  std::string path, format, architecture, dtype, device, weights;
   int64_t parameters = 0, context_length = 0, vocab_size = 0, layers = 0, hidden_size = 0, heads = 0, kv_heads = 0,
           head_dim = 0;
   bool tied_embeddings = false;

@@ -47,3 +47,24 @@ def test_chat_answers_capital_of_france():
     assert r.returncode == 0, r.stderr
     print("chat reply:", r.stdout.strip())
     assert "Paris" in r.stdout
+
+
+def test_int8_weights_track_the_dense_model(default_model_path, hf_gguf, tmp_path):
+    """--quantize int8 trades exactness for decode speed; its predictions must stay the model's."""
+    tok, _ = hf_gguf
+    prompts = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
+    dense, int8 = tmp_path / "dense.safetensors", tmp_path / "int8.safetensors"
+    for out, quantize in ((dense, "none"), (int8, "int8")):
+        run_probe({"mode": "logits", "model": str(default_model_path), "prompts": prompts, "quantize": quantize,
+                   "out": str(out)}, tmp_path)
+    a, b = load_file(str(dense)), load_file(str(int8))
+    agree = total = 0
+    for i in range(len(prompts)):
+        agree += int((a[f"logits.{i}"].argmax(-1) == b[f"logits.{i}"].argmax(-1)).sum())
+        total += len(prompts[i])
+    print(f"int8 weights: top-1 agrees with dense at {agree}/{total} positions")
+    assert agree >= 0.9 * total
+    r = run_cli("chat", "--model", "default", "--quantize", "int8", "--temperature", "0", "--max-tokens", "48",
+                input_text="What is the capital of France?\n")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout

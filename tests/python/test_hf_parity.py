@@ -1,4 +1,6 @@
 """Our forward pass and generation against transformers on tiny random Qwen3 and Llama models (fp32)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,29 @@ def test_batch_of_ragged_prompts_with_kv_cache(tiny, tmp_path):
     got = run_probe({"mode": "generate", "model": str(folder), "prompts": prompts, "max_tokens": NEW_TOKENS,
                      "chunk": 8}, tmp_path)["results"]
     assert [r["ids"] for r in got] == expected
+
+
+def test_sharded_bf16_checkpoint_loads_as_fp32(tmp_path):
+    """Shards listed in model.safetensors.index.json, stored in bf16, converted to fp32 on load."""
+    folder = tmp_path / "sharded"
+    build_tiny_model("qwen3_tied_gqa", folder, save_dtype=torch.bfloat16, max_shard_size="40KB")
+    assert (folder / "model.safetensors.index.json").exists()
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    from transformers import AutoModelForCausalLM
+    ref_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = prompt_of(32, 3)
+    ours = probe_logits(folder, [prompt], tmp_path)[0]
+    assert np.abs(ours - hf_logits(ref_model, prompt)).max() <= TOL
+
+
+def test_bfloat16_compute_tracks_transformers(tiny, tmp_path):
+    name, folder, model = tiny
+    prompt = prompt_of(32, 4)
+    out = tmp_path / "bf16.safetensors"
+    run_probe({"mode": "logits", "model": str(folder), "dtype": "bfloat16", "prompts": [prompt], "out": str(out)},
+              tmp_path)
+    ours = load_file(str(out))["logits.0"]
+    ref = hf_logits(copy.deepcopy(model).to(torch.bfloat16), prompt)
+    diff = np.abs(ours - ref).max()
+    print(f"{name}: bf16 max |logit diff| = {diff:.2e}")
+    assert diff <= 0.05 * max(1.0, float(np.abs(ref).max()))

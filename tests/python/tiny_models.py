@@ -21,7 +21,8 @@ TINY_CONFIGS = {
 }
 
 
-def build_tiny_model(name, folder, seed=0, max_position_embeddings=256):
+def build_tiny_model(name, folder, seed=0, max_position_embeddings=256, save_dtype=torch.float32,
+                     max_shard_size=None):
     cls, kwargs = TINY_CONFIGS[name]
     config = cls(vocab_size=VOCAB, max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-6,
                  initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs)
@@ -33,5 +34,6 @@ def build_tiny_model(name, folder, seed=0, max_position_embeddings=256):
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder, safe_serialization=True)
-    return model
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.to(save_dtype).save_pretrained(folder, safe_serialization=True, **kwargs)
+    return model.to(torch.float32)

@@ -28,7 +28,8 @@ std::vector<float> to_vector(const at::Tensor& t) {
 // Batched, chunked prefill with logits at every position, then teacher-forced batched decode of the
 // continuation tokens: row i yields logits for prompt_i + continuation_i, one position at a time.
 void run_logits(const json& req) {
-  auto model = hs::load_model(req.at("model"), hs::LoadOptions{req.value("dtype", "float32"), "cpu"});
+  auto model = hs::load_model(req.at("model"),
+                              hs::LoadOptions{req.value("dtype", "float32"), "cpu", req.value("quantize", "none")});
   auto prompts = req.at("prompts").get<std::vector<std::vector<int64_t>>>();
   auto conts = req.value("continuations", std::vector<std::vector<int64_t>>(prompts.size()));
   const int64_t chunk = req.value("chunk", 1 << 20);
