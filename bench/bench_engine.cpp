@@ -70,6 +70,7 @@ struct Args {
   int64_t decode_steps = 32;
   int64_t context = 128;  // tokens in the cache before decode is timed
   int repeats = 3;
+  std::string llama_bench;  // path to llama.cpp's llama-bench: run it on the same GGUF as a peer
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -102,11 +103,12 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--decode-steps") a.decode_steps = std::stoll(value());
     else if (k == "--context") a.context = std::stoll(value());
     else if (k == "--repeats") a.repeats = std::stoi(value());
+    else if (k == "--llama-bench") a.llama_bench = value();
     else
       throw hs::Error(hs::ErrorKind::InvalidArgument,
                       "unknown flag " + k +
                           " (--model, --random-config, --device, --dtype, --quantize, --prompt-lengths, --batches, "
-                          "--decode-steps, --context, --repeats)");
+                          "--decode-steps, --context, --repeats, --llama-bench)");
   }
   return a;
 }
@@ -149,6 +151,27 @@ double time_decode(const hs::Model& m, int64_t rows, int64_t context, int64_t st
   for (int64_t s = 0; s < steps; ++s, ++pos) next = hs::forward(m, cache, step_for(next, pos, m)).argmax(-1).view({rows, 1});
   next.cpu();
   return seconds_since(t0) / static_cast<double>(steps);
+}
+
+// Runs llama.cpp's llama-bench on the same GGUF with the same thread count and returns tokens/s per test
+// ("pp128", "pp512", "tg<steps>"), as its JSON output reports them.
+json run_llama_bench(const Args& a, const std::string& gguf, int threads) {
+  std::string prompts;
+  for (int64_t n : a.prompt_lengths) prompts += (prompts.empty() ? "" : ",") + std::to_string(n);
+  std::string cmd = "'" + a.llama_bench + "' -m '" + gguf + "' -t " + std::to_string(threads) + " -p " + prompts +
+                    " -n " + std::to_string(a.decode_steps) + " -r " + std::to_string(a.repeats) + " -o json 2>/dev/null";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) throw hs::Error(hs::ErrorKind::NotFound, "cannot run " + a.llama_bench);
+  std::string text;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) text.append(buf, n);
+  if (pclose(pipe) != 0) throw hs::Error(hs::ErrorKind::Internal, "llama-bench failed: " + cmd);
+  json out;
+  for (const auto& r : json::parse(text)) {
+    const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0);
+    out[p > 0 ? "pp" + std::to_string(p) : "tg" + std::to_string(g)] = r.value("avg_ts", 0.0);
+  }
+  return out;
 }
 
 }  // namespace
@@ -196,6 +219,18 @@ int main(int argc, char** argv) {
           {"ms_per_step", s * 1e3}, {"tokens_per_s", b / s}, {"context", a.context}, {"steps", a.decode_steps}};
     }
     out["peak_rss_mb"] = peak_rss_mb();
+    if (!a.llama_bench.empty()) {
+      if (m.format != "gguf") throw hs::Error(hs::ErrorKind::InvalidArgument, "--llama-bench needs a GGUF model");
+      json peer = run_llama_bench(a, m.source, at::get_num_threads());
+      out["llama_cpp"] = peer;
+      for (int64_t n : a.prompt_lengths)
+        if (peer.contains("pp" + std::to_string(n)))
+          out["ratio_vs_llama_cpp"]["prefill_" + std::to_string(n)] =
+              out["prefill"][std::to_string(n)]["tokens_per_s"].get<double>() / peer["pp" + std::to_string(n)].get<double>();
+      if (peer.contains("tg" + std::to_string(a.decode_steps)) && out["decode"].contains("batch_1"))
+        out["ratio_vs_llama_cpp"]["decode_batch_1"] = out["decode"]["batch_1"]["tokens_per_s"].get<double>() /
+                                                       peer["tg" + std::to_string(a.decode_steps)].get<double>();
+    }
     std::cout << out.dump(2) << std::endl;
     return 0;
   } catch (const hs::Error& e) {
