@@ -1,5 +1,6 @@
 #include "model/forward.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
@@ -59,6 +60,32 @@ KvCache make_kv_cache(const Model& model, int64_t rows, int64_t capacity) {
     cache.v.push_back(at::zeros({rows, capacity + 1, c.num_kv_heads, c.head_dim}, opts));
   }
   return cache;
+}
+
+BatchStep make_step(const std::vector<int64_t>& tokens, int64_t T, const std::vector<int64_t>& start_pos,
+                    const std::vector<int64_t>& n_new, const at::Device& device, bool all_logits) {
+  const int64_t rows = static_cast<int64_t>(start_pos.size());
+  int64_t extent = 0;
+  for (int64_t b = 0; b < rows; ++b) extent = std::max(extent, start_pos[b] + n_new[b]);
+  const auto i64 = at::TensorOptions().dtype(at::kLong);
+  return BatchStep{at::tensor(tokens, i64).view({rows, T}).to(device), at::tensor(start_pos, i64).to(device),
+                   at::tensor(n_new, i64).to(device), extent, all_logits};
+}
+
+BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_t offset, int64_t chunk,
+                        const at::Device& device, bool all_logits) {
+  const int64_t rows = static_cast<int64_t>(prompts.size());
+  int64_t longest = 0;
+  for (const auto& p : prompts) longest = std::max<int64_t>(longest, p.size());
+  const int64_t T = std::max<int64_t>(1, std::min(chunk, longest - offset));
+  std::vector<int64_t> tokens(rows * T, 0), start(rows), n_new(rows);
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t len = static_cast<int64_t>(prompts[b].size());
+    start[b] = std::min(offset, len);
+    n_new[b] = std::clamp<int64_t>(len - offset, 0, T);
+    for (int64_t t = 0; t < n_new[b]; ++t) tokens[b * T + t] = prompts[b][offset + t];
+  }
+  return make_step(tokens, T, start, n_new, device, all_logits);
 }
 
 at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {

@@ -27,6 +27,15 @@ struct BatchStep {
   bool all_logits = false;
 };
 
+// A step from host-side values: tokens are rows x T, row-major; kv_extent is derived.
+BatchStep make_step(const std::vector<int64_t>& tokens, int64_t T, const std::vector<int64_t>& start_pos,
+                    const std::vector<int64_t>& n_new, const at::Device& device, bool all_logits = false);
+
+// Tokens [offset, offset + chunk) of every prompt, padded: one step of a chunked prefill. A row whose prompt
+// is shorter than offset gets no new tokens; a row's last prompt token falls in exactly one chunk.
+BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_t offset, int64_t chunk,
+                        const at::Device& device, bool all_logits = false);
+
 // Returns float32 logits: [rows, vocab] for each row's last new token, or [rows, T, vocab] with all_logits.
 at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step);
 

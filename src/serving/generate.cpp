@@ -42,6 +42,8 @@ void validate_request(const Engine& engine, const GenerationRequest& r) {
     throw Error(ErrorKind::InvalidArgument, "stop strings need a tokenizer, and this model has none");
 }
 
+int64_t row_len(const std::vector<int32_t>& prompt) { return static_cast<int64_t>(prompt.size()); }
+
 // Length of the longest suffix of `text` that is a proper prefix of some stop string.
 size_t pending_stop_prefix(const std::string& text, const std::vector<std::string>& stops) {
   size_t best = 0;
@@ -103,30 +105,17 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
 
   at::InferenceMode guard;
   KvCache cache = make_kv_cache(model, B, capacity);
-  const auto i64 = at::TensorOptions().dtype(at::kLong);
   at::Tensor logits;  // [B, V] on the host: each row's logits for its next token
 
-  // Prefill in chunks; each row's last prompt token falls in exactly one chunk.
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& r : requests) prompts.push_back(r.prompt);
   const int64_t chunk = std::max<int64_t>(1, options.prefill_chunk);
   for (int64_t off = 0; off < longest_prompt; off += chunk) {
-    const int64_t T = std::min(chunk, longest_prompt - off);
-    at::Tensor tokens = at::zeros({B, T}, i64);
-    std::vector<int64_t> start(B), n_new(B);
-    int64_t extent = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      const auto& prompt = requests[b].prompt;
-      const int64_t len = static_cast<int64_t>(prompt.size());
-      start[b] = std::min(off, len);
-      n_new[b] = std::clamp<int64_t>(len - off, 0, T);
-      for (int64_t t = 0; t < n_new[b]; ++t) tokens[b][t] = prompt[off + t];
-      extent = std::max(extent, start[b] + n_new[b]);
-    }
-    BatchStep step{tokens.to(model.device), at::tensor(start, i64).to(model.device),
-                   at::tensor(n_new, i64).to(model.device), extent, false};
+    BatchStep step = prefill_chunk(prompts, off, chunk, model.device);
     at::Tensor out = forward(model, cache, step).cpu();
     if (!logits.defined()) logits = out.clone();
     for (int64_t b = 0; b < B; ++b)
-      if (n_new[b] > 0 && start[b] + n_new[b] == static_cast<int64_t>(requests[b].prompt.size())) logits[b] = out[b];
+      if (off < row_len(prompts[b]) && off + chunk >= row_len(prompts[b])) logits[b] = out[b];
   }
   for (int64_t b = 0; b < B; ++b) rows[b].length = rows[b].result.prompt_tokens;
 
@@ -176,11 +165,7 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
       any = true;
     }
     if (!any) break;
-    int64_t extent = 0;
-    for (int64_t b = 0; b < B; ++b) extent = std::max(extent, start[b] + n_new[b]);
-    BatchStep step{at::tensor(next, i64).view({B, 1}).to(model.device), at::tensor(start, i64).to(model.device),
-                   at::tensor(n_new, i64).to(model.device), extent, false};
-    logits = forward(model, cache, step).cpu();
+    logits = forward(model, cache, make_step(next, 1, start, n_new, model.device)).cpu();
     for (int64_t b = 0; b < B; ++b) rows[b].length += n_new[b];
   }
 

@@ -30,50 +30,38 @@ std::vector<float> to_vector(const at::Tensor& t) {
 void run_logits(const json& req) {
   auto model = hs::load_model(req.at("model"),
                               hs::LoadOptions{req.value("dtype", "float32"), "cpu", req.value("quantize", "none")});
-  auto prompts = req.at("prompts").get<std::vector<std::vector<int64_t>>>();
+  auto prompts = req.at("prompts").get<std::vector<std::vector<int32_t>>>();
   auto conts = req.value("continuations", std::vector<std::vector<int64_t>>(prompts.size()));
   const int64_t chunk = req.value("chunk", 1 << 20);
   const int64_t B = prompts.size();
   int64_t longest = 0, capacity = 0;
+  size_t longest_cont = 0;
   for (int64_t b = 0; b < B; ++b) {
     longest = std::max<int64_t>(longest, prompts[b].size());
     capacity = std::max<int64_t>(capacity, prompts[b].size() + conts[b].size());
+    longest_cont = std::max(longest_cont, conts[b].size());
   }
   at::InferenceMode guard;
   hs::KvCache cache = hs::make_kv_cache(*model, B, capacity);
   std::vector<std::vector<at::Tensor>> rows(B);
-  auto i64 = at::TensorOptions().dtype(at::kLong);
   for (int64_t off = 0; off < longest; off += chunk) {
-    const int64_t T = std::min(chunk, longest - off);
-    at::Tensor tokens = at::zeros({B, T}, i64);
-    std::vector<int64_t> start(B), n_new(B);
-    int64_t extent = 0;
+    hs::BatchStep step = hs::prefill_chunk(prompts, off, chunk, model->device, true);
+    at::Tensor out = hs::forward(*model, cache, step);
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t len = prompts[b].size();
-      start[b] = std::min(off, len);
-      n_new[b] = std::clamp<int64_t>(len - off, 0, T);
-      for (int64_t t = 0; t < n_new[b]; ++t) tokens[b][t] = prompts[b][off + t];
-      extent = std::max(extent, start[b] + n_new[b]);
+      const int64_t n = std::clamp<int64_t>(static_cast<int64_t>(prompts[b].size()) - off, 0, out.size(1));
+      if (n > 0) rows[b].push_back(out[b].narrow(0, 0, n));
     }
-    at::Tensor out = hs::forward(*model, cache, {tokens, at::tensor(start, i64), at::tensor(n_new, i64), extent, true});
-    for (int64_t b = 0; b < B; ++b)
-      if (n_new[b] > 0) rows[b].push_back(out[b].narrow(0, 0, n_new[b]));
   }
-  size_t longest_cont = 0;
-  for (const auto& c : conts) longest_cont = std::max(longest_cont, c.size());
   for (size_t s = 0; s < longest_cont; ++s) {
     std::vector<int64_t> tok(B, 0), start(B), n_new(B, 0);
-    int64_t extent = 0;
     for (int64_t b = 0; b < B; ++b) {
       start[b] = prompts[b].size() + std::min(s, conts[b].size());
       if (s < conts[b].size()) {
         tok[b] = conts[b][s];
         n_new[b] = 1;
       }
-      extent = std::max(extent, start[b] + n_new[b]);
     }
-    at::Tensor out = hs::forward(*model, cache,
-                                 {at::tensor(tok, i64).view({B, 1}), at::tensor(start, i64), at::tensor(n_new, i64), extent, false});
+    at::Tensor out = hs::forward(*model, cache, hs::make_step(tok, 1, start, n_new, model->device));
     for (int64_t b = 0; b < B; ++b)
       if (n_new[b]) rows[b].push_back(out[b].unsqueeze(0));
   }
