@@ -21,6 +21,7 @@ struct SamplingFlags {
   std::optional<int32_t> top_k, max_tokens;
   std::optional<int64_t> seed;
   std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
 };
 
 struct GenerateFlags {

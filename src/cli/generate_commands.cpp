@@ -31,6 +31,7 @@ void add_sampling_flags(CLI::App* app, SamplingFlags& f) {
   app->add_option("--max-tokens", f.max_tokens, "Maximum new tokens");
   app->add_option("--seed", f.seed, "Random seed for reproducible sampling");
   app->add_option("--stop", f.stop, "Stop string (repeatable)");
+  app->add_option("--stop-token-id", f.stop_token_ids, "Token id that ends generation (repeatable)");
 }
 
 SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFlags& f, int32_t default_max_tokens) {
@@ -44,6 +45,7 @@ SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFl
   if (f.max_tokens) p.max_tokens = *f.max_tokens;
   if (f.seed) p.seed = *f.seed;
   p.stop = f.stop;
+  p.stop_token_ids = f.stop_token_ids;
   validate_sampling(p);
   return p;
 }

@@ -21,9 +21,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Produces a weight by Hugging Face name, already in the model's dtype and device; an undefined
-// tensor when the file lacks it.
-using WeightSource = std::function<at::Tensor(const std::string& name)>;
+// Produces a weight by Hugging Face name and expected shape, already in the model's dtype and device; an
+// undefined tensor when the file lacks it. File sources ignore the shape; take() checks it afterwards.
+using WeightSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
 
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
@@ -32,7 +32,7 @@ std::string shape_str(at::IntArrayRef s) {
 }
 
 at::Tensor take(const WeightSource& src, const std::string& name, std::vector<int64_t> shape, bool required) {
-  at::Tensor t = src(name);
+  at::Tensor t = src(name, shape);
   if (!t.defined()) {
     if (required) throw Error(ErrorKind::CorruptFile, "the model file lacks the tensor '" + name + "'");
     return t;
@@ -133,7 +133,7 @@ std::shared_ptr<Model> load_hf_folder(const std::string& dir, std::shared_ptr<Mo
   m->format = "safetensors";
   SafetensorsTensors tensors = read_safetensors_folder(dir);
   for (auto& [name, e] : tensors) m->files.push_back(e.file);
-  WeightSource src = [&](const std::string& name) -> at::Tensor {
+  WeightSource src = [&](const std::string& name, const std::vector<int64_t>&) -> at::Tensor {
     auto it = tensors.find(name);
     if (it == tensors.end()) return {};
     return materialize(it->second.data, safetensors_dtype(name, it->second.dtype), it->second.shape, *m);
@@ -209,7 +209,7 @@ std::shared_ptr<Model> load_gguf(const std::string& path, std::shared_ptr<Model>
   m->config = config_from_gguf(g);
   m->format = "gguf";
   m->files.push_back(g.file);
-  WeightSource src = [&](const std::string& hf) -> at::Tensor {
+  WeightSource src = [&](const std::string& hf, const std::vector<int64_t>&) -> at::Tensor {
     const GgufTensorInfo* t = g.find_tensor(gguf_name(hf));
     if (!t) return {};
     std::vector<int64_t> shape(t->ne.rbegin(), t->ne.rend());
@@ -292,28 +292,11 @@ std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOp
   m->config = config;
   m->format = "random";
   at::Generator gen = at::detail::createCPUGenerator(seed);
-  const int64_t h = config.hidden_size;
-  auto opts = at::TensorOptions().dtype(m->dtype).device(m->device);
-  auto normal = [&](std::vector<int64_t> shape) {
-    return at::normal(0.0, 0.02, shape, gen, at::TensorOptions().dtype(at::kFloat)).to(m->device, m->dtype);
-  };
-  WeightSource random_src = [&](const std::string& name) -> at::Tensor {
-    const ModelConfig& c = config;
-    const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim, ff = c.intermediate_size;
-    auto ends_with = [&](const char* s) {
-      std::string suffix(s);
-      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (name == "model.embed_tokens.weight") return normal({c.vocab_size, h});
-    if (name == "lm_head.weight") return c.tie_word_embeddings ? at::Tensor() : normal({c.vocab_size, h});
-    if (ends_with("norm.weight") || ends_with("layernorm.weight"))
-      return at::ones({ends_with("q_norm.weight") || ends_with("k_norm.weight") ? c.head_dim : h}, opts);
-    if (ends_with("q_proj.weight")) return normal({q_out, h});
-    if (ends_with("k_proj.weight") || ends_with("v_proj.weight")) return normal({kv_out, h});
-    if (ends_with("o_proj.weight")) return normal({h, q_out});
-    if (ends_with("gate_proj.weight") || ends_with("up_proj.weight")) return normal({ff, h});
-    if (ends_with("down_proj.weight")) return normal({h, ff});
-    return {};
+  WeightSource random_src = [&](const std::string& name, const std::vector<int64_t>& shape) -> at::Tensor {
+    if (name == "lm_head.weight" && config.tie_word_embeddings) return {};
+    const bool norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    at::Tensor t = norm ? at::ones(shape, at::kFloat) : at::normal(0.0, 0.02, shape, gen, at::TensorOptions().dtype(at::kFloat));
+    return t.to(m->device, m->dtype);
   };
   m->weights = build_weights(config, random_src);
   if (m->int8_weights) quantize_int8(m->weights);

@@ -71,6 +71,16 @@ def test_stop_string_ends_generation_and_is_excluded():
     assert final["text"] == text[:text.index(stop)]
 
 
+def test_stop_token_id_ends_generation():
+    free, _ = generate_json("--prompt", "Count: one, two, three,", "--temperature", "0", "--max-tokens", "24")
+    stop_id = free[3]["id"]
+    first = next(i for i, t in enumerate(free) if t["id"] == stop_id)
+    tokens, final = generate_json("--prompt", "Count: one, two, three,", "--temperature", "0", "--max-tokens", "24",
+                                  "--stop-token-id", str(stop_id))
+    assert final["finish_reason"] == "stop"
+    assert [t["id"] for t in tokens] == [t["id"] for t in free[:first]]
+
+
 def test_plain_generate_streams_text():
     r = run_cli("generate", "--model", "default", "--prompt", "The capital of France is", "--temperature", "0",
                 "--max-tokens", "8")
