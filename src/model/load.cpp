@@ -204,8 +204,7 @@ at::Tensor unpermute_rope_rows(const at::Tensor& w, int64_t n_heads) {
   return w.reshape({n_heads, out / n_heads / 2, 2, w.size(1)}).transpose(1, 2).reshape({out, w.size(1)}).contiguous();
 }
 
-std::shared_ptr<Model> load_gguf(const std::string& path, std::shared_ptr<Model> m) {
-  GgufFile g = read_gguf(path);
+std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
   m->config = config_from_gguf(g);
   m->format = "gguf";
   m->files.push_back(g.file);
@@ -277,13 +276,24 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     load_hf_folder(path, m);
   } else if (!fs::exists(path)) {
     throw Error(ErrorKind::NotFound, "model '" + path + "' does not exist");
-  } else if (fs::path(path).extension() == ".gguf" || has_gguf_magic(path)) {
-    load_gguf(path, m);
+  } else if (is_gguf_path(path)) {
+    load_gguf(read_gguf(path), m);
   } else {
     throw Error(ErrorKind::Unsupported, "'" + path + "' is neither a Hugging Face model folder nor a GGUF file");
   }
   if (m->int8_weights) quantize_int8(m->weights);
   return m;
+}
+
+std::shared_ptr<Model> load_model(const GgufFile& gguf, const LoadOptions& options) {
+  auto m = new_model(options, gguf.file->path());
+  load_gguf(gguf, m);
+  if (m->int8_weights) quantize_int8(m->weights);
+  return m;
+}
+
+bool is_gguf_path(const std::string& path) {
+  return !fs::is_directory(path) && (fs::path(path).extension() == ".gguf" || has_gguf_magic(path));
 }
 
 std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOptions& options, uint64_t seed) {

@@ -6,6 +6,7 @@
 
 namespace hs {
 
+struct GgufFile;
 struct Model;
 struct ModelConfig;
 
@@ -17,6 +18,12 @@ struct LoadOptions {
 
 // path is a Hugging Face model folder or a .gguf file.
 std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& options);
+
+// From an already parsed GGUF file, so that its tokenizer can be read from the same parse.
+std::shared_ptr<Model> load_model(const GgufFile& gguf, const LoadOptions& options);
+
+// A file with the .gguf extension or the GGUF magic.
+bool is_gguf_path(const std::string& path);
 
 // A model of the given shape with random weights (N(0, 0.02), seeded), for benchmarks.
 std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOptions& options, uint64_t seed);

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "common/fs_util.h"
+#include "model/gguf_file.h"
 #include "model/load.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -92,8 +93,16 @@ Engine load_engine(const EngineOptions& options) {
   e.path = resolve_model_path(options.model);
   if (!fs::exists(e.path)) throw Error(ErrorKind::NotFound, "model '" + e.path + "' does not exist");
   const bool folder = fs::is_directory(e.path);
-  if (options.load_weights) e.model = load_model(e.path, LoadOptions{options.dtype, options.device, options.quantize});
-  e.tokenizer = load_tokenizer(e.path);
+  const LoadOptions load_options{options.dtype, options.device, options.quantize};
+  if (is_gguf_path(e.path)) {
+    // One parse of the GGUF serves both the weights and the tokenizer.
+    GgufFile gguf = read_gguf(e.path);
+    if (options.load_weights) e.model = load_model(gguf, load_options);
+    if (gguf.has("tokenizer.ggml.model")) e.tokenizer = load_tokenizer_gguf(gguf);
+  } else {
+    if (options.load_weights) e.model = load_model(e.path, load_options);
+    e.tokenizer = load_tokenizer(e.path);
+  }
   if (folder) read_generation_config(e, fs::path(e.path) / "generation_config.json");
   if (e.tokenizer && e.tokenizer->eos_id >= 0) e.eos_ids.push_back(e.tokenizer->eos_id);
   // ChatML models end a turn with <|im_end|> whatever their declared eos is.
