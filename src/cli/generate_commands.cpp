@@ -54,7 +54,7 @@ namespace {
 
 Engine load(const ModelFlags& m) {
   Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true, m.quantize});
-  if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' ships no tokenizer (tokenizer.json or GGUF tokenizer metadata)");
+  require_tokenizer(e);
   return e;
 }
 

@@ -14,8 +14,7 @@ int run_tokenize(const ModelFlags& m, const TokenizeFlags& t) {
   std::string text = t.text;
   if (text.empty()) text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, false});
-  if (!e.tokenizer) throw Error(ErrorKind::NotFound, "model '" + e.path + "' ships no tokenizer (tokenizer.json or GGUF tokenizer metadata)");
-  std::vector<int32_t> ids = encode(*e.tokenizer, text, t.add_special);
+  std::vector<int32_t> ids = encode(require_tokenizer(e), text, t.add_special);
   if (t.json) {
     nlohmann::json tokens = nlohmann::json::array();
     for (int32_t id : ids) tokens.push_back(e.tokenizer->id_to_token[id]);

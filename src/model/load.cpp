@@ -93,6 +93,12 @@ void quantize_int8(ModelWeights& w) {
   });
 }
 
+// The model's weights from a source, in the form it computes with (int8 when asked for).
+void set_weights(Model& m, const WeightSource& src) {
+  m.weights = build_weights(m.config, src);
+  if (m.int8_weights) quantize_int8(m.weights);
+}
+
 at::Device parse_device(const std::string& s) {
   try {
     at::Device d(s);
@@ -138,7 +144,7 @@ std::shared_ptr<Model> load_hf_folder(const std::string& dir, std::shared_ptr<Mo
     if (it == tensors.end()) return {};
     return materialize(it->second.data, safetensors_dtype(name, it->second.dtype), it->second.shape, *m);
   };
-  m->weights = build_weights(m->config, src);
+  set_weights(*m, src);
   return m;
 }
 
@@ -232,7 +238,7 @@ std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
     }
     return out;
   };
-  m->weights = build_weights(m->config, src);
+  set_weights(*m, src);
   return m;
 }
 
@@ -281,15 +287,12 @@ std::shared_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   } else {
     throw Error(ErrorKind::Unsupported, "'" + path + "' is neither a Hugging Face model folder nor a GGUF file");
   }
-  if (m->int8_weights) quantize_int8(m->weights);
   return m;
 }
 
 std::shared_ptr<Model> load_model(const GgufFile& gguf, const LoadOptions& options) {
   auto m = new_model(options, gguf.file->path());
-  load_gguf(gguf, m);
-  if (m->int8_weights) quantize_int8(m->weights);
-  return m;
+  return load_gguf(gguf, m);
 }
 
 bool is_gguf_path(const std::string& path) {
@@ -308,8 +311,7 @@ std::shared_ptr<Model> make_random_model(const ModelConfig& config, const LoadOp
     at::Tensor t = norm ? at::ones(shape, at::kFloat) : at::normal(0.0, 0.02, shape, gen, at::TensorOptions().dtype(at::kFloat));
     return t.to(m->device, m->dtype);
   };
-  m->weights = build_weights(config, random_src);
-  if (m->int8_weights) quantize_int8(m->weights);
+  set_weights(*m, random_src);
   return m;
 }
 

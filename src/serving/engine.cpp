@@ -113,6 +113,13 @@ Engine load_engine(const EngineOptions& options) {
   return e;
 }
 
+const Tokenizer& require_tokenizer(const Engine& e) {
+  if (!e.tokenizer)
+    throw Error(ErrorKind::NotFound,
+                "model '" + e.path + "' ships no tokenizer (tokenizer.json or GGUF tokenizer metadata)");
+  return *e.tokenizer;
+}
+
 ModelSummary summarize(const Engine& e) {
   ModelSummary s;
   s.path = e.path;

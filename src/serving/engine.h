@@ -33,6 +33,9 @@ std::string resolve_model_path(const std::string& spec);
 
 Engine load_engine(const EngineOptions& options);
 
+// The engine's tokenizer; throws NotFound naming the model when it ships none.
+const Tokenizer& require_tokenizer(const Engine& engine);
+
 struct ModelSummary {
   std::string path, format, architecture, dtype, device, weights;
   int64_t parameters = 0, context_length = 0, vocab_size = 0, layers = 0, hidden_size = 0, heads = 0, kv_heads = 0,
