@@ -1,63 +1,20 @@
 // Engine benchmark: load time, prefill tokens/s, decode tokens/s at several batch sizes, peak RSS.
 // Prints one JSON object. Runs on a model file or on random weights of a given configuration.
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <ATen/Parallel.h>
 
-#include <chrono>
-#include <cstring>
-#include <fstream>
+#include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <thread>
 
+#include "bench_common.h"
 #include "common/error.h"
-#include "common/fs_util.h"
-#include "model/config.h"
-#include "model/forward.h"
-#include "model/load.h"
-#include "serving/engine.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// The Qwen3-1.7B shape (Qwen/Qwen3-1.7B config.json), for benchmarking with random weights.
-hs::ModelConfig qwen3_1_7b() {
-  hs::ModelConfig c;
-  c.arch = hs::Architecture::Qwen3;
-  c.hidden_size = 2048;
-  c.intermediate_size = 6144;
-  c.num_layers = 28;
-  c.num_heads = 16;
-  c.num_kv_heads = 8;
-  c.head_dim = 128;
-  c.vocab_size = 151936;
-  c.context_length = 40960;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.tie_word_embeddings = true;
-  return c;
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss / 1024.0;
-}
+using hs::bench::Clock;
+using hs::bench::seconds_since;
 
 struct Args {
   std::string model = "default";
@@ -113,44 +70,18 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-at::Tensor random_tokens(int64_t rows, int64_t n, int64_t vocab, const hs::Model& m) {
-  at::Generator gen = at::detail::createCPUGenerator(1234);
-  return at::randint(0, vocab, {rows, n}, gen, at::TensorOptions().dtype(at::kLong)).to(m.device);
-}
-
-hs::BatchStep step_for(const at::Tensor& tokens, int64_t start, const hs::Model& m) {
-  const int64_t rows = tokens.size(0), n = tokens.size(1);
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(m.device);
-  return hs::BatchStep{tokens, at::full({rows}, start, i64), at::full({rows}, n, i64), start + n, false};
-}
-
 // Best of `repeats` prefill times of one prompt of n tokens.
 double time_prefill(const hs::Model& m, int64_t n, int repeats) {
-  at::Tensor tokens = random_tokens(1, n, m.config.vocab_size, m);
+  at::Tensor tokens = hs::bench::random_tokens(1, n, m.config.vocab_size, m);
   double best = 1e30;
   for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up allocators and kernels
     hs::KvCache cache = hs::make_kv_cache(m, 1, n);
     auto t0 = Clock::now();
-    at::Tensor logits = hs::forward(m, cache, step_for(tokens, 0, m));
+    at::Tensor logits = hs::forward(m, cache, hs::bench::step_for(tokens, 0, m));
     logits.argmax(-1).cpu();
     if (r > 0) best = std::min(best, seconds_since(t0));
   }
   return best;
-}
-
-// Seconds per decode step at `rows` sequences that each hold `context` tokens.
-double time_decode(const hs::Model& m, int64_t rows, int64_t context, int64_t steps) {
-  hs::KvCache cache = hs::make_kv_cache(m, rows, context + steps + 8);
-  at::Tensor logits = hs::forward(m, cache, step_for(random_tokens(rows, context, m.config.vocab_size, m), 0, m));
-  at::Tensor next = logits.argmax(-1).view({rows, 1});
-  // Two warm-up steps, then the timed ones; greedy tokens stay on the device.
-  int64_t pos = context;
-  for (int w = 0; w < 2; ++w, ++pos) next = hs::forward(m, cache, step_for(next, pos, m)).argmax(-1).view({rows, 1});
-  next.cpu();
-  auto t0 = Clock::now();
-  for (int64_t s = 0; s < steps; ++s, ++pos) next = hs::forward(m, cache, step_for(next, pos, m)).argmax(-1).view({rows, 1});
-  next.cpu();
-  return seconds_since(t0) / static_cast<double>(steps);
 }
 
 // Runs llama.cpp's llama-bench on the same GGUF with the same thread count and returns tokens/s per test
@@ -181,28 +112,13 @@ int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
     at::InferenceMode guard;
     json out;
-    char host[256] = {};
-    gethostname(host, sizeof(host) - 1);
-    out["machine"] = {{"host", host},
-                      {"cpu", cpu_model()},
-                      {"cores", std::thread::hardware_concurrency()},
-                      {"torch_threads", at::get_num_threads()},
-                      {"cuda_available", at::hasCUDA()}};
+    out["machine"] = hs::bench::machine_json();
     auto t0 = Clock::now();
-    std::shared_ptr<hs::Model> model;
-    hs::LoadOptions lo{a.dtype, a.device, a.quantize};
-    if (!a.random_config.empty()) {
-      hs::ModelConfig c = a.random_config == "qwen3-1.7b" ? qwen3_1_7b()
-                                                          : hs::parse_hf_config(hs::read_text_file(a.random_config));
-      model = hs::make_random_model(c, lo, 0);
-      out["model"] = a.random_config + " (random weights)";
-    } else {
-      std::string path = hs::resolve_model_path(a.model);
-      model = hs::load_model(path, lo);
-      out["model"] = path;
-    }
+    std::string described;
+    std::shared_ptr<hs::Model> model =
+        hs::bench::load_bench_model(a.model, a.random_config, hs::LoadOptions{a.dtype, a.device, a.quantize}, &described);
     const hs::Model& m = *model;
-    if (m.device.is_cuda()) at::zeros({1}, at::TensorOptions().device(m.device)).cpu();  // include context creation
+    out["model"] = described;
     out["load_s"] = seconds_since(t0);
     out["architecture"] = hs::architecture_name(m.config.arch);
     out["parameters"] = hs::parameter_count(m);
@@ -214,11 +130,11 @@ int main(int argc, char** argv) {
       out["prefill"][std::to_string(n)] = {{"ms", s * 1e3}, {"tokens_per_s", n / s}};
     }
     for (int64_t b : a.batches) {
-      double s = time_decode(m, b, a.context, a.decode_steps);
+      double s = hs::bench::time_decode(m, b, a.context, a.decode_steps);
       out["decode"]["batch_" + std::to_string(b)] = {
           {"ms_per_step", s * 1e3}, {"tokens_per_s", b / s}, {"context", a.context}, {"steps", a.decode_steps}};
     }
-    out["peak_rss_mb"] = peak_rss_mb();
+    out["peak_rss_mb"] = hs::bench::peak_rss_mb();
     if (!a.llama_bench.empty()) {
       if (m.format != "gguf") throw hs::Error(hs::ErrorKind::InvalidArgument, "--llama-bench needs a GGUF model");
       json peer = run_llama_bench(a, m.source, at::get_num_threads());

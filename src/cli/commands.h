@@ -24,6 +24,24 @@ struct SamplingFlags {
   std::vector<int32_t> stop_token_ids;
 };
 
+struct AdapterFlags {
+  std::string name;        // empty: the base model alone
+  double scale = 1.0;
+  uint64_t version = 0;    // 0: the current version
+  std::string dir;         // empty: default_adapter_root()
+};
+
+struct AdapterAdminFlags {
+  std::string name, folder, codec = "none";
+  int64_t rank = 16;
+  double alpha = 32, sparsity = 0.99;
+  std::optional<double> import_sparsity;
+  std::vector<std::string> targets;
+  uint64_t seed = 0, version = 0;
+  uint32_t keep = 5;
+  bool json = false;
+};
+
 struct GenerateFlags {
   std::string prompt;  // read from stdin when empty
   bool json = false;
@@ -41,12 +59,18 @@ struct TokenizeFlags {
 };
 
 void add_model_flags(CLI::App* app, ModelFlags& f);
+void add_adapter_flags(CLI::App* app, AdapterFlags& f);
 void add_sampling_flags(CLI::App* app, SamplingFlags& f);
 // Engine defaults overridden by whatever flags were given.
 SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFlags& f, int32_t default_max_tokens);
 
-int run_generate(const ModelFlags& m, const SamplingFlags& s, const GenerateFlags& g);
-int run_chat(const ModelFlags& m, const SamplingFlags& s, const ChatFlags& c);
+int run_generate(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const GenerateFlags& g);
+int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c);
+// `adapters <action>`: create, list, show, rm, rollback, export, import.
+int run_adapters(const std::string& action, const ModelFlags& m, const AdapterFlags& a, const AdapterAdminFlags& f);
+// Registers the `adapters` subcommand tree; returns the action subcommands by name.
+std::vector<std::pair<std::string, CLI::App*>> add_adapter_commands(CLI::App& app, ModelFlags& m, AdapterFlags& a,
+                                                                    AdapterAdminFlags& f);
 int run_tokenize(const ModelFlags& m, const TokenizeFlags& t);
 int run_info(const ModelFlags& m, bool json);
 

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "adapters/lora_weights.h"
+#include "adapters/registry.h"
 #include "common/error.h"
 #include "serving/generate.h"
 #include "tokenizer/chat_template.h"
@@ -20,6 +22,14 @@ void add_model_flags(CLI::App* app, ModelFlags& f) {
   app->add_option("--device", f.device, "cpu, cuda or cuda:N")->capture_default_str();
   app->add_option("--quantize", f.quantize, "none, or int8: weight-only int8 projections (cpu), faster decoding")
       ->capture_default_str();
+}
+
+void add_adapter_flags(CLI::App* app, AdapterFlags& f) {
+  app->add_option("--adapter", f.name, "Run with this adapter (see `hyprstream adapters`)");
+  app->add_option("--adapter-scale", f.scale, "Multiplier on the adapter's update (1 = as trained, 0 = base model)")
+      ->capture_default_str();
+  app->add_option("--adapter-version", f.version, "A kept version of the adapter instead of its current one");
+  app->add_option("--adapter-dir", f.dir, "Folder of adapters (default: $HYPRSTREAM_ADAPTER_DIR or ~/.local/share/hyprstream/adapters)");
 }
 
 void add_sampling_flags(CLI::App* app, SamplingFlags& f) {
@@ -58,8 +68,17 @@ Engine load(const ModelFlags& m) {
   return e;
 }
 
+// The adapter a request runs with, or null; the snapshot is fixed for the life of the command.
+std::shared_ptr<const LoraWeights> load_adapter(const Engine& e, const AdapterFlags& a) {
+  if (a.name.empty()) return nullptr;
+  AdapterRegistry registry(RegistryOptions{a.dir}, e.model);
+  return registry.weights(*registry.acquire(a.name, a.version));
+}
+
 // Streams one generation to stdout; returns the full text.
 std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
+  nlohmann::json adapter_info = nullptr;
+  if (req.adapter) adapter_info = {{"name", req.adapter->name}, {"version", req.adapter->version}};
   size_t printed = 0;
   GenerationResult r = generate(e, req, [&](const TokenEvent& ev) {
     if (json) {
@@ -74,7 +93,8 @@ std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
   std::string rest = r.text.size() > printed ? r.text.substr(printed) : "";
   if (json) {
     std::cout << nlohmann::json{{"finish_reason", r.finish_reason}, {"text", r.text},
-                                {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()}}
+                                {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()},
+                                {"adapter", adapter_info}}
                      .dump()
               << "\n";
   } else {
@@ -86,20 +106,21 @@ std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
 
 }  // namespace
 
-int run_generate(const ModelFlags& m, const SamplingFlags& s, const GenerateFlags& g) {
+int run_generate(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const GenerateFlags& g) {
   std::string prompt = g.prompt;
   if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   if (prompt.empty()) throw Error(ErrorKind::InvalidArgument, "the prompt is empty (pass --prompt or pipe text in)");
   Engine e = load(m);
   GenerationRequest req{encode(*e.tokenizer, prompt, /*add_special_tokens=*/true),
-                        resolve_sampling(e.defaults, s, 256)};
+                        resolve_sampling(e.defaults, s, 256), load_adapter(e, a), a.scale};
   stream(e, req, g.json);
   if (!g.json) std::cout << "\n";
   return 0;
 }
 
-int run_chat(const ModelFlags& m, const SamplingFlags& s, const ChatFlags& c) {
+int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c) {
   Engine e = load(m);
+  const auto adapter = load_adapter(e, a);
   const ChatTemplate tmpl = detect_chat_template(e.tokenizer->chat_template);
   const SamplingParams params = resolve_sampling(e.defaults, s, 512);
   std::vector<ChatMessage> messages;
@@ -112,7 +133,7 @@ int run_chat(const ModelFlags& m, const SamplingFlags& s, const ChatFlags& c) {
     if (line.empty()) continue;
     messages.push_back({"user", line});
     std::string prompt = render_chat(tmpl, messages, true, !c.no_think);
-    GenerationRequest req{encode(*e.tokenizer, prompt, false), params};
+    GenerationRequest req{encode(*e.tokenizer, prompt, false), params, adapter, a.scale};
     std::string reply = stream(e, req, false);
     std::cout << "\n";
     messages.push_back({"assistant", reply});

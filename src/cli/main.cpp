@@ -13,6 +13,7 @@ int exit_code(hs::ErrorKind kind) {
     case hs::ErrorKind::CorruptFile: return 4;
     case hs::ErrorKind::Unsupported: return 5;
     case hs::ErrorKind::ContextOverflow: return 6;
+    case hs::ErrorKind::Io: return 7;
     case hs::ErrorKind::Internal: return 1;
   }
   return 1;
@@ -26,6 +27,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   ModelFlags model;
+  AdapterFlags adapter;
+  AdapterAdminFlags admin;
   SamplingFlags sampling;
   GenerateFlags gen;
   ChatFlags chat;
@@ -34,12 +37,14 @@ int main(int argc, char** argv) {
 
   auto* g = app.add_subcommand("generate", "Complete a prompt, streaming the text");
   add_model_flags(g, model);
+  add_adapter_flags(g, adapter);
   add_sampling_flags(g, sampling);
   g->add_option("-p,--prompt", gen.prompt, "Prompt text (read from stdin when omitted)");
   g->add_flag("--json", gen.json, "One JSON object per generated token: id, text, logprob");
 
   auto* c = app.add_subcommand("chat", "Chat with the model's chat template (one user turn per stdin line)");
   add_model_flags(c, model);
+  add_adapter_flags(c, adapter);
   add_sampling_flags(c, sampling);
   c->add_option("--system", chat.system, "System prompt");
   c->add_flag("--no-think", chat.no_think, "Qwen3: answer without a thinking block");
@@ -54,14 +59,18 @@ int main(int argc, char** argv) {
   add_model_flags(i, model);
   i->add_flag("--json", info_json, "Print JSON");
 
+  auto adapter_actions = add_adapter_commands(app, model, adapter, admin);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
-    if (g->parsed()) return run_generate(model, sampling, gen);
-    if (c->parsed()) return run_chat(model, sampling, chat);
+    if (g->parsed()) return run_generate(model, adapter, sampling, gen);
+    if (c->parsed()) return run_chat(model, adapter, sampling, chat);
+    for (const auto& [action, sub] : adapter_actions)
+      if (sub->parsed()) return run_adapters(action, model, adapter, admin);
     if (t->parsed()) return run_tokenize(model, tok);
     if (i->parsed()) return run_info(model, info_json);
   } catch (const hs::Error& e) {

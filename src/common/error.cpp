@@ -9,6 +9,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::CorruptFile: return "corrupt file";
     case ErrorKind::Unsupported: return "unsupported";
     case ErrorKind::ContextOverflow: return "context overflow";
+    case ErrorKind::Io: return "i/o error";
     case ErrorKind::Internal: return "internal error";
   }
   return "error";

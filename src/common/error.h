@@ -11,6 +11,7 @@ enum class ErrorKind {
   CorruptFile,      // a file exists but its bytes are wrong or truncated
   Unsupported,      // a valid file or request we do not handle (architecture, tensor type, template)
   ContextOverflow,  // more tokens than the model's context holds
+  Io,               // the operating system refused a read or write (disk full, permissions)
   Internal,         // a bug in Hyprstream
 };
 

@@ -95,4 +95,21 @@ void validate_config(const ModelConfig& c) {
   if (c.head_dim % 2 != 0) throw Error(ErrorKind::CorruptFile, "head_dim must be even for RoPE");
 }
 
+ModelConfig qwen3_1_7b_config() {
+  ModelConfig c;
+  c.arch = Architecture::Qwen3;
+  c.hidden_size = 2048;
+  c.intermediate_size = 6144;
+  c.num_layers = 28;
+  c.num_heads = 16;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 151936;
+  c.context_length = 40960;
+  c.rope_theta = 1e6;
+  c.rms_norm_eps = 1e-6;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
 }  // namespace hs

@@ -29,6 +29,10 @@ const char* architecture_name(Architecture arch);
 // Parses config.json text; refuses architectures and features the forward pass does not implement.
 ModelConfig parse_hf_config(const std::string& json_text);
 
+// The shape of Qwen/Qwen3-1.7B (its config.json), the reference model: benchmarks and size checks build
+// random-weight models and adapters of this shape where the weights cannot be downloaded.
+ModelConfig qwen3_1_7b_config();
+
 // Checks the numbers agree with each other (head counts divide, sizes positive).
 void validate_config(const ModelConfig& config);
 

@@ -47,6 +47,23 @@ at::Tensor linear(const at::Tensor& x, const Linear& lin) {
   return lin.bias.defined() ? y + lin.bias : y;
 }
 
+// A projection plus, where the batch has adapters for it, each row's scaled B (A x). x is [rows, T, in].
+at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora, int64_t layer, int proj) {
+  at::Tensor y = linear(x, lin);
+  if (!lora || !lora->a[layer][proj].defined()) return y;
+  const at::Tensor& a = lora->a[layer][proj];
+  const at::Tensor& b = lora->b[layer][proj];
+  at::Tensor delta;
+  if (lora->slots == 1) {
+    delta = at::matmul(at::matmul(x, a[0].t()), b[0].t());
+  } else {
+    // Each row gathers its own slot's matrices: shapes depend only on the batch, not on which adapters.
+    at::Tensor u = at::bmm(x, a.index_select(0, lora->slot).transpose(1, 2));
+    delta = at::bmm(u, b.index_select(0, lora->slot).transpose(1, 2));
+  }
+  return y + delta * lora->scale;
+}
+
 }  // namespace
 
 KvCache make_kv_cache(const Model& model, int64_t rows, int64_t capacity) {
@@ -88,7 +105,7 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
   return make_step(tokens, T, start, n_new, device, all_logits);
 }
 
-at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
+at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora) {
   const ModelConfig& c = model.config;
   const ModelWeights& w = model.weights;
   const int64_t B = step.tokens.size(0), T = step.tokens.size(1), L = step.kv_extent;
@@ -121,9 +138,9 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
   for (int64_t li = 0; li < c.num_layers; ++li) {
     const LayerWeights& l = w.layers[li];
     at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
-    at::Tensor q = linear(h, l.q).view({B, T, c.num_heads, c.head_dim});
-    at::Tensor k = linear(h, l.k).view({B, T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = linear(h, l.v).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor q = project(h, l.q, lora, li, 0).view({B, T, c.num_heads, c.head_dim});
+    at::Tensor k = project(h, l.k, lora, li, 1).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = project(h, l.v, lora, li, 2).view({B, T, c.num_kv_heads, c.head_dim});
     if (l.q_norm.defined()) {
       q = rms_norm(q, l.q_norm, c.rms_norm_eps);
       k = rms_norm(k, l.k_norm, c.rms_norm_eps);
@@ -136,9 +153,9 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step) {
     at::Tensor values = cache.v[li].narrow(1, 0, L).transpose(1, 2);
     at::Tensor attn = at::scaled_dot_product_attention(q.transpose(1, 2), keys, values, mask, 0.0, false, scale,
                                                        /*enable_gqa=*/true);        // [B, H, T, D]
-    x = x + linear(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o);
+    x = x + project(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o, lora, li, 3);
     h = rms_norm(x, l.ffn_norm, c.rms_norm_eps);
-    x = x + linear(at::silu(linear(h, l.gate)) * linear(h, l.up), l.down);
+    x = x + project(at::silu(project(h, l.gate, lora, li, 4)) * project(h, l.up, lora, li, 5), l.down, lora, li, 6);
   }
   if (!step.all_logits) {
     at::Tensor last = (step.n_new - 1).clamp_min(0);

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "model/lora_batch.h"
 #include "model/model.h"
 
 namespace hs {
@@ -37,6 +38,7 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
                         const at::Device& device, bool all_logits = false);
 
 // Returns float32 logits: [rows, vocab] for each row's last new token, or [rows, T, vocab] with all_logits.
-at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step);
+// With `lora`, each row's projections add its adapter's low-rank update.
+at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora = nullptr);
 
 }  // namespace hs

@@ -1,8 +1,10 @@
 #include "serving/generate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 
+#include "adapters/lora_weights.h"
 #include "common/error.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -38,6 +40,8 @@ void validate_request(const Engine& engine, const GenerationRequest& r) {
                                                 " tokens but the model's context holds " +
                                                 std::to_string(c.context_length) + " (prompt plus at least one new token)");
   validate_sampling(r.sampling);
+  if (!std::isfinite(r.adapter_scale))
+    throw Error(ErrorKind::InvalidArgument, "the adapter scale must be a finite number");
   if (!r.sampling.stop.empty() && !engine.tokenizer)
     throw Error(ErrorKind::InvalidArgument, "stop strings need a tokenizer, and this model has none");
 }
@@ -105,6 +109,14 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
 
   at::InferenceMode guard;
   KvCache cache = make_kv_cache(model, B, capacity);
+  std::vector<const LoraWeights*> adapters;
+  std::vector<double> adapter_scales;
+  for (const auto& r : requests) {
+    adapters.push_back(r.adapter.get());
+    adapter_scales.push_back(r.adapter_scale);
+  }
+  const LoraBatch lora_batch = make_lora_batch(adapters, adapter_scales, model);
+  const LoraBatch* lora = lora_batch.slots > 0 ? &lora_batch : nullptr;
   at::Tensor logits;  // [B, V] on the host: each row's logits for its next token
 
   std::vector<std::vector<int32_t>> prompts;
@@ -112,7 +124,7 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
   const int64_t chunk = std::max<int64_t>(1, options.prefill_chunk);
   for (int64_t off = 0; off < longest_prompt; off += chunk) {
     BatchStep step = prefill_chunk(prompts, off, chunk, model.device);
-    at::Tensor out = forward(model, cache, step).cpu();
+    at::Tensor out = forward(model, cache, step, lora).cpu();
     if (!logits.defined()) logits = out.clone();
     for (int64_t b = 0; b < B; ++b)
       if (off < row_len(prompts[b]) && off + chunk >= row_len(prompts[b])) logits[b] = out[b];
@@ -165,7 +177,7 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
       any = true;
     }
     if (!any) break;
-    logits = forward(model, cache, make_step(next, 1, start, n_new, model.device)).cpu();
+    logits = forward(model, cache, make_step(next, 1, start, n_new, model.device), lora).cpu();
     for (int64_t b = 0; b < B; ++b) rows[b].length += n_new[b];
   }
 

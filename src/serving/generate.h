@@ -3,6 +3,7 @@
 // each row with its own sampling parameters, stop conditions and streaming callback. Torch-free header.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,9 +12,15 @@
 
 namespace hs {
 
+struct LoraWeights;
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
+  // The adapter version this request runs with (null: the base model), held for the whole generation so a
+  // newer published version never changes it midway; its update is scaled by adapter_scale.
+  std::shared_ptr<const LoraWeights> adapter;
+  double adapter_scale = 1.0;
 };
 
 struct TokenEvent {

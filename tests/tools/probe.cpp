@@ -1,9 +1,13 @@
 // Test probe: runs engine internals on a JSON request (argv[1]) and writes results for pytest to compare
-// against Hugging Face references. Modes: logits, generate, tokenize, chat, dequantize.
+// against Hugging Face references. Modes: logits (optionally with per-row adapters), generate, tokenize, chat,
+// dequantize, adapter_create.
 #include <fstream>
+#include <random>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "adapters/lora_weights.h"
+#include "adapters/registry.h"
 #include "common/error.h"
 #include "common/fs_util.h"
 #include "model/dequantize.h"
@@ -41,12 +45,29 @@ void run_logits(const json& req) {
     capacity = std::max<int64_t>(capacity, prompts[b].size() + conts[b].size());
     longest_cont = std::max(longest_cont, conts[b].size());
   }
+  // Per-row adapters from a registry folder: "adapters": [name or null, ...], "adapter_scales": [...].
+  std::unique_ptr<hs::AdapterRegistry> registry;
+  std::vector<std::shared_ptr<const hs::LoraWeights>> held;
+  std::vector<const hs::LoraWeights*> row_adapters(B, nullptr);
+  std::vector<double> row_scales(B, 1.0);
+  if (req.contains("adapters")) {
+    registry = std::make_unique<hs::AdapterRegistry>(hs::RegistryOptions{req.at("adapter_dir")}, model);
+    for (int64_t b = 0; b < B; ++b) {
+      const json& a = req["adapters"][b];
+      if (a.is_null()) continue;
+      held.push_back(registry->weights(*registry->acquire(a.get<std::string>())));
+      row_adapters[b] = held.back().get();
+      if (req.contains("adapter_scales")) row_scales[b] = req["adapter_scales"][b].get<double>();
+    }
+  }
+  const hs::LoraBatch lora = hs::make_lora_batch(row_adapters, row_scales, *model);
+  const hs::LoraBatch* lora_ptr = lora.slots > 0 ? &lora : nullptr;
   at::InferenceMode guard;
   hs::KvCache cache = hs::make_kv_cache(*model, B, capacity);
   std::vector<std::vector<at::Tensor>> rows(B);
   for (int64_t off = 0; off < longest; off += chunk) {
     hs::BatchStep step = hs::prefill_chunk(prompts, off, chunk, model->device, true);
-    at::Tensor out = hs::forward(*model, cache, step);
+    at::Tensor out = hs::forward(*model, cache, step, lora_ptr);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t n = std::clamp<int64_t>(static_cast<int64_t>(prompts[b].size()) - off, 0, out.size(1));
       if (n > 0) rows[b].push_back(out[b].narrow(0, 0, n));
@@ -61,7 +82,7 @@ void run_logits(const json& req) {
         n_new[b] = 1;
       }
     }
-    at::Tensor out = hs::forward(*model, cache, hs::make_step(tok, 1, start, n_new, model->device));
+    at::Tensor out = hs::forward(*model, cache, hs::make_step(tok, 1, start, n_new, model->device), lora_ptr);
     for (int64_t b = 0; b < B; ++b)
       if (n_new[b]) rows[b].push_back(out[b].unsqueeze(0));
   }
@@ -130,6 +151,44 @@ void run_dequantize(const json& req) {
   hs::write_safetensors_f32(req.at("out"), named);
 }
 
+// Creates an adapter on a model; with "b_std" > 0 publishes version 2 whose B entries are random too (a fresh
+// LoRA has B = 0, which would make any comparison of logits trivial). Prints the pattern.
+void run_adapter_create(const json& req) {
+  std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
+  hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
+  hs::AdapterConfig c;
+  c.rank = req.value("rank", 16);
+  c.alpha = req.value("alpha", 32.0);
+  c.sparsity = req.value("sparsity", 0.99);
+  c.seed = req.value("seed", 0);
+  if (req.contains("targets")) {
+    c.targets.clear();
+    for (const auto& t : req["targets"]) c.targets.push_back(hs::parse_lora_module(t.get<std::string>()));
+  }
+  const std::string name = req.at("name");
+  registry.create(name, c);
+  auto snap = registry.acquire(name);
+  uint64_t version = snap->version.version;
+  if (req.value("b_std", 0.0) > 0) {
+    std::vector<float> values = snap->image->values();
+    std::mt19937_64 rng(c.seed + 1);
+    std::normal_distribution<float> normal(0.0f, req["b_std"].get<float>());
+    for (const auto& t : snap->image->layout().tensors)
+      if (t.is_b)
+        for (int64_t i = t.first_tile * hs::kTileValues; i < (t.first_tile + t.num_tiles) * hs::kTileValues; ++i)
+          values[i] = normal(rng);
+    version = registry.publish(name, values).version;
+  }
+  json tensors = json::array();
+  const hs::TileLayout& layout = snap->image->layout();
+  for (const auto& t : layout.tensors) {
+    json tiles = json::array();
+    for (int64_t k = 0; k < t.num_tiles; ++k) tiles.push_back({layout.tiles[t.first_tile + k].row, layout.tiles[t.first_tile + k].col});
+    tensors.push_back({{"layer", t.layer}, {"module", hs::lora_module_name(t.module)}, {"is_b", t.is_b}, {"tiles", tiles}});
+  }
+  std::cout << json{{"version", version}, {"tensors", tensors}}.dump() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,6 +204,7 @@ int main(int argc, char** argv) {
     else if (mode == "tokenize") run_tokenize(req);
     else if (mode == "chat") run_chat(req);
     else if (mode == "dequantize") run_dequantize(req);
+    else if (mode == "adapter_create") run_adapter_create(req);
     else throw hs::Error(hs::ErrorKind::InvalidArgument, "unknown mode " + mode);
     return 0;
   } catch (const std::exception& e) {

@@ -1,0 +1,39 @@
+#pragma once
+// An adapter version as dense tensors on the compute device (the "hot" form), and the per-batch stacking of
+// several of them for the forward pass.
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/lora_batch.h"
+
+namespace hs {
+
+class AdapterImage;
+struct Model;
+
+struct LoraWeights {
+  std::string name;
+  uint64_t version = 0;
+  int64_t rank = 0;
+  double scale = 1;  // alpha / rank
+  // Per layer and projection: a [rank, in] and b [out, rank], zero outside the pattern; undefined when the
+  // adapter does not target the projection.
+  std::vector<std::array<at::Tensor, kLoraProjections>> a, b;
+  size_t bytes = 0;
+};
+
+// Scatters the image's tiles into dense matrices in the model's dtype, on its device.
+std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, const Model& model, double scale,
+                                                     const std::string& name, uint64_t version);
+
+// Stacks the adapters of a batch: rows[r] is row r's adapter or null, scales[r] its request scale. Returns a
+// batch with slots == 0 when no row has an adapter (the forward then runs the base model alone).
+LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std::vector<double>& scales,
+                          const Model& model);
+
+}  // namespace hs

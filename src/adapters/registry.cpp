@@ -1,0 +1,325 @@
+#include "adapters/registry.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "adapters/fingerprint.h"
+#include "adapters/lora_weights.h"
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "model/model.h"
+#include "storage/atomic_file.h"
+
+namespace hs {
+
+namespace fs = std::filesystem;
+
+std::string default_adapter_root() {
+  if (const char* d = std::getenv("HYPRSTREAM_ADAPTER_DIR"); d && *d) return d;
+  if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x) return std::string(x) + "/hyprstream/adapters";
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : ".") + "/.local/share/hyprstream/adapters";
+}
+
+void validate_adapter_name(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 64 && std::isalnum(static_cast<unsigned char>(name[0]));
+  for (char c : name) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  if (!ok)
+    throw Error(ErrorKind::InvalidArgument, "invalid adapter name '" + name +
+                                                "': use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                                                "letter or digit");
+}
+
+namespace {
+
+std::string version_file(uint64_t version) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "v%08llu.hsl", static_cast<unsigned long long>(version));
+  return buf;
+}
+
+std::string key(const std::string& name, uint64_t version) { return name + "@" + std::to_string(version); }
+
+}  // namespace
+
+AdapterRegistry::AdapterRegistry(RegistryOptions options, std::shared_ptr<const Model> model)
+    : options_(std::move(options)), model_(std::move(model)) {
+  if (options_.root.empty()) options_.root = default_adapter_root();
+  if (options_.keep_versions == 0) throw Error(ErrorKind::InvalidArgument, "keep_versions must be at least 1");
+  if (model_) fingerprint_ = model_fingerprint(*model_);
+}
+
+AdapterRegistry::~AdapterRegistry() = default;
+
+std::string AdapterRegistry::dir(const std::string& name) const {
+  validate_adapter_name(name);
+  return options_.root + "/" + name;
+}
+
+AdapterManifest AdapterRegistry::load_manifest_locked(const std::string& name) {
+  if (auto it = manifests_.find(name); it != manifests_.end()) return it->second;
+  const std::string path = dir(name) + "/manifest.json";
+  if (!fs::exists(path)) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  AdapterManifest m = manifest_from_json(read_text_file(path), path);
+  if (m.name != name) throw Error(ErrorKind::CorruptFile, "manifest '" + path + "' names adapter '" + m.name + "'");
+  manifests_[name] = m;
+  return m;
+}
+
+void AdapterRegistry::save_manifest_locked(const AdapterManifest& m) {
+  write_file_atomically(dir(m.name) + "/manifest.json", manifest_to_json(m));
+  std::lock_guard<std::mutex> lock(mu_);
+  manifests_[m.name] = m;
+}
+
+void AdapterRegistry::check_base(const AdapterManifest& m) const {
+  if (!model_) return;  // managing files without a model: nothing to compare against
+  if (m.base_fingerprint != fingerprint_)
+    throw Error(ErrorKind::InvalidArgument, "adapter '" + m.name + "' was made for base model " + m.base_fingerprint +
+                                                " (" + m.base_model + "), not for the loaded model " + fingerprint_ +
+                                                " (" + model_->source + ")");
+}
+
+AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, const AdapterImage& image,
+                                                         uint64_t parent, uint64_t events) {
+  AdapterVersionInfo v;
+  v.version = m.latest() + 1;
+  v.parent = parent;
+  v.file = version_file(v.version);
+  v.created = utc_now_iso8601();
+  v.events = events;
+  v.active_values = static_cast<uint64_t>(image.layout().num_values());
+  const std::string path = dir(m.name) + "/" + v.file;
+  image.write(path, parse_adapter_codec(m.codec));
+  v.bytes = fs::file_size(path);
+  v.crc32 = image.crc32();
+  m.versions.push_back(v);
+  m.current = v.version;
+  // Keep the newest `keep` versions, and the current one whatever its age.
+  std::vector<std::string> doomed;
+  while (m.versions.size() > m.keep) {
+    auto victim = m.versions.begin();
+    if (victim->version == m.current) ++victim;
+    doomed.push_back(victim->file);
+    m.versions.erase(victim);
+  }
+  save_manifest_locked(m);
+  for (const auto& f : doomed) fs::remove(dir(m.name) + "/" + f);
+  return v;
+}
+
+AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterConfig& config) {
+  if (!model_) throw Error(ErrorKind::Internal, "creating an adapter needs the base model loaded");
+  TileLayout layout = random_tile_layout(model_->config, config);
+  return create(name, config, layout, initial_lora_values(layout, config.seed));
+}
+
+AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterConfig& config,
+                                        const TileLayout& layout, const std::vector<float>& values) {
+  std::lock_guard<std::mutex> wlock(write_mu_);
+  return create_locked(name, config, layout, values);
+}
+
+AdapterManifest AdapterRegistry::create_locked(const std::string& name, const AdapterConfig& config,
+                                               const TileLayout& layout, const std::vector<float>& values) {
+  if (!model_) throw Error(ErrorKind::Internal, "creating an adapter needs the base model loaded");
+  validate_adapter_config(config);
+  const std::string d = dir(name);
+  if (fs::exists(d)) throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' already exists in " + options_.root);
+  if (static_cast<int64_t>(values.size()) != layout.num_values())
+    throw Error(ErrorKind::Internal, "adapter values do not match the pattern");
+  auto image = AdapterImage::build(layout, values.data());
+  std::error_code ec;
+  fs::create_directories(d, ec);
+  if (ec) throw Error(ErrorKind::Io, "cannot create '" + d + "': " + ec.message());
+  AdapterManifest m;
+  m.name = name;
+  m.base_fingerprint = fingerprint_;
+  m.base_model = model_->source;
+  m.config = config;
+  m.codec = adapter_codec_name(options_.codec);
+  m.dense_values = static_cast<uint64_t>(layout.dense_values());
+  m.keep = options_.keep_versions;
+  write_version_locked(m, *image, 0, 0);
+  sync_directory(options_.root);
+  return m;
+}
+
+AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
+                                            uint64_t new_events, const TileLayout* layout) {
+  std::lock_guard<std::mutex> wlock(write_mu_);
+  AdapterManifest m;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    m = load_manifest_locked(name);
+  }
+  auto current = acquire(name, m.current);
+  std::shared_ptr<AdapterImage> image;
+  if (layout) {
+    if (static_cast<int64_t>(values.size()) != layout->num_values())
+      throw Error(ErrorKind::InvalidArgument, "new adapter values do not match the new pattern");
+    image = AdapterImage::build(*layout, values.data());
+  } else {
+    if (static_cast<int64_t>(values.size()) != current->image->layout().num_values())
+      throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' has " +
+                                                  std::to_string(current->image->layout().num_values()) +
+                                                  " active values; got " + std::to_string(values.size()));
+    image = current->image->clone();
+    image->set_values(values.data());
+  }
+  AdapterVersionInfo v = write_version_locked(m, *image, m.current, current->version.events + new_events);
+  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image});
+  std::lock_guard<std::mutex> lock(mu_);
+  remember_locked(snap);
+  return v;
+}
+
+AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t version) {
+  std::lock_guard<std::mutex> wlock(write_mu_);
+  AdapterManifest m;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    m = load_manifest_locked(name);
+  }
+  const AdapterVersionInfo* v = m.find(version);
+  if (!v) {
+    std::string kept;
+    for (const auto& x : m.versions) kept += (kept.empty() ? "" : ", ") + std::to_string(x.version);
+    throw Error(ErrorKind::NotFound, "adapter '" + name + "' has no version " + std::to_string(version) +
+                                         " (kept: " + kept + ")");
+  }
+  AdapterImage::open(dir(name) + "/" + v->file);  // refuse to make a damaged version current
+  m.current = version;
+  save_manifest_locked(m);
+  return m;
+}
+
+void AdapterRegistry::remove(const std::string& name) {
+  std::lock_guard<std::mutex> wlock(write_mu_);
+  const std::string d = dir(name);
+  if (!fs::exists(d + "/manifest.json")) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  // Rename first so a crash never leaves a half-deleted adapter under its name.
+  const std::string trash = options_.root + "/.removed-" + name + "-" + std::to_string(::getpid());
+  std::error_code ec;
+  fs::rename(d, trash, ec);
+  if (ec) throw Error(ErrorKind::Io, "cannot remove '" + d + "': " + ec.message());
+  sync_directory(options_.root);
+  remove_tree(trash);
+  std::lock_guard<std::mutex> lock(mu_);
+  manifests_.erase(name);
+  forget_locked(name);
+}
+
+std::vector<AdapterManifest> AdapterRegistry::list() {
+  std::vector<AdapterManifest> out;
+  if (!fs::exists(options_.root)) return out;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(options_.root)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n[0] != '.' && fs::exists(e.path() / "manifest.json")) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& n : names) out.push_back(load_manifest_locked(n));
+  return out;
+}
+
+AdapterManifest AdapterRegistry::manifest(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return load_manifest_locked(name);
+}
+
+std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::string& name, uint64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const AdapterManifest m = load_manifest_locked(name);
+  check_base(m);
+  if (version == 0) version = m.current;
+  const AdapterVersionInfo* v = m.find(version);
+  if (!v) throw Error(ErrorKind::NotFound, "adapter '" + name + "' has no version " + std::to_string(version));
+  if (auto it = resident_.find(key(name, version)); it != resident_.end()) {
+    resident_lru_.splice(resident_lru_.begin(), resident_lru_, it->second.lru);
+    ++counters_.resident_hits;
+    return it->second.snapshot;
+  }
+  auto image = AdapterImage::open(dir(name) + "/" + v->file);
+  if (image->layout().rank != m.config.rank)
+    throw Error(ErrorKind::CorruptFile, "adapter '" + name + "' version " + std::to_string(version) +
+                                            " does not match its manifest's rank");
+  ++counters_.disk_loads;
+  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, *v, m.config, std::move(image)});
+  remember_locked(snap);
+  return snap;
+}
+
+void AdapterRegistry::remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap) {
+  const std::string k = key(snap->name, snap->version.version);
+  if (resident_.count(k)) return;
+  resident_lru_.push_front(k);
+  resident_[k] = Resident{snap, resident_lru_.begin()};
+  resident_bytes_ += snap->image->image_bytes();
+  // Evicted snapshots stay alive for requests that still hold them; only the cache lets go.
+  while (resident_bytes_ > options_.resident_bytes && resident_lru_.size() > 1) {
+    auto victim = resident_.find(resident_lru_.back());
+    resident_bytes_ -= victim->second.snapshot->image->image_bytes();
+    resident_.erase(victim);
+    resident_lru_.pop_back();
+  }
+}
+
+void AdapterRegistry::forget_locked(const std::string& name) {
+  const std::string prefix = name + "@";
+  for (auto it = resident_.begin(); it != resident_.end();) {
+    if (it->first.rfind(prefix, 0) == 0) {
+      resident_bytes_ -= it->second.snapshot->image->image_bytes();
+      resident_lru_.erase(it->second.lru);
+      it = resident_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = hot_.begin(); it != hot_.end();) {
+    if (it->first.rfind(prefix, 0) == 0) {
+      hot_lru_.erase(it->second.lru);
+      it = hot_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::shared_ptr<const LoraWeights> AdapterRegistry::weights(const AdapterSnapshot& snap) {
+  if (!model_) throw Error(ErrorKind::Internal, "adapter weights need the base model loaded");
+  const std::string k = key(snap.name, snap.version.version);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = hot_.find(k); it != hot_.end()) {
+    hot_lru_.splice(hot_lru_.begin(), hot_lru_, it->second.lru);
+    ++counters_.hot_hits;
+    return it->second.weights;
+  }
+  auto w = make_lora_weights(*snap.image, *model_, snap.config.scale(), snap.name, snap.version.version);
+  ++counters_.hot_builds;
+  hot_lru_.push_front(k);
+  hot_[k] = Hot{w, hot_lru_.begin()};
+  while (hot_.size() > std::max<size_t>(1, options_.hot_adapters)) {
+    hot_.erase(hot_lru_.back());
+    hot_lru_.pop_back();
+  }
+  return w;
+}
+
+RegistryStats AdapterRegistry::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  RegistryStats s = counters_;
+  s.resident_adapters = resident_.size();
+  s.resident_bytes = resident_bytes_;
+  s.hot_adapters = hot_.size();
+  for (const auto& [k, h] : hot_) s.hot_bytes += h.weights->bytes;
+  return s;
+}
+
+}  // namespace hs

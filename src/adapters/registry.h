@@ -1,0 +1,123 @@
+#pragma once
+// The adapters of one base model, on disk and in memory: create, list, inspect, delete, publish new versions,
+// roll back, and hand out immutable snapshots for generation.
+//
+// On disk: <root>/<name>/manifest.json and one adapter file per kept version, <root>/<name>/v00000007.hsl.
+// In memory: an LRU of verified adapter images within a byte budget ("resident"), and an LRU of dense
+// device tensors for the adapters in use ("hot"). A request holds the snapshot it started with, so
+// publishing a version never changes a generation that is already running. One process writes a root
+// folder at a time.
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "adapters/manifest.h"
+#include "adapters/tile_layout.h"
+#include "storage/adapter_image.h"
+
+namespace hs {
+
+struct LoraWeights;
+struct Model;
+
+struct RegistryOptions {
+  std::string root;                      // see default_adapter_root()
+  size_t resident_bytes = size_t{1} << 30;  // images kept in memory; the least recently used go first
+  size_t hot_adapters = 8;               // adapters kept as dense tensors on the model's device
+  uint32_t keep_versions = 5;            // for newly created adapters
+  AdapterCodec codec = AdapterCodec::None;
+};
+
+// $HYPRSTREAM_ADAPTER_DIR, else $XDG_DATA_HOME/hyprstream/adapters, else ~/.local/share/hyprstream/adapters.
+std::string default_adapter_root();
+
+// 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit; throws InvalidArgument otherwise.
+void validate_adapter_name(const std::string& name);
+
+struct AdapterSnapshot {
+  std::string name;
+  AdapterVersionInfo version;
+  AdapterConfig config;
+  std::shared_ptr<const AdapterImage> image;
+};
+
+struct RegistryStats {
+  size_t resident_adapters = 0, resident_bytes = 0, hot_adapters = 0, hot_bytes = 0;
+  uint64_t disk_loads = 0, resident_hits = 0, hot_builds = 0, hot_hits = 0;
+};
+
+class AdapterRegistry {
+ public:
+  // `model` may be null for managing files only (list, show, rm, rollback, export).
+  AdapterRegistry(RegistryOptions options, std::shared_ptr<const Model> model);
+  ~AdapterRegistry();
+
+  const std::string& root() const { return options_.root; }
+  const std::string& base_fingerprint() const { return fingerprint_; }
+
+  // A new adapter at version 1: a random pattern from config.seed, B zero and A random as in LoRA.
+  AdapterManifest create(const std::string& name, const AdapterConfig& config);
+  // A new adapter at version 1 with the given pattern and values (imports).
+  AdapterManifest create(const std::string& name, const AdapterConfig& config, const TileLayout& layout,
+                         const std::vector<float>& values);
+
+  // Writes a new version derived from the current one: same pattern with new values, or a new pattern
+  // when `layout` is given. It becomes current; versions beyond `keep` are deleted.
+  AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values, uint64_t new_events = 0,
+                             const TileLayout* layout = nullptr);
+
+  AdapterManifest rollback(const std::string& name, uint64_t version);
+  void remove(const std::string& name);
+  std::vector<AdapterManifest> list();
+  AdapterManifest manifest(const std::string& name);
+
+  // The current version (or `version`), verified; throws NotFound, CorruptFile, or InvalidArgument when the
+  // adapter was made for another base model (checked only when the registry has a model).
+  std::shared_ptr<const AdapterSnapshot> acquire(const std::string& name, uint64_t version = 0);
+
+  // Dense tensors of a snapshot on the model's device, from the hot set or built now.
+  std::shared_ptr<const LoraWeights> weights(const AdapterSnapshot& snapshot);
+
+  RegistryStats stats();
+
+ private:
+  struct Resident {
+    std::shared_ptr<const AdapterSnapshot> snapshot;
+    std::list<std::string>::iterator lru;
+  };
+  struct Hot {
+    std::shared_ptr<const LoraWeights> weights;
+    std::list<std::string>::iterator lru;
+  };
+
+  std::string dir(const std::string& name) const;
+  AdapterManifest load_manifest_locked(const std::string& name);
+  void save_manifest_locked(const AdapterManifest& m);
+  void check_base(const AdapterManifest& m) const;
+  AdapterManifest create_locked(const std::string& name, const AdapterConfig& config, const TileLayout& layout,
+                                const std::vector<float>& values);
+  AdapterVersionInfo write_version_locked(AdapterManifest& m, const AdapterImage& image, uint64_t parent,
+                                          uint64_t events);
+  void remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap);
+  void forget_locked(const std::string& name);
+
+  RegistryOptions options_;
+  std::shared_ptr<const Model> model_;
+  std::string fingerprint_;
+
+  std::mutex write_mu_;  // serialises changes to the folder
+  std::mutex mu_;        // guards everything below
+  std::map<std::string, AdapterManifest> manifests_;
+  std::map<std::string, Resident> resident_;  // key "name@version"
+  std::list<std::string> resident_lru_;       // most recent first
+  size_t resident_bytes_ = 0;
+  std::map<std::string, Hot> hot_;
+  std::list<std::string> hot_lru_;
+  RegistryStats counters_;
+};
+
+}  // namespace hs

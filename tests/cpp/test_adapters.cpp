@@ -1,0 +1,350 @@
+// Sparse adapters: pattern, NanoVDB storage (round trip, damage, size), registry (versions, base model,
+// caches) and publishing under concurrent generation.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <random>
+#include <thread>
+
+#include "adapters/lora_weights.h"
+#include "adapters/registry.h"
+#include "adapters/tile_layout.h"
+#include "common/error.h"
+#include "model/config.h"
+#include "model/load.h"
+#include "model/model.h"
+#include "serving/generate.h"
+#include "storage/adapter_image.h"
+
+namespace hs {
+namespace {
+
+ModelConfig tiny_config(int64_t hidden = 64) {
+  ModelConfig c;
+  c.arch = Architecture::Qwen3;
+  c.hidden_size = hidden;
+  c.intermediate_size = 128;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  c.vocab_size = 96;
+  c.context_length = 128;
+  c.rope_theta = 10000;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+ModelConfig qwen3_1_7b() { return qwen3_1_7b_config(); }
+
+std::string temp_dir(const std::string& tag) {
+  std::string d = testing::TempDir() + "hs_adapters_" + tag + "_" + std::to_string(::getpid());
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+std::vector<float> random_values(const TileLayout& layout, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n(0.0f, 0.1f);
+  std::vector<float> v(layout.num_values());
+  for (auto& x : v) x = n(rng);
+  return v;
+}
+
+ErrorKind kind_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.kind();
+  }
+  return ErrorKind::Internal;
+}
+
+TEST(TileLayout, RandomPatternIsDeterministicBalancedAndSparse) {
+  AdapterConfig cfg;
+  cfg.seed = 5;
+  TileLayout a = random_tile_layout(qwen3_1_7b(), cfg), b = random_tile_layout(qwen3_1_7b(), cfg);
+  EXPECT_TRUE(a == b);
+  cfg.seed = 6;
+  EXPECT_FALSE(a == random_tile_layout(qwen3_1_7b(), cfg));
+  validate_layout(a);
+  EXPECT_EQ(a.tensors.size(), 28u * 7 * 2);
+  const double density = static_cast<double>(a.num_values()) / a.dense_values();
+  EXPECT_GT(density, 0.009);
+  EXPECT_LT(density, 0.012);
+  // Both groups of 8 rank components have tiles in every A and every B.
+  for (const auto& t : a.tensors) {
+    int groups[2] = {0, 0};
+    for (int64_t k = 0; k < t.num_tiles; ++k) {
+      const TilePos& p = a.tiles[t.first_tile + k];
+      groups[t.is_b ? p.col : p.row]++;
+    }
+    EXPECT_GT(groups[0], 0);
+    EXPECT_GT(groups[1], 0);
+    EXPECT_LE(std::abs(groups[0] - groups[1]), 1);
+  }
+  cfg.sparsity = 0;
+  TileLayout dense = random_tile_layout(qwen3_1_7b(), cfg);
+  EXPECT_EQ(dense.num_values(), dense.dense_values());
+}
+
+TEST(AdapterImage, WriteThenReadIsBitIdenticalAndMappedInPlace) {
+  AdapterConfig cfg;
+  cfg.sparsity = 0.9;
+  TileLayout layout = random_tile_layout(tiny_config(), cfg);
+  std::vector<float> values = random_values(layout, 1);
+  values[3] = 0.0f;  // an active entry may hold zero
+  values[7] = -0.0f;
+  auto img = AdapterImage::build(layout, values.data());
+  const std::string dir = temp_dir("roundtrip");
+  for (AdapterCodec codec : {AdapterCodec::None, AdapterCodec::Zip, AdapterCodec::Blosc}) {
+    if (!adapter_codec_available(codec)) continue;
+    const std::string path = dir + "/a_" + adapter_codec_name(codec) + ".hsl";
+    img->write(path, codec);
+    auto back = AdapterImage::open(path);
+    EXPECT_TRUE(back->layout() == layout);
+    std::vector<float> got = back->values();
+    ASSERT_EQ(got.size(), values.size());
+    EXPECT_EQ(std::memcmp(got.data(), values.data(), values.size() * sizeof(float)), 0);
+    EXPECT_EQ(back->is_mapped(), codec == AdapterCodec::None);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(back->tile(0)) % 32, 0u);
+    EXPECT_EQ(back->crc32(), img->crc32());
+  }
+  // In-place update keeps the tree and changes exactly the values.
+  auto copy = AdapterImage::open(dir + "/a_none.hsl")->clone();
+  std::vector<float> next = random_values(layout, 2);
+  copy->set_values(next.data());
+  copy->write(dir + "/b.hsl");
+  std::vector<float> got = AdapterImage::open(dir + "/b.hsl")->values();
+  EXPECT_EQ(std::memcmp(got.data(), next.data(), next.size() * sizeof(float)), 0);
+  EXPECT_EQ(kind_of([&] { AdapterImage::open(dir + "/a_none.hsl")->set_values(next.data()); }), ErrorKind::Internal);
+}
+
+TEST(AdapterImage, DamagedFilesAreRefused) {
+  AdapterConfig cfg;
+  TileLayout layout = random_tile_layout(tiny_config(), cfg);
+  std::vector<float> values = random_values(layout, 3);
+  const std::string dir = temp_dir("damage");
+  const std::string path = dir + "/a.hsl";
+  AdapterImage::build(layout, values.data())->write(path);
+  std::ifstream in(path, std::ios::binary);
+  const std::string pristine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto write_bytes = [&](const std::string& bytes) { std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes; };
+  for (size_t at : {size_t{0}, size_t{20}, size_t{80}, pristine.size() / 2, pristine.size() - 1}) {
+    std::string bad = pristine;
+    bad[at] ^= 0x01;
+    write_bytes(bad);
+    EXPECT_EQ(kind_of([&] { AdapterImage::open(path); }), ErrorKind::CorruptFile) << "flipped byte " << at;
+  }
+  for (size_t keep : {size_t{10}, size_t{72}, pristine.size() - 4}) {
+    write_bytes(pristine.substr(0, keep));
+    EXPECT_EQ(kind_of([&] { AdapterImage::open(path); }), ErrorKind::CorruptFile) << "truncated to " << keep;
+  }
+  write_bytes(pristine);
+  EXPECT_NO_THROW(AdapterImage::open(path));
+  EXPECT_EQ(kind_of([&] { AdapterImage::open(dir + "/missing.hsl"); }), ErrorKind::NotFound);
+}
+
+TEST(AdapterImage, Qwen3_1_7bAdapterIsAtLeast50xSmallerThanDense) {
+  AdapterConfig cfg;  // rank 16, all seven targets, sparsity 0.99
+  TileLayout layout = random_tile_layout(qwen3_1_7b(), cfg);
+  std::vector<float> values = random_values(layout, 4);
+  const std::string path = temp_dir("size") + "/qwen.hsl";
+  auto img = AdapterImage::build(layout, values.data());
+  img->write(path);
+  const double dense_bytes = static_cast<double>(layout.dense_values()) * sizeof(float);
+  const double file_bytes = static_cast<double>(std::filesystem::file_size(path));
+  std::printf("qwen3-1.7b adapter: dense fp32 A+B %.0f bytes, file %.0f bytes, ratio %.1fx, active values %lld, "
+              "resident image %zu bytes\n",
+              dense_bytes, file_bytes, dense_bytes / file_bytes, static_cast<long long>(layout.num_values()),
+              AdapterImage::open(path)->image_bytes());
+  EXPECT_GE(dense_bytes / file_bytes, 50.0);
+}
+
+class RegistryTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = make_random_model(tiny_config(), LoadOptions{"float32", "cpu", "none"}, 1);
+    dir_ = temp_dir(testing::UnitTest::GetInstance()->current_test_info()->name());
+  }
+  std::shared_ptr<Model> model_;
+  std::string dir_;
+};
+
+TEST_F(RegistryTest, VersionsKeepRollbackAndRemove) {
+  RegistryOptions opts{dir_};
+  opts.keep_versions = 3;
+  AdapterRegistry reg(opts, model_);
+  AdapterConfig cfg;
+  auto m = reg.create("law", cfg);
+  EXPECT_EQ(m.current, 1u);
+  auto v1 = reg.acquire("law");
+  std::vector<float> values = v1->image->values();
+  for (int i = 0; i < 4; ++i) {
+    values[0] = static_cast<float>(i);
+    auto v = reg.publish("law", values, 10);
+    EXPECT_EQ(v.version, static_cast<uint64_t>(i + 2));
+    EXPECT_EQ(v.parent, static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(v.events, static_cast<uint64_t>(10 * (i + 1)));
+  }
+  m = reg.manifest("law");
+  ASSERT_EQ(m.versions.size(), 3u);
+  EXPECT_EQ(m.versions.front().version, 3u);
+  EXPECT_EQ(reg.acquire("law")->image->values()[0], 3.0f);
+  EXPECT_EQ(kind_of([&] { reg.rollback("law", 1); }), ErrorKind::NotFound);
+  reg.rollback("law", 3);
+  EXPECT_EQ(reg.acquire("law")->image->values()[0], 1.0f);
+  // A publish after a rollback descends from the rolled-back version; the current one is never pruned.
+  auto v6 = reg.publish("law", values);
+  EXPECT_EQ(v6.version, 6u);
+  EXPECT_EQ(v6.parent, 3u);
+  // Another registry on the same folder (a restart) sees the same state.
+  AdapterRegistry again(opts, model_);
+  EXPECT_EQ(again.manifest("law").current, 6u);
+  EXPECT_EQ(again.list().size(), 1u);
+  again.remove("law");
+  EXPECT_TRUE(again.list().empty());
+  EXPECT_EQ(kind_of([&] { again.acquire("law"); }), ErrorKind::NotFound);
+  for (const char* bad : {"", "../x", "a/b", ".hidden", "x y"})
+    EXPECT_EQ(kind_of([&] { again.create(bad, cfg); }), ErrorKind::InvalidArgument) << bad;
+}
+
+TEST_F(RegistryTest, RefusesOtherBaseModelAndDamagedVersions) {
+  AdapterRegistry reg(RegistryOptions{dir_}, model_);
+  reg.create("x", AdapterConfig{});
+  auto values = reg.acquire("x")->image->values();
+  reg.publish("x", values);
+  auto other = make_random_model(tiny_config(), LoadOptions{"float32", "cpu", "none"}, 2);
+  AdapterRegistry foreign(RegistryOptions{dir_}, other);
+  EXPECT_EQ(kind_of([&] { foreign.acquire("x"); }), ErrorKind::InvalidArgument);
+  // Damage version 2 on disk: a fresh registry refuses it and still loads version 1.
+  {
+    std::fstream f(dir_ + "/x/v00000002.hsl", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x7f');
+  }
+  AdapterRegistry fresh(RegistryOptions{dir_}, model_);
+  EXPECT_EQ(kind_of([&] { fresh.acquire("x"); }), ErrorKind::CorruptFile);
+  EXPECT_EQ(fresh.acquire("x", 1)->version.version, 1u);
+  EXPECT_EQ(kind_of([&] { fresh.rollback("x", 2); }), ErrorKind::CorruptFile);
+  fresh.rollback("x", 1);
+  EXPECT_EQ(fresh.acquire("x")->version.version, 1u);
+}
+
+TEST_F(RegistryTest, ResidentAndHotCachesStayWithinBudget) {
+  RegistryOptions opts{dir_};
+  AdapterRegistry setup(opts, model_);
+  for (int i = 0; i < 5; ++i) setup.create("a" + std::to_string(i), AdapterConfig{});
+  const size_t one = setup.acquire("a0")->image->image_bytes();
+  opts.resident_bytes = 2 * one + one / 2;
+  opts.hot_adapters = 2;
+  AdapterRegistry reg(opts, model_);
+  std::vector<std::shared_ptr<const AdapterSnapshot>> held;
+  for (int i = 0; i < 5; ++i) {
+    held.push_back(reg.acquire("a" + std::to_string(i)));
+    reg.weights(*held.back());
+  }
+  RegistryStats s = reg.stats();
+  EXPECT_EQ(s.resident_adapters, 2u);
+  EXPECT_LE(s.resident_bytes, opts.resident_bytes);
+  EXPECT_EQ(s.hot_adapters, 2u);
+  EXPECT_EQ(s.disk_loads, 5u);
+  reg.acquire("a4");  // most recent: still resident
+  EXPECT_EQ(reg.stats().disk_loads, 5u);
+  reg.acquire("a0");  // evicted: loaded again, while the snapshot held above stays valid
+  EXPECT_EQ(reg.stats().disk_loads, 6u);
+  EXPECT_EQ(held[0]->image->values(), reg.acquire("a0")->image->values());
+}
+
+// Publishing while other threads generate: every generation runs with exactly one published version.
+TEST_F(RegistryTest, PublishingNeverTearsARunningGeneration) {
+  RegistryOptions opts{dir_};
+  opts.keep_versions = 1000;
+  AdapterRegistry reg(opts, model_);
+  AdapterConfig cfg;
+  cfg.sparsity = 0.5;
+  reg.create("live", cfg);
+  const TileLayout layout = reg.acquire("live")->image->layout();
+  Engine engine;
+  engine.model = model_;
+  GenerationRequest base;
+  base.prompt = {1, 2, 3, 4, 5};
+  base.sampling.temperature = 0;
+  base.sampling.max_tokens = 6;
+  base.sampling.ignore_eos = true;
+
+  std::mutex mu;
+  std::map<uint64_t, std::vector<float>> published;
+  published[1] = reg.acquire("live")->image->values();
+  std::atomic<bool> stop{false};
+  std::thread publisher([&] {
+    for (int i = 0; i < 25; ++i) {
+      std::vector<float> v = random_values(layout, 100 + i);
+      for (auto& x : v) x *= 20.0f;  // large enough that versions generate different tokens
+      uint64_t version = reg.publish("live", v).version;
+      std::lock_guard<std::mutex> lock(mu);
+      published[version] = v;
+    }
+    stop = true;
+  });
+  struct Seen {
+    uint64_t version;
+    std::vector<int32_t> ids;
+    bool weights_match;
+  };
+  std::vector<Seen> seen;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 3; ++w)
+    workers.emplace_back([&] {
+      while (!stop) {
+        auto snap = reg.acquire("live");
+        auto weights = reg.weights(*snap);
+        GenerationRequest r = base;
+        r.adapter = weights;
+        auto ids = generate(engine, r).ids;
+        // The dense tensors used must be exactly the snapshot's values, tile by tile.
+        bool match = true;
+        const auto values = snap->image->values();
+        for (const auto& t : layout.tensors) {
+          at::Tensor dense = (t.is_b ? weights->b : weights->a)[t.layer][static_cast<int>(t.module)];
+          for (int64_t k = 0; k < t.num_tiles && match; ++k) {
+            const TilePos& p = layout.tiles[t.first_tile + k];
+            at::Tensor tile = dense.narrow(0, p.row * 8, 8).narrow(1, p.col * 8, 8).contiguous();
+            match = std::memcmp(tile.data_ptr<float>(), values.data() + (t.first_tile + k) * kTileValues,
+                                kTileValues * sizeof(float)) == 0;
+          }
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        seen.push_back({snap->version.version, ids, match});
+      }
+    });
+  publisher.join();
+  for (auto& t : workers) t.join();
+  ASSERT_GT(seen.size(), 3u);
+  // Reference: each version's generation run alone, single-threaded, from the values that were published.
+  std::map<uint64_t, std::vector<int32_t>> reference;
+  std::set<std::vector<int32_t>> distinct;
+  for (const auto& s : seen) {
+    EXPECT_TRUE(s.weights_match) << "version " << s.version;
+    ASSERT_TRUE(published.count(s.version));
+    if (!reference.count(s.version)) {
+      auto img = AdapterImage::build(layout, published[s.version].data());
+      GenerationRequest r = base;
+      r.adapter = make_lora_weights(*img, *model_, cfg.scale(), "live", s.version);
+      reference[s.version] = generate(engine, r).ids;
+    }
+    EXPECT_EQ(s.ids, reference[s.version]) << "version " << s.version;
+    distinct.insert(s.ids);
+  }
+  std::printf("concurrent publish: %zu generations over %zu versions, %zu distinct outputs\n", seen.size(),
+              reference.size(), distinct.size());
+  EXPECT_GT(reference.size(), 1u);
+}
+
+}  // namespace
+}  // namespace hs

@@ -1,0 +1,224 @@
+"""Sparse LoRA adapters against PEFT on tiny random Qwen3 models: our exported adapters load in PEFT with the
+same logits, PEFT adapters import with PEFT's logits, and mixed-adapter batches give each row its own result."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch
+
+from conftest import run_cli, run_probe
+from tiny_models import VOCAB, build_tiny_model
+
+TOL = 1e-4
+MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen3_tied_gqa")
+    return folder, build_tiny_model("qwen3_tied_gqa", folder)
+
+
+def prompt_of(length, seed):
+    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@torch.no_grad()
+def hf_logits(model, ids):
+    return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def probe_logits(folder, prompts, tmp_path, adapter_dir=None, adapters=None, scales=None, continuations=None,
+                 chunk=1 << 20):
+    out = tmp_path / "logits.safetensors"
+    req = {"mode": "logits", "model": str(folder), "prompts": prompts, "out": str(out), "chunk": chunk}
+    if adapters is not None:
+        req.update(adapter_dir=str(adapter_dir), adapters=adapters)
+    if scales is not None:
+        req["adapter_scales"] = scales
+    if continuations is not None:
+        req["continuations"] = continuations
+    run_probe(req, tmp_path)
+    t = load_file(out)
+    return [t[f"logits.{i}"] for i in range(len(prompts))]
+
+
+def create_adapter(folder, adapter_dir, name, tmp_path, seed=0, b_std=0.5, sparsity=0.99, **extra):
+    return run_probe({"mode": "adapter_create", "model": str(folder), "adapter_dir": str(adapter_dir), "name": name,
+                      "seed": seed, "b_std": b_std, "sparsity": sparsity, **extra}, tmp_path)
+
+
+def cli_ok(*args):
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_sparse_adapter_matches_peft_loading_our_export(tiny, tmp_path):
+    folder, model = tiny
+    adir = tmp_path / "adapters"
+    info = create_adapter(folder, adir, "sparse", tmp_path, seed=3)
+    assert info["version"] == 2
+    peft_dir = tmp_path / "peft"
+    cli_ok("adapters", "export", "sparse", peft_dir, "--adapter-dir", adir)
+
+    # The export is tile-sparse: non-zero entries only inside the listed 8x8 tiles, B filled there.
+    tensors = load_torch(peft_dir / "adapter_model.safetensors")
+    for t in info["tensors"]:
+        side = "B" if t["is_b"] else "A"
+        group = "self_attn" if t["module"] in MODULES[:4] else "mlp"
+        w = tensors[f"base_model.model.model.layers.{t['layer']}.{group}.{t['module']}.lora_{side}.weight"]
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        for r, c in t["tiles"]:
+            mask[8 * r:8 * r + 8, 8 * c:8 * c + 8] = True
+        assert torch.all(w[~mask] == 0)
+        assert torch.all(w[mask] != 0)
+        assert 0 < mask.sum() < mask.numel()
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir).eval()
+    ids = prompt_of(32, 1)
+    ours = probe_logits(folder, [ids], tmp_path, adir, ["sparse"])[0]
+    theirs = hf_logits(peft_model, ids)
+    base = hf_logits(model, ids)
+    assert np.abs(theirs - base).max() > 0.05, "the adapter should change the logits"
+    assert np.abs(ours - theirs).max() < TOL
+
+
+@pytest.mark.parametrize("rank,alpha,rslora", [(16, 32, False), (4, 8, True)])
+def test_peft_adapter_imported_dense_matches_peft(tiny, tmp_path, rank, alpha, rslora):
+    folder, model = tiny
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=MODULES, lora_dropout=0.0, use_rslora=rslora,
+                     init_lora_weights=False)
+    torch.manual_seed(7)
+    peft_model = get_peft_model(copy.deepcopy(model), cfg).eval()
+    peft_dir = tmp_path / "peft"
+    peft_model.save_pretrained(peft_dir)
+    adir = tmp_path / "adapters"
+    out = json.loads(cli_ok("adapters", "import", "imported", peft_dir, "--model", folder, "--adapter-dir", adir))
+    assert out["density"] == 1.0 and out["rank"] == 16 if rank == 16 else out["rank"] == 8  # rank padded to 8
+    ids = prompt_of(24, 2)
+    ours = probe_logits(folder, [ids], tmp_path, adir, ["imported"])[0]
+    theirs = hf_logits(peft_model, ids)
+    assert np.abs(theirs - hf_logits(model, ids)).max() > 0.05
+    assert np.abs(ours - theirs).max() < TOL
+
+
+def test_peft_import_sparsified_by_tile_magnitude(tiny, tmp_path):
+    folder, model = tiny
+    cfg = LoraConfig(r=16, lora_alpha=16, target_modules=MODULES, lora_dropout=0.0, init_lora_weights=False)
+    torch.manual_seed(11)
+    peft_model = get_peft_model(copy.deepcopy(model), cfg)
+    peft_dir = tmp_path / "peft"
+    peft_model.save_pretrained(peft_dir)
+    original = load_torch(peft_dir / "adapter_model.safetensors")
+    adir = tmp_path / "adapters"
+    cli_ok("adapters", "import", "sparse", peft_dir, "--model", folder, "--adapter-dir", adir, "--sparsity", "0.75")
+    back = tmp_path / "back"
+    cli_ok("adapters", "export", "sparse", back, "--adapter-dir", adir)
+    exported = load_torch(back / "adapter_model.safetensors")
+    for key, w in original.items():
+        e = exported[key]
+        kept = e != 0
+        assert torch.equal(e[kept], w[kept])  # kept entries are unchanged
+        tiles = w.reshape(w.shape[0] // 8, 8, w.shape[1] // 8, 8).pow(2).sum((1, 3))
+        kept_tiles = kept.reshape(tiles.shape[0], 8, tiles.shape[1], 8).any(3).any(1)
+        # Per group of 8 rank components (A's tile rows, B's tile columns) the kept tiles are the largest.
+        groups = tiles.T if "lora_B" in key else tiles
+        kept_g = kept_tiles.T if "lora_B" in key else kept_tiles
+        n_groups, per_group = groups.shape
+        total = min(max(n_groups, round(0.25 * n_groups * per_group)), n_groups * per_group)
+        for g in range(n_groups):
+            assert kept_g[g].sum() == total // n_groups + (1 if g < total % n_groups else 0)
+            if (~kept_g[g]).any():
+                assert groups[g][kept_g[g]].min() >= groups[g][~kept_g[g]].max()
+
+
+def test_mixed_batch_rows_match_running_alone(tiny, tmp_path):
+    folder, _ = tiny
+    adir = tmp_path / "adapters"
+    for i in range(4):
+        create_adapter(folder, adir, f"a{i}", tmp_path, seed=10 + i, sparsity=0.9 if i % 2 else 0.99)
+    rows = ["a0", "a1", None, "a2", "a3", "a0", None, "a2", "a1", "a3"]
+    scales = [1.0, 0.5, 1.0, 1.0, 2.0, 1.0, 1.0, -1.0, 1.0, 1.0]
+    prompts = [prompt_of(5 + 3 * i, 100 + i) for i in range(len(rows))]
+    conts = [prompt_of(4 + (i % 3), 200 + i) for i in range(len(rows))]
+    batched = probe_logits(folder, prompts, tmp_path, adir, rows, scales, conts, chunk=8)
+    for i, name in enumerate(rows):
+        alone = probe_logits(folder, [prompts[i]], tmp_path, adir, [name], [scales[i]], [conts[i]])[0]
+        assert batched[i].shape == alone.shape
+        assert np.abs(batched[i] - alone).max() < 1e-5, f"row {i} ({name})"
+    base = probe_logits(folder, [prompts[0]], tmp_path, continuations=[conts[0]])[0]
+    assert np.abs(batched[0] - base).max() > 0.05
+
+
+def test_adapter_files_refuse_damage_and_keep_previous_version(default_model_path, tmp_path):
+    adir = tmp_path / "adapters"
+    info = create_adapter(default_model_path, adir, "news", tmp_path, b_std=0.02)
+    assert info["version"] == 2
+    gen = ["generate", "--model", "default", "--adapter-dir", adir, "--prompt", "The capital of France is",
+           "--max-tokens", "4", "--temperature", "0", "--json"]
+    ok = run_cli(*gen, "--adapter", "news")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[-1])["adapter"] == {"name": "news", "version": 2}
+
+    v2 = adir / "news" / "v00000002.hsl"
+    pristine = v2.read_bytes()
+    for damage in ("flip", "truncate"):
+        data = bytearray(pristine)
+        if damage == "flip":
+            data[len(data) * 2 // 3] ^= 0x10
+        else:
+            data = data[:len(data) - 100]
+        v2.write_bytes(bytes(data))
+        bad = run_cli(*gen, "--adapter", "news")
+        assert bad.returncode == 4, bad.stderr
+        assert "v00000002.hsl" in bad.stderr and ("CRC" in bad.stderr or "truncated" in bad.stderr)
+        prev = run_cli(*gen, "--adapter", "news", "--adapter-version", "1")
+        assert prev.returncode == 0, prev.stderr
+    out = json.loads(cli_ok("adapters", "rollback", "news", "1", "--adapter-dir", adir))
+    assert out["version"] == 1
+    after = run_cli(*gen, "--adapter", "news")
+    assert after.returncode == 0 and json.loads(after.stdout.splitlines()[-1])["adapter"]["version"] == 1
+
+
+def test_adapter_refused_on_another_base_model(tiny, tmp_path):
+    folder, _ = tiny
+    other = tmp_path / "other"
+    build_tiny_model("qwen3_tied_gqa", other, seed=1)
+    adir = tmp_path / "adapters"
+    create_adapter(folder, adir, "mine", tmp_path)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"mode": "logits", "model": str(other), "prompts": [[1, 2, 3]],
+                               "out": str(tmp_path / "x.safetensors"), "adapter_dir": str(adir), "adapters": ["mine"]}))
+    import subprocess
+    from conftest import PROBE
+    r = subprocess.run([str(PROBE), str(req)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "was made for base model" in r.stderr
+
+
+def test_adapter_cli_errors(tmp_path):
+    adir = tmp_path / "adapters"
+    cases = [
+        (["adapters", "create", "../escape", "--model", "default"], 2, "invalid adapter name"),
+        (["adapters", "create", "x", "--model", "default", "--rank", "12"], 2, "multiple of 8"),
+        (["adapters", "create", "x", "--model", "default", "--sparsity", "1.5"], 2, "sparsity"),
+        (["adapters", "create", "x", "--model", "default", "--targets", "lm_head"], 2, "unknown LoRA target"),
+        (["adapters", "show", "missing"], 3, "no adapter named"),
+        (["adapters", "import", "x", tmp_path / "nope", "--model", "default"], 3, "adapter_config.json"),
+        (["generate", "--model", "default", "--adapter", "missing", "--prompt", "hi"], 3, "no adapter named"),
+    ]
+    for args, code, text in cases:
+        r = run_cli(*args, "--adapter-dir", adir)
+        assert r.returncode == code, (args, r.stderr)
+        assert text in r.stderr, (args, r.stderr)
+    cli_ok("adapters", "create", "twice", "--model", "default", "--adapter-dir", adir)
+    r = run_cli("adapters", "create", "twice", "--model", "default", "--adapter-dir", adir)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    listed = json.loads(cli_ok("adapters", "list", "--json", "--adapter-dir", adir))
+    assert [a["name"] for a in listed] == ["twice"]
+    cli_ok("adapters", "rm", "twice", "--adapter-dir", adir)
+    assert json.loads(cli_ok("adapters", "list", "--json", "--adapter-dir", adir)) == []
