@@ -23,11 +23,7 @@ using hs::bench::seconds_since;
 using nlohmann::json;
 
 struct Args {
-  std::string model = "default";
-  std::string random_config;
-  std::string device = "cpu";
-  std::string dtype = "auto";
-  std::string quantize = "none";
+  hs::bench::ModelArgs model;
   int64_t rank = 16;
   double sparsity = 0.99;
   int64_t decode_steps = 32;
@@ -37,28 +33,12 @@ struct Args {
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw hs::Error(hs::ErrorKind::InvalidArgument, k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--model") a.model = value();
-    else if (k == "--random-config") a.random_config = value();
-    else if (k == "--device") a.device = value();
-    else if (k == "--dtype") a.dtype = value();
-    else if (k == "--quantize") a.quantize = value();
-    else if (k == "--rank") a.rank = std::stoll(value());
-    else if (k == "--sparsity") a.sparsity = std::stod(value());
-    else if (k == "--decode-steps") a.decode_steps = std::stoll(value());
-    else if (k == "--context") a.context = std::stoll(value());
-    else if (k == "--repeats") a.repeats = std::stoi(value());
-    else
-      throw hs::Error(hs::ErrorKind::InvalidArgument,
-                      "unknown flag " + k +
-                          " (--model, --random-config, --device, --dtype, --quantize, --rank, --sparsity, "
-                          "--decode-steps, --context, --repeats)");
-  }
+  hs::bench::parse_flags(argc, argv, a.model,
+                         {{"--rank", [&](const std::string& v) { a.rank = std::stoll(v); }},
+                          {"--sparsity", [&](const std::string& v) { a.sparsity = std::stod(v); }},
+                          {"--decode-steps", [&](const std::string& v) { a.decode_steps = std::stoll(v); }},
+                          {"--context", [&](const std::string& v) { a.context = std::stoll(v); }},
+                          {"--repeats", [&](const std::string& v) { a.repeats = std::stoi(v); }}});
   return a;
 }
 
@@ -91,13 +71,12 @@ double median_ms(int repeats, Fn fn) {
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
-  try {
+  return hs::bench::run([&]() -> nlohmann::json {
     Args a = parse_args(argc, argv);
     json out;
     out["machine"] = hs::bench::machine_json();
     std::string described;
-    std::shared_ptr<hs::Model> model =
-        hs::bench::load_bench_model(a.model, a.random_config, hs::LoadOptions{a.dtype, a.device, a.quantize}, &described);
+    std::shared_ptr<hs::Model> model = hs::bench::load_bench_model(a.model, &described);
     const hs::Model& m = *model;
     out["model"] = described;
     out["device"] = m.device.str();
@@ -243,13 +222,6 @@ int main(int argc, char** argv) {
     }
     out["peak_rss_mb"] = hs::bench::peak_rss_mb();
     hs::remove_tree(dir);
-    std::cout << out.dump(2) << std::endl;
-    return 0;
-  } catch (const hs::Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+    return out;
+  });
 }

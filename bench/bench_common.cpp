@@ -6,8 +6,10 @@
 #include <ATen/Parallel.h>
 
 #include <fstream>
+#include <iostream>
 #include <thread>
 
+#include "common/error.h"
 #include "common/fs_util.h"
 #include "model/config.h"
 #include "serving/engine.h"
@@ -26,6 +28,19 @@ std::string cpu_model() {
 
 }  // namespace
 
+int run(const std::function<nlohmann::json()>& body) {
+  try {
+    std::cout << body().dump(2) << std::endl;
+    return 0;
+  } catch (const Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return e.kind() == ErrorKind::InvalidArgument || e.kind() == ErrorKind::NotFound ? 2 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
 nlohmann::json machine_json() {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -42,15 +57,36 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
-std::shared_ptr<Model> load_bench_model(const std::string& model, const std::string& random_config,
-                                        const LoadOptions& options, std::string* described) {
+void parse_flags(int argc, char** argv, ModelArgs& model, const FlagHandlers& extra) {
+  FlagHandlers all = extra;
+  all["--model"] = [&](const std::string& v) { model.model = v; };
+  all["--random-config"] = [&](const std::string& v) { model.random_config = v; };
+  all["--device"] = [&](const std::string& v) { model.device = v; };
+  all["--dtype"] = [&](const std::string& v) { model.dtype = v; };
+  all["--quantize"] = [&](const std::string& v) { model.quantize = v; };
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto it = all.find(k);
+    if (it == all.end()) {
+      std::string known;
+      for (const auto& [name, fn] : all) known += (known.empty() ? "" : ", ") + name;
+      throw Error(ErrorKind::InvalidArgument, "unknown flag " + k + " (" + known + ")");
+    }
+    if (i + 1 >= argc) throw Error(ErrorKind::InvalidArgument, k + " needs a value");
+    it->second(argv[++i]);
+  }
+}
+
+std::shared_ptr<Model> load_bench_model(const ModelArgs& args, std::string* described) {
   std::shared_ptr<Model> m;
-  if (!random_config.empty()) {
-    ModelConfig c = random_config == "qwen3-1.7b" ? qwen3_1_7b_config() : parse_hf_config(read_text_file(random_config));
+  const LoadOptions options{args.dtype, args.device, args.quantize};
+  if (!args.random_config.empty()) {
+    ModelConfig c = args.random_config == "qwen3-1.7b" ? qwen3_1_7b_config()
+                                                       : parse_hf_config(read_text_file(args.random_config));
     m = make_random_model(c, options, 0);
-    *described = random_config + " (random weights)";
+    *described = args.random_config + " (random weights)";
   } else {
-    const std::string path = resolve_model_path(model);
+    const std::string path = resolve_model_path(args.model);
     m = load_model(path, options);
     *described = path;
   }

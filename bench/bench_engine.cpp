@@ -17,11 +17,7 @@ using hs::bench::Clock;
 using hs::bench::seconds_since;
 
 struct Args {
-  std::string model = "default";
-  std::string random_config;  // "qwen3-1.7b" or a config.json path
-  std::string device = "cpu";
-  std::string dtype = "auto";
-  std::string quantize = "none";
+  hs::bench::ModelArgs model;
   std::vector<int64_t> prompt_lengths{128, 512};
   std::vector<int64_t> batches{1, 8};
   int64_t decode_steps = 32;
@@ -44,29 +40,13 @@ std::vector<int64_t> parse_list(const std::string& s) {
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw hs::Error(hs::ErrorKind::InvalidArgument, k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--model") a.model = value();
-    else if (k == "--random-config") a.random_config = value();
-    else if (k == "--device") a.device = value();
-    else if (k == "--dtype") a.dtype = value();
-    else if (k == "--quantize") a.quantize = value();
-    else if (k == "--prompt-lengths") a.prompt_lengths = parse_list(value());
-    else if (k == "--batches") a.batches = parse_list(value());
-    else if (k == "--decode-steps") a.decode_steps = std::stoll(value());
-    else if (k == "--context") a.context = std::stoll(value());
-    else if (k == "--repeats") a.repeats = std::stoi(value());
-    else if (k == "--llama-bench") a.llama_bench = value();
-    else
-      throw hs::Error(hs::ErrorKind::InvalidArgument,
-                      "unknown flag " + k +
-                          " (--model, --random-config, --device, --dtype, --quantize, --prompt-lengths, --batches, "
-                          "--decode-steps, --context, --repeats, --llama-bench)");
-  }
+  hs::bench::parse_flags(argc, argv, a.model,
+                         {{"--prompt-lengths", [&](const std::string& v) { a.prompt_lengths = parse_list(v); }},
+                          {"--batches", [&](const std::string& v) { a.batches = parse_list(v); }},
+                          {"--decode-steps", [&](const std::string& v) { a.decode_steps = std::stoll(v); }},
+                          {"--context", [&](const std::string& v) { a.context = std::stoll(v); }},
+                          {"--repeats", [&](const std::string& v) { a.repeats = std::stoi(v); }},
+                          {"--llama-bench", [&](const std::string& v) { a.llama_bench = v; }}});
   return a;
 }
 
@@ -108,15 +88,14 @@ json run_llama_bench(const Args& a, const std::string& gguf, int threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return hs::bench::run([&]() -> nlohmann::json {
     Args a = parse_args(argc, argv);
     at::InferenceMode guard;
     json out;
     out["machine"] = hs::bench::machine_json();
     auto t0 = Clock::now();
     std::string described;
-    std::shared_ptr<hs::Model> model =
-        hs::bench::load_bench_model(a.model, a.random_config, hs::LoadOptions{a.dtype, a.device, a.quantize}, &described);
+    std::shared_ptr<hs::Model> model = hs::bench::load_bench_model(a.model, &described);
     const hs::Model& m = *model;
     out["model"] = described;
     out["load_s"] = seconds_since(t0);
@@ -147,13 +126,6 @@ int main(int argc, char** argv) {
         out["ratio_vs_llama_cpp"]["decode_batch_1"] = out["decode"]["batch_1"]["tokens_per_s"].get<double>() /
                                                        peer["tg" + std::to_string(a.decode_steps)].get<double>();
     }
-    std::cout << out.dump(2) << std::endl;
-    return 0;
-  } catch (const hs::Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+    return out;
+  });
 }
