@@ -53,6 +53,9 @@ LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std
   }
   batch.slots = static_cast<int64_t>(slots.size());
   if (slots.empty()) return batch;
+  batch.uniform = slots.size() == 1 && std::all_of(rows.begin(), rows.end(), [](const LoraWeights* w) { return w; }) &&
+                  std::all_of(scale_of.begin(), scale_of.end(), [&](float s) { return s == scale_of[0]; });
+  batch.uniform_scale = scale_of[0];
 
   const int64_t L = model.config.num_layers;
   int64_t rank = 0;
@@ -61,34 +64,32 @@ LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std
   batch.b.resize(L);
   for (int64_t l = 0; l < L; ++l)
     for (int p = 0; p < kLoraProjections; ++p) {
-      const at::Tensor* shape_a = nullptr;
-      const at::Tensor* shape_b = nullptr;
+      const LoraWeights* shape = nullptr;
       for (const auto* w : slots)
-        if (w->a[l][p].defined()) {
-          shape_a = &w->a[l][p];
-          shape_b = &w->b[l][p];
-        }
-      if (!shape_a) continue;
+        if (w->a[l][p].defined()) shape = w;
+      if (!shape) continue;
       if (slots.size() == 1) {
-        batch.a[l][p] = shape_a->unsqueeze(0);
-        batch.b[l][p] = shape_b->unsqueeze(0);
+        batch.a[l][p] = shape->a[l][p];
+        batch.b[l][p] = shape->b[l][p];
         continue;
       }
-      // Slots without this projection, or with a smaller rank, are zero-padded: zeros add nothing.
-      const int64_t in = shape_a->size(1), out = shape_b->size(0);
-      at::Tensor a = at::zeros({batch.slots, rank, in}, shape_a->options());
-      at::Tensor b = at::zeros({batch.slots, out, rank}, shape_b->options());
+      // Slot s owns rank columns [s * rank, s * rank + its rank); slots without this projection stay zero.
+      const int64_t in = shape->a[l][p].size(1), out = shape->b[l][p].size(0);
+      at::Tensor a = at::zeros({batch.slots * rank, in}, shape->a[l][p].options());
+      at::Tensor b = at::zeros({out, batch.slots * rank}, shape->b[l][p].options());
       for (int64_t s = 0; s < batch.slots; ++s) {
         const LoraWeights& w = *slots[s];
         if (!w.a[l][p].defined()) continue;
-        a[s].narrow(0, 0, w.rank).copy_(w.a[l][p]);
-        b[s].narrow(1, 0, w.rank).copy_(w.b[l][p]);
+        a.narrow(0, s * rank, w.rank).copy_(w.a[l][p]);
+        b.narrow(1, s * rank, w.rank).copy_(w.b[l][p]);
       }
       batch.a[l][p] = a;
       batch.b[l][p] = b;
     }
-  batch.slot = at::tensor(slot_of, at::kLong).to(model.device);
-  batch.scale = at::tensor(scale_of, at::kFloat).view({-1, 1, 1}).to(model.device, model.dtype);
+  at::Tensor mask = at::zeros({static_cast<int64_t>(rows.size()), 1, batch.slots * rank}, at::kFloat);
+  for (size_t r = 0; r < rows.size(); ++r)
+    if (rows[r]) mask[r][0].narrow(0, slot_of[r] * rank, rows[r]->rank).fill_(scale_of[r]);
+  batch.row_scale = mask.to(model.device, model.dtype);
   return batch;
 }
 

@@ -47,21 +47,17 @@ at::Tensor linear(const at::Tensor& x, const Linear& lin) {
   return lin.bias.defined() ? y + lin.bias : y;
 }
 
-// A projection plus, where the batch has adapters for it, each row's scaled B (A x). x is [rows, T, in].
+// A projection plus, where the batch has adapters for it, each row's scaled B (A x) (see LoraBatch).
 at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora, int64_t layer, int proj) {
   at::Tensor y = linear(x, lin);
   if (!lora || !lora->a[layer][proj].defined()) return y;
   const at::Tensor& a = lora->a[layer][proj];
   const at::Tensor& b = lora->b[layer][proj];
-  at::Tensor delta;
-  if (lora->slots == 1) {
-    delta = at::matmul(at::matmul(x, a[0].t()), b[0].t());
-  } else {
-    // Each row gathers its own slot's matrices: shapes depend only on the batch, not on which adapters.
-    at::Tensor u = at::bmm(x, a.index_select(0, lora->slot).transpose(1, 2));
-    delta = at::bmm(u, b.index_select(0, lora->slot).transpose(1, 2));
-  }
-  return y + delta * lora->scale;
+  const int64_t in = x.size(-1), out = b.size(0);
+  at::Tensor u = at::mm(x.reshape({-1, in}), a.t());  // [rows * T, slots * rank]
+  if (lora->uniform) return at::addmm(y.reshape({-1, out}), u, b.t(), 1.0, lora->uniform_scale).view(y.sizes());
+  u = (u.view({x.size(0), -1, a.size(0)}) * lora->row_scale).view({-1, a.size(0)});
+  return at::addmm(y.reshape({-1, out}), u, b.t()).view(y.sizes());
 }
 
 }  // namespace

@@ -11,13 +11,18 @@ namespace hs {
 // Projections in the order adapters name them (adapters/lora_config.h: q, k, v, o, gate, up, down).
 constexpr int kLoraProjections = 7;
 
+// The adapters of a batch ("slots") stacked along the rank axis, so that one pair of matrix products serves
+// every row whatever adapter it uses: u = x A^T gives every slot's rank components, a per-row mask keeps (and
+// scales) the row's own slot, and u B^T adds the update. Shapes depend on the number of slots only.
 struct LoraBatch {
-  // Per layer and projection, stacked over the batch's distinct adapters ("slots"): a [S, rank, in] and
-  // b [S, out, rank] in the model's dtype and device; undefined where no adapter of the batch has the module.
+  // Per layer and projection: a [slots * rank, in] and b [out, slots * rank] in the model's dtype and device;
+  // undefined where no adapter of the batch has the projection.
   std::vector<std::array<at::Tensor, kLoraProjections>> a, b;
-  at::Tensor slot;   // [rows] int64: the slot of each row (rows without an adapter have scale 0)
-  at::Tensor scale;  // [rows, 1, 1] in the model dtype: alpha / rank times the request's scale
+  at::Tensor row_scale;  // [rows, 1, slots * rank]: alpha / rank times the request's scale in the row's slot, else 0
   int64_t slots = 0;
+  // Every row uses the one slot at the same scale: the mask is skipped and the scale folds into addmm.
+  bool uniform = false;
+  double uniform_scale = 0;
 };
 
 }  // namespace hs

@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "serving/generate.h"
 #include "storage/adapter_image.h"
+#include "storage/atomic_file.h"
 
 namespace hs {
 namespace {
@@ -40,11 +41,15 @@ ModelConfig tiny_config() {
 
 ModelConfig qwen3_1_7b() { return qwen3_1_7b_config(); }
 
-std::string temp_dir(const std::string& tag) {
-  std::string d = testing::TempDir() + "hs_adapters_" + tag + "_" + std::to_string(::getpid());
-  std::filesystem::create_directories(d);
-  return d;
-}
+// A fresh folder under the test temp dir, deleted with everything in it when the test ends.
+struct TempDir {
+  explicit TempDir(const std::string& tag)
+      : path(testing::TempDir() + "hs_adapters_" + tag + "_" + std::to_string(::getpid())) {
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { remove_tree(path); }
+  std::string path;
+};
 
 std::vector<float> random_values(const TileLayout& layout, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -99,7 +104,8 @@ TEST(AdapterImage, WriteThenReadIsBitIdenticalAndMappedInPlace) {
   values[3] = 0.0f;  // an active entry may hold zero
   values[7] = -0.0f;
   auto img = AdapterImage::build(layout, values.data());
-  const std::string dir = temp_dir("roundtrip");
+  const TempDir tmp("roundtrip");
+  const std::string& dir = tmp.path;
   for (AdapterCodec codec : {AdapterCodec::None, AdapterCodec::Zip, AdapterCodec::Blosc}) {
     if (!adapter_codec_available(codec)) continue;
     const std::string path = dir + "/a_" + adapter_codec_name(codec) + ".hsl";
@@ -127,7 +133,8 @@ TEST(AdapterImage, DamagedFilesAreRefused) {
   AdapterConfig cfg;
   TileLayout layout = random_tile_layout(tiny_config(), cfg);
   std::vector<float> values = random_values(layout, 3);
-  const std::string dir = temp_dir("damage");
+  const TempDir tmp("damage");
+  const std::string& dir = tmp.path;
   const std::string path = dir + "/a.hsl";
   AdapterImage::build(layout, values.data())->write(path);
   std::ifstream in(path, std::ios::binary);
@@ -152,7 +159,8 @@ TEST(AdapterImage, Qwen3_1_7bAdapterIsAtLeast50xSmallerThanDense) {
   AdapterConfig cfg;  // rank 16, all seven targets, sparsity 0.99
   TileLayout layout = random_tile_layout(qwen3_1_7b(), cfg);
   std::vector<float> values = random_values(layout, 4);
-  const std::string path = temp_dir("size") + "/qwen.hsl";
+  const TempDir tmp("size");
+  const std::string path = tmp.path + "/qwen.hsl";
   auto img = AdapterImage::build(layout, values.data());
   img->write(path);
   const double dense_bytes = static_cast<double>(layout.dense_values()) * sizeof(float);
@@ -168,8 +176,10 @@ class RegistryTest : public testing::Test {
  protected:
   void SetUp() override {
     model_ = make_random_model(tiny_config(), LoadOptions{"float32", "cpu", "none"}, 1);
-    dir_ = temp_dir(testing::UnitTest::GetInstance()->current_test_info()->name());
+    tmp_ = std::make_unique<TempDir>(testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = tmp_->path;
   }
+  std::unique_ptr<TempDir> tmp_;
   std::shared_ptr<Model> model_;
   std::string dir_;
 };
