@@ -1,10 +1,14 @@
 #include "adapters/registry.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 
@@ -45,6 +49,28 @@ std::string version_file(uint64_t version) {
 
 std::string key(const std::string& name, uint64_t version) { return name + "@" + std::to_string(version); }
 
+// An exclusive advisory lock on <root>/.lock for the duration of a change, so that two processes (a server
+// and the CLI, say) never interleave their writes to one folder.
+class FolderLock {
+ public:
+  explicit FolderLock(const std::string& root) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) throw Error(ErrorKind::Io, "cannot create '" + root + "': " + ec.message());
+    fd_ = ::open((root + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0 || ::flock(fd_, LOCK_EX) != 0)
+      throw Error(ErrorKind::Io, "cannot lock '" + root + "/.lock': " + std::strerror(errno));
+  }
+  ~FolderLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing releases the lock
+  }
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 }  // namespace
 
 AdapterRegistry::AdapterRegistry(RegistryOptions options, std::shared_ptr<const Model> model)
@@ -69,6 +95,12 @@ AdapterManifest AdapterRegistry::load_manifest_locked(const std::string& name) {
   if (m.name != name) throw Error(ErrorKind::CorruptFile, "manifest '" + path + "' names adapter '" + m.name + "'");
   manifests_[name] = m;
   return m;
+}
+
+AdapterManifest AdapterRegistry::reload_manifest(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  manifests_.erase(name);  // another process may have changed it
+  return load_manifest_locked(name);
 }
 
 void AdapterRegistry::save_manifest_locked(const AdapterManifest& m) {
@@ -122,6 +154,7 @@ AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterCo
 AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterConfig& config,
                                         const TileLayout& layout, const std::vector<float>& values) {
   std::lock_guard<std::mutex> wlock(write_mu_);
+  FolderLock folder(options_.root);
   return create_locked(name, config, layout, values);
 }
 
@@ -153,11 +186,8 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
 AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
                                             uint64_t new_events, const TileLayout* layout) {
   std::lock_guard<std::mutex> wlock(write_mu_);
-  AdapterManifest m;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    m = load_manifest_locked(name);
-  }
+  FolderLock folder(options_.root);
+  AdapterManifest m = reload_manifest(name);
   auto current = acquire(name, m.current);
   std::shared_ptr<AdapterImage> image;
   if (layout) {
@@ -181,11 +211,8 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
 
 AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t version) {
   std::lock_guard<std::mutex> wlock(write_mu_);
-  AdapterManifest m;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    m = load_manifest_locked(name);
-  }
+  FolderLock folder(options_.root);
+  AdapterManifest m = reload_manifest(name);
   const AdapterVersionInfo* v = m.find(version);
   if (!v) {
     std::string kept;
@@ -201,6 +228,7 @@ AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t vers
 
 void AdapterRegistry::remove(const std::string& name) {
   std::lock_guard<std::mutex> wlock(write_mu_);
+  FolderLock folder(options_.root);
   const std::string d = dir(name);
   if (!fs::exists(d + "/manifest.json")) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
   // Rename first so a crash never leaves a half-deleted adapter under its name.

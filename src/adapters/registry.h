@@ -5,8 +5,8 @@
 // On disk: <root>/<name>/manifest.json and one adapter file per kept version, <root>/<name>/v00000007.hsl.
 // In memory: an LRU of verified adapter images within a byte budget ("resident"), and an LRU of dense
 // device tensors for the adapters in use ("hot"). A request holds the snapshot it started with, so
-// publishing a version never changes a generation that is already running. One process writes a root
-// folder at a time.
+// publishing a version never changes a generation that is already running. Changes take an exclusive lock
+// on <root>/.lock and re-read the manifest, so processes sharing a folder do not overwrite each other.
 #include <cstdint>
 #include <list>
 #include <map>
@@ -96,6 +96,7 @@ class AdapterRegistry {
 
   std::string dir(const std::string& name) const;
   AdapterManifest load_manifest_locked(const std::string& name);
+  AdapterManifest reload_manifest(const std::string& name);  // from disk, bypassing the cache
   void save_manifest_locked(const AdapterManifest& m);
   void check_base(const AdapterManifest& m) const;
   AdapterManifest create_locked(const std::string& name, const AdapterConfig& config, const TileLayout& layout,

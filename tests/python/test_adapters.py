@@ -222,3 +222,22 @@ def test_adapter_cli_errors(tmp_path):
     assert [a["name"] for a in listed] == ["twice"]
     cli_ok("adapters", "rm", "twice", "--adapter-dir", adir)
     assert json.loads(cli_ok("adapters", "list", "--json", "--adapter-dir", adir)) == []
+
+
+def test_cli_adapter_changes_generation_and_scale_zero_is_the_base_model(default_model_path, tmp_path):
+    adir = tmp_path / "adapters"
+    create_adapter(default_model_path, adir, "loud", tmp_path, b_std=1.0, sparsity=0.9)
+    gen = ["generate", "--model", "default", "--adapter-dir", adir, "--prompt", "The capital of France is",
+           "--max-tokens", "16", "--temperature", "0", "--json"]
+
+    def final(*extra):
+        r = run_cli(*gen, *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+
+    base = final()
+    assert base["adapter"] is None
+    assert final("--adapter", "loud", "--adapter-scale", "0")["text"] == base["text"]
+    adapted = final("--adapter", "loud")
+    assert adapted["adapter"] == {"name": "loud", "version": 2}
+    assert adapted["text"] != base["text"]
