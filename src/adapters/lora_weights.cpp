@@ -19,10 +19,17 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
   w->scale = scale;
   w->a.resize(model.config.num_layers);
   w->b.resize(model.config.num_layers);
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorKind::CorruptFile, "adapter '" + name + "' version " + std::to_string(version) +
+                                            " does not fit the model: " + why);
+  };
   for (const LoraTensorInfo& t : layout.tensors) {
-    if (t.layer >= model.config.num_layers)
-      throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' has layer " + std::to_string(t.layer) +
-                                                  " but the model has " + std::to_string(model.config.num_layers));
+    if (t.layer >= model.config.num_layers) bad("it has layer " + std::to_string(t.layer));
+    const ModuleShape shape = lora_module_shape(model.config, t.module);
+    const bool fits = t.is_b ? (t.rows == shape.out && t.cols == layout.rank) : (t.rows == layout.rank && t.cols == shape.in);
+    if (!fits) bad(std::string(lora_module_name(t.module)) + (t.is_b ? " B" : " A") + " has the wrong shape");
+    if ((t.is_b ? w->b : w->a)[t.layer][static_cast<int>(t.module)].defined())
+      bad(std::string(lora_module_name(t.module)) + " appears twice in layer " + std::to_string(t.layer));
     at::Tensor dense = at::zeros({t.rows, t.cols}, at::kFloat);
     float* d = dense.data_ptr<float>();
     for (int64_t k = 0; k < t.num_tiles; ++k) {
@@ -35,6 +42,9 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
     w->bytes += placed.numel() * placed.element_size();
     (t.is_b ? w->b : w->a)[t.layer][static_cast<int>(t.module)] = placed;
   }
+  for (int64_t l = 0; l < model.config.num_layers; ++l)
+    for (int p = 0; p < kLoraProjections; ++p)
+      if (w->a[l][p].defined() != w->b[l][p].defined()) bad("an A without its B, or a B without its A");
   return w;
 }
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,7 +48,19 @@ std::string version_file(uint64_t version) {
   return buf;
 }
 
-std::string key(const std::string& name, uint64_t version) { return name + "@" + std::to_string(version); }
+// Caches are keyed by name, version and CRC, so a deleted and re-created adapter never meets the old one's
+// cached data.
+std::string key(const std::string& name, const AdapterVersionInfo& v) {
+  return name + "@" + std::to_string(v.version) + "#" + std::to_string(v.crc32);
+}
+
+// Identifies one version of a file: manifests are replaced by rename, which always gives a new inode, and the
+// modification time covers anything else. Empty when the file does not exist.
+std::string file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_ino) + ":" + std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+}
 
 // An exclusive advisory lock on <root>/.lock for the duration of a change, so that two processes (a server
 // and the CLI, say) never interleave their writes to one folder.
@@ -58,8 +71,13 @@ class FolderLock {
     fs::create_directories(root, ec);
     if (ec) throw Error(ErrorKind::Io, "cannot create '" + root + "': " + ec.message());
     fd_ = ::open((root + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0 || ::flock(fd_, LOCK_EX) != 0)
-      throw Error(ErrorKind::Io, "cannot lock '" + root + "/.lock': " + std::strerror(errno));
+    int rc = fd_ < 0 ? -1 : 0;
+    while (rc == 0 && (rc = ::flock(fd_, LOCK_EX)) != 0 && errno == EINTR) rc = 0;
+    if (rc != 0) {
+      const int err = errno;
+      if (fd_ >= 0) ::close(fd_);
+      throw Error(ErrorKind::Io, "cannot lock '" + root + "/.lock': " + std::strerror(err));
+    }
   }
   ~FolderLock() {
     if (fd_ >= 0) ::close(fd_);  // closing releases the lock
@@ -88,12 +106,29 @@ std::string AdapterRegistry::dir(const std::string& name) const {
 }
 
 AdapterManifest AdapterRegistry::load_manifest_locked(const std::string& name) {
-  if (auto it = manifests_.find(name); it != manifests_.end()) return it->second;
   const std::string path = dir(name) + "/manifest.json";
-  if (!fs::exists(path)) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  const std::string stamp = file_stamp(path);
+  if (stamp.empty()) {
+    manifests_.erase(name);
+    throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  }
+  // Re-read when another process has replaced the manifest (publish, rollback) since it was cached.
+  if (auto it = manifests_.find(name); it != manifests_.end() && manifest_stamps_[name] == stamp) return it->second;
   AdapterManifest m = manifest_from_json(read_text_file(path), path);
-  if (m.name != name) throw Error(ErrorKind::CorruptFile, "manifest '" + path + "' names adapter '" + m.name + "'");
+  auto bad = [&](const std::string& why) { throw Error(ErrorKind::CorruptFile, "manifest '" + path + "' " + why); };
+  if (m.name != name) bad("names adapter '" + m.name + "'");
+  if (m.keep == 0) bad("keeps no versions");
+  try {
+    validate_adapter_config(m.config);
+  } catch (const Error& e) {
+    bad(std::string("has an invalid configuration: ") + e.what());
+  }
+  for (size_t i = 0; i < m.versions.size(); ++i) {
+    if (i > 0 && m.versions[i].version <= m.versions[i - 1].version) bad("lists versions out of order");
+    if (m.versions[i].file != version_file(m.versions[i].version)) bad("names an unexpected file");
+  }
   manifests_[name] = m;
+  manifest_stamps_[name] = stamp;
   return m;
 }
 
@@ -104,9 +139,11 @@ AdapterManifest AdapterRegistry::reload_manifest(const std::string& name) {
 }
 
 void AdapterRegistry::save_manifest_locked(const AdapterManifest& m) {
-  write_file_atomically(dir(m.name) + "/manifest.json", manifest_to_json(m));
+  const std::string path = dir(m.name) + "/manifest.json";
+  write_file_atomically(path, manifest_to_json(m));
   std::lock_guard<std::mutex> lock(mu_);
   manifests_[m.name] = m;
+  manifest_stamps_[m.name] = file_stamp(path);
 }
 
 void AdapterRegistry::check_base(const AdapterManifest& m) const {
@@ -163,7 +200,9 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   if (!model_) throw Error(ErrorKind::Internal, "creating an adapter needs the base model loaded");
   validate_adapter_config(config);
   const std::string d = dir(name);
-  if (fs::exists(d)) throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' already exists in " + options_.root);
+  if (fs::exists(d + "/manifest.json"))
+    throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' already exists in " + options_.root);
+  if (fs::exists(d)) remove_tree(d);  // left by a create that failed before writing its manifest
   if (static_cast<int64_t>(values.size()) != layout.num_values())
     throw Error(ErrorKind::Internal, "adapter values do not match the pattern");
   auto image = AdapterImage::build(layout, values.data());
@@ -269,7 +308,7 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
   if (version == 0) version = m.current;
   const AdapterVersionInfo* v = m.find(version);
   if (!v) throw Error(ErrorKind::NotFound, "adapter '" + name + "' has no version " + std::to_string(version));
-  if (auto it = resident_.find(key(name, version)); it != resident_.end()) {
+  if (auto it = resident_.find(key(name, *v)); it != resident_.end()) {
     resident_lru_.splice(resident_lru_.begin(), resident_lru_, it->second.lru);
     ++counters_.resident_hits;
     return it->second.snapshot;
@@ -285,7 +324,7 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
 }
 
 void AdapterRegistry::remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap) {
-  const std::string k = key(snap->name, snap->version.version);
+  const std::string k = key(snap->name, snap->version);
   if (resident_.count(k)) return;
   resident_lru_.push_front(k);
   resident_[k] = Resident{snap, resident_lru_.begin()};
@@ -322,7 +361,7 @@ void AdapterRegistry::forget_locked(const std::string& name) {
 
 std::shared_ptr<const LoraWeights> AdapterRegistry::weights(const AdapterSnapshot& snap) {
   if (!model_) throw Error(ErrorKind::Internal, "adapter weights need the base model loaded");
-  const std::string k = key(snap.name, snap.version.version);
+  const std::string k = key(snap.name, snap.version);
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = hot_.find(k); it != hot_.end()) {
     hot_lru_.splice(hot_lru_.begin(), hot_lru_, it->second.lru);

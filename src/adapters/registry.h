@@ -113,6 +113,7 @@ class AdapterRegistry {
   std::mutex write_mu_;  // serialises changes to the folder
   std::mutex mu_;        // guards everything below
   std::map<std::string, AdapterManifest> manifests_;
+  std::map<std::string, std::string> manifest_stamps_;  // inode and mtime of each cached manifest, to notice other writers
   std::map<std::string, Resident> resident_;  // key "name@version"
   std::list<std::string> resident_lru_;       // most recent first
   size_t resident_bytes_ = 0;

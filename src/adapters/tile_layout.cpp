@@ -144,11 +144,13 @@ void validate_layout(const TileLayout& layout) {
   if (layout.rank <= 0 || layout.rank % kTileSize) bad("rank " + std::to_string(layout.rank));
   int64_t next = 0;
   for (const auto& t : layout.tensors) {
-    if (t.rows <= 0 || t.cols <= 0 || t.rows % kTileSize || t.cols % kTileSize) bad("tensor shape");
+    if (t.rows <= 0 || t.cols <= 0 || t.rows > (1 << 24) || t.cols > (1 << 24) || t.rows % kTileSize ||
+        t.cols % kTileSize)
+      bad("tensor shape");
     if ((t.is_b ? t.cols : t.rows) != layout.rank) bad("tensor rank differs from the adapter rank");
-    if (t.first_tile != next || t.num_tiles < 0) bad("tile ranges");
+    if (t.first_tile != next || t.num_tiles < 0 || t.num_tiles > static_cast<int64_t>(layout.tiles.size()) - next)
+      bad("tile ranges");
     next += t.num_tiles;
-    if (next > static_cast<int64_t>(layout.tiles.size())) bad("tile count");
     for (int64_t i = t.first_tile; i < next; ++i) {
       const TilePos& p = layout.tiles[i];
       if (p.row < 0 || p.col < 0 || p.row >= t.rows / kTileSize || p.col >= t.cols / kTileSize) bad("tile outside tensor");

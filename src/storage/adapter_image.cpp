@@ -52,6 +52,19 @@ size_t pattern_end(uint64_t tensors, uint64_t tiles) {
 
 size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+using GridT = nanovdb::NanoGrid<float>;
+using TreeT = nanovdb::NanoTree<float>;
+using LeafT = nanovdb::NanoLeaf<float>;
+constexpr size_t kMinGridBytes = sizeof(nanovdb::GridData) + sizeof(nanovdb::TreeData<3>);
+
+// An upper bound on the grid of `tiles` tiles in our coordinates, so a header cannot ask for absurd
+// allocations: every leaf, a lower node per leaf, and an upper node per 2^17 leaves (x spans 8 per 256 leaves).
+size_t max_grid_bytes(uint64_t tiles) {
+  const uint64_t leaves = (tiles + 7) / 8;
+  return (size_t{1} << 20) + leaves * (sizeof(LeafT) + sizeof(nanovdb::NanoLower<float>)) +
+         (leaves / 131072 + 1) * sizeof(nanovdb::NanoUpper<float>);
+}
+
 nanovdb::Coord voxel(int64_t g, int64_t i, int64_t j) {
   const int64_t L = g / 8, s = g % 8;
   return nanovdb::Coord(static_cast<int32_t>(8 * (L / 256) + s), static_cast<int32_t>(8 * ((L / 16) % 16) + i),
@@ -227,25 +240,29 @@ std::shared_ptr<AdapterImage> AdapterImage::build(const TileLayout& layout, cons
 
 void AdapterImage::index_leaves(const std::string& where) {
   const auto& h = *reinterpret_cast<const FileHeader*>(data_);
-  const auto* grid = reinterpret_cast<const nanovdb::NanoGrid<float>*>(data_ + h.grid_offset);
+  if (h.grid_bytes < kMinGridBytes) corrupt(where, "the grid is smaller than a NanoVDB grid header");
+  const uint8_t* grid_begin = data_ + h.grid_offset;
+  const auto* grid = reinterpret_cast<const GridT*>(grid_begin);
   if (!grid->isValid() || grid->gridType() != nanovdb::GridType::Float || grid->gridSize() != h.grid_bytes)
     corrupt(where, "the NanoVDB grid header is not a float grid of the recorded size");
   const int64_t num_tiles = static_cast<int64_t>(layout_.tiles.size());
-  const int64_t num_leaves = (num_tiles + 7) / 8;
-  const auto& tree = grid->tree();
-  if (static_cast<int64_t>(tree.nodeCount(0)) != num_leaves)
-    corrupt(where, "the grid has " + std::to_string(tree.nodeCount(0)) + " leaves for " + std::to_string(num_tiles) +
-                       " tiles");
+  const uint64_t num_leaves = static_cast<uint64_t>(num_tiles + 7) / 8;
+  const auto* tree_data = reinterpret_cast<const nanovdb::TreeData<3>*>(grid_begin + sizeof(nanovdb::GridData));
+  // Offsets are checked as integers against the grid's size before any leaf is touched.
+  const uint64_t tree_offset = sizeof(nanovdb::GridData), leaf_offset = tree_data->mNodeOffset[0];
+  if (tree_data->mNodeCount[0] != num_leaves)
+    corrupt(where, "the grid has " + std::to_string(tree_data->mNodeCount[0]) + " leaves for " +
+                       std::to_string(num_tiles) + " tiles");
+  if (leaf_offset == 0 || leaf_offset % kGridAlignment != 0 || leaf_offset > h.grid_bytes ||
+      num_leaves > h.grid_bytes / sizeof(LeafT) || tree_offset + leaf_offset + num_leaves * sizeof(LeafT) > h.grid_bytes)
+    corrupt(where, "the grid's leaf nodes lie outside it");
   leaf_values_.assign(num_leaves, nullptr);
-  const auto* leaf = tree.getFirstLeaf();
-  const auto* grid_end = data_ + h.grid_offset + h.grid_bytes;
-  for (int64_t n = 0; n < num_leaves; ++n, ++leaf) {
-    if (reinterpret_cast<const uint8_t*>(leaf + 1) > grid_end) corrupt(where, "leaf nodes run past the grid");
+  const auto* leaf = reinterpret_cast<const LeafT*>(grid_begin + tree_offset + leaf_offset);
+  for (uint64_t n = 0; n < num_leaves; ++n, ++leaf) {
     const nanovdb::Coord o = leaf->origin();
+    if (o[0] < 0 || o[1] < 0 || o[2] < 0 || (o[1] / 8) >= 16 || (o[2] / 8) >= 16) corrupt(where, "a leaf lies outside the tile coordinates");
     const int64_t L = leaf_index(o);
-    if (o[0] < 0 || o[1] < 0 || o[2] < 0 || (o[1] / 8) >= 16 || (o[2] / 8) >= 16 || L >= num_leaves ||
-        leaf_values_[L] != nullptr)
-      corrupt(where, "a leaf lies outside the tile coordinates");
+    if (L >= static_cast<int64_t>(num_leaves) || leaf_values_[L] != nullptr) corrupt(where, "a leaf lies outside the tile coordinates");
     leaf_values_[L] = const_cast<float*>(leaf->data()->mValues);
   }
 }
@@ -265,9 +282,12 @@ std::shared_ptr<AdapterImage> AdapterImage::open(const std::string& path) {
   if (h.num_tensors > (1u << 24) || h.num_tiles > (1ull << 32) ||
       h.grid_offset != align_up(pattern_end(h.num_tensors, h.num_tiles), kGridAlignment) || h.grid_bytes > (1ull << 40))
     corrupt(path, "header sizes are inconsistent");
-  if (h.grid_offset + h.stored_bytes != size)
-    corrupt(path, "it is " + std::to_string(size) + " bytes but its header says " +
-                      std::to_string(h.grid_offset + h.stored_bytes) + " (truncated or extended)");
+  if (h.grid_offset > size || h.stored_bytes != size - h.grid_offset)
+    corrupt(path, "it is " + std::to_string(size) + " bytes but its header describes a different size (truncated "
+                  "or extended)");
+  if (h.grid_bytes < kMinGridBytes || h.grid_bytes > max_grid_bytes(h.num_tiles))
+    corrupt(path, "the recorded grid size " + std::to_string(h.grid_bytes) + " is impossible for " +
+                      std::to_string(h.num_tiles) + " tiles");
   if (file_crc(d, size) != h.crc32) corrupt(path, "CRC-32 mismatch (the file was altered or damaged)");
   const auto codec = static_cast<AdapterCodec>(h.codec);
   if (h.codec > 2) corrupt(path, "unknown codec " + std::to_string(h.codec));
@@ -297,8 +317,13 @@ std::shared_ptr<AdapterImage> AdapterImage::open(const std::string& path) {
 #endif
 #ifdef HYPRSTREAM_HAVE_BLOSC
     if (codec == AdapterCodec::Blosc) {
-      const int n = blosc_decompress_ctx(d + h.grid_offset, img->owned_ + h.grid_offset, h.grid_bytes, 1);
-      if (n > 0) out = static_cast<size_t>(n);
+      // blosc trusts its own header for the input length: check it against the stored size first.
+      size_t nbytes = 0, cbytes = 0, blocksize = 0;
+      if (h.stored_bytes >= BLOSC_MIN_HEADER_LENGTH) blosc_cbuffer_sizes(d + h.grid_offset, &nbytes, &cbytes, &blocksize);
+      if (cbytes == h.stored_bytes && nbytes == h.grid_bytes) {
+        const int n = blosc_decompress_ctx(d + h.grid_offset, img->owned_ + h.grid_offset, h.grid_bytes, 1);
+        if (n > 0) out = static_cast<size_t>(n);
+      }
     }
 #endif
     if (out != h.grid_bytes) corrupt(path, std::string(adapter_codec_name(codec)) + " data does not inflate");

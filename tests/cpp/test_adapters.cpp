@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -155,6 +156,50 @@ TEST(AdapterImage, DamagedFilesAreRefused) {
   EXPECT_EQ(kind_of([&] { AdapterImage::open(dir + "/missing.hsl"); }), ErrorKind::NotFound);
 }
 
+// CRC-32 (IEEE) as the file format defines it, with the header's CRC field (bytes 64..67) read as zero.
+uint32_t reference_crc(std::string bytes) {
+  std::memset(&bytes[64], 0, 4);
+  uint32_t c = ~0u;
+  for (unsigned char b : bytes) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ ((c & 1) ? 0xEDB88320u : 0);
+  }
+  return ~c;
+}
+
+TEST(AdapterImage, CraftedHeadersWithValidCrcAreRefused) {
+  AdapterConfig cfg;
+  TileLayout layout = random_tile_layout(tiny_config(), cfg);
+  std::vector<float> values = random_values(layout, 5);
+  const TempDir tmp("crafted");
+  const std::string path = tmp.path + "/a.hsl";
+  AdapterImage::build(layout, values.data())->write(path);
+  std::ifstream in(path, std::ios::binary);
+  const std::string pristine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint32_t crc;
+  std::memcpy(&crc, &pristine[64], 4);
+  ASSERT_EQ(crc, reference_crc(pristine));  // the documented checksum, computed independently
+  // Header fields at byte offsets: 16 rank, 24 tensors, 32 tiles, 40 grid offset, 48 grid bytes, 56 stored bytes.
+  auto with_fields = [&](const std::vector<std::pair<size_t, uint64_t>>& fields) {
+    std::string bad = pristine;
+    for (const auto& [offset, value] : fields) std::memcpy(&bad[offset], &value, 8);
+    const uint32_t c = reference_crc(bad);
+    std::memcpy(&bad[64], &c, 4);
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bad;
+    return kind_of([&] { AdapterImage::open(path); });
+  };
+  uint64_t tensors;
+  std::memcpy(&tensors, &pristine[24], 8);
+  // A pattern claimed far past the end of the file, with a stored size that wraps the sum back to the file size.
+  const uint64_t tiles = uint64_t{1} << 20, offset = (72 + tensors * 64 + tiles * 8 + 31) / 32 * 32;
+  EXPECT_EQ(with_fields({{32, tiles}, {40, offset}, {56, pristine.size() - offset}}), ErrorKind::CorruptFile);
+  EXPECT_EQ(with_fields({{48, 16}}), ErrorKind::CorruptFile);                      // grid smaller than its header
+  EXPECT_EQ(with_fields({{48, uint64_t{1} << 39}}), ErrorKind::CorruptFile);       // absurd grid size
+  EXPECT_EQ(with_fields({{16, 12}}), ErrorKind::CorruptFile);                      // rank not a multiple of 8
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << pristine;
+  EXPECT_NO_THROW(AdapterImage::open(path));
+}
+
 TEST(AdapterImage, Qwen3_1_7bAdapterIsAtLeast50xSmallerThanDense) {
   AdapterConfig cfg;  // rank 16, all seven targets, sparsity 0.99
   TileLayout layout = random_tile_layout(qwen3_1_7b(), cfg);
@@ -220,6 +265,30 @@ TEST_F(RegistryTest, VersionsKeepRollbackAndRemove) {
   EXPECT_EQ(kind_of([&] { again.acquire("law"); }), ErrorKind::NotFound);
   for (const char* bad : {"", "../x", "a/b", ".hidden", "x y"})
     EXPECT_EQ(kind_of([&] { again.create(bad, cfg); }), ErrorKind::InvalidArgument) << bad;
+}
+
+TEST_F(RegistryTest, SeesVersionsPublishedByAnotherWriterAndRefusesBadManifests) {
+  AdapterRegistry reader(RegistryOptions{dir_}, model_), writer(RegistryOptions{dir_}, model_);
+  writer.create("shared", AdapterConfig{});
+  EXPECT_EQ(reader.acquire("shared")->version.version, 1u);
+  auto values = writer.acquire("shared")->image->values();
+  writer.publish("shared", values);
+  EXPECT_EQ(reader.acquire("shared")->version.version, 2u);
+  writer.rollback("shared", 1);
+  EXPECT_EQ(reader.acquire("shared")->version.version, 1u);
+  const std::string path = dir_ + "/shared/manifest.json";
+  std::ifstream in(path);
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"\"keep\": 5", "\"keep\": 0"}, {"v00000001.hsl", "../../etc/passwd"}, {"\"rank\": 16", "\"rank\": 12"}}) {
+    std::string bad = good;
+    ASSERT_NE(bad.find(from), std::string::npos) << from;
+    bad.replace(bad.find(from), from.size(), to);
+    std::ofstream(path + ".tmp") << bad;
+    std::filesystem::rename(path + ".tmp", path);
+    AdapterRegistry fresh(RegistryOptions{dir_}, model_);
+    EXPECT_EQ(kind_of([&] { fresh.acquire("shared"); }), ErrorKind::CorruptFile) << to;
+  }
 }
 
 TEST_F(RegistryTest, RefusesOtherBaseModelAndDamagedVersions) {
