@@ -31,13 +31,7 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
     if ((t.is_b ? w->b : w->a)[t.layer][static_cast<int>(t.module)].defined())
       bad(std::string(lora_module_name(t.module)) + " appears twice in layer " + std::to_string(t.layer));
     at::Tensor dense = at::zeros({t.rows, t.cols}, at::kFloat);
-    float* d = dense.data_ptr<float>();
-    for (int64_t k = 0; k < t.num_tiles; ++k) {
-      const TilePos& p = layout.tiles[t.first_tile + k];
-      const float* src = image.tile(t.first_tile + k);
-      for (int64_t i = 0; i < kTileSize; ++i)
-        std::copy(src + i * kTileSize, src + (i + 1) * kTileSize, d + (p.row * kTileSize + i) * t.cols + p.col * kTileSize);
-    }
+    scatter_tiles(layout, t, [&](int64_t g) { return image.tile(g); }, dense.data_ptr<float>());
     at::Tensor placed = dense.to(model.device, model.dtype);
     w->bytes += placed.numel() * placed.element_size();
     (t.is_b ? w->b : w->a)[t.layer][static_cast<int>(t.module)] = placed;

@@ -44,13 +44,7 @@ void export_peft(const AdapterSnapshot& snap, const std::string& folder, const s
   std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>> tensors;
   for (const auto& t : layout.tensors) {
     std::vector<float> dense(t.rows * t.cols, 0.0f);
-    for (int64_t k = 0; k < t.num_tiles; ++k) {
-      const TilePos& p = layout.tiles[t.first_tile + k];
-      const float* src = snap.image->tile(t.first_tile + k);
-      for (int64_t i = 0; i < kTileSize; ++i)
-        std::copy(src + i * kTileSize, src + (i + 1) * kTileSize,
-                  dense.begin() + (p.row * kTileSize + i) * t.cols + p.col * kTileSize);
-    }
+    scatter_tiles(layout, t, [&](int64_t g) { return snap.image->tile(g); }, dense.data());
     tensors.push_back({peft_key(t), {{t.rows, t.cols}, std::move(dense)}});
   }
   write_safetensors_f32(folder + "/adapter_model.safetensors", tensors);
@@ -164,17 +158,8 @@ ImportedAdapter import_peft(const std::string& folder, const Model& base, double
     return static_cast<double>(norms[ti].data_ptr<float>()[row * norms[ti].size(1) + col]);
   });
   out.values.resize(out.layout.num_values());
-  for (size_t ti = 0; ti < tensors.size(); ++ti) {
-    const LoraTensorInfo& t = out.layout.tensors[ti];
-    const float* d = dense[ti].data_ptr<float>();
-    for (int64_t k = 0; k < t.num_tiles; ++k) {
-      const TilePos& p = out.layout.tiles[t.first_tile + k];
-      float* dst = out.values.data() + (t.first_tile + k) * kTileValues;
-      for (int64_t i = 0; i < kTileSize; ++i)
-        std::copy(d + (p.row * kTileSize + i) * t.cols + p.col * kTileSize,
-                  d + (p.row * kTileSize + i) * t.cols + p.col * kTileSize + kTileSize, dst + i * kTileSize);
-    }
-  }
+  for (size_t ti = 0; ti < tensors.size(); ++ti)
+    gather_tiles(out.layout, out.layout.tensors[ti], dense[ti].data_ptr<float>(), out.values.data());
   return out;
 }
 

@@ -139,6 +139,27 @@ std::vector<float> initial_lora_values(const TileLayout& layout, uint64_t seed) 
   return values;
 }
 
+void scatter_tiles(const TileLayout& layout, const LoraTensorInfo& t,
+                   const std::function<const float*(int64_t g)>& tile_values, float* dense) {
+  for (int64_t k = 0; k < t.num_tiles; ++k) {
+    const TilePos& p = layout.tiles[t.first_tile + k];
+    const float* src = tile_values(t.first_tile + k);
+    for (int64_t i = 0; i < kTileSize; ++i)
+      std::copy(src + i * kTileSize, src + (i + 1) * kTileSize, dense + (p.row * kTileSize + i) * t.cols + p.col * kTileSize);
+  }
+}
+
+void gather_tiles(const TileLayout& layout, const LoraTensorInfo& t, const float* dense, float* values) {
+  for (int64_t k = 0; k < t.num_tiles; ++k) {
+    const TilePos& p = layout.tiles[t.first_tile + k];
+    float* dst = values + (t.first_tile + k) * kTileValues;
+    for (int64_t i = 0; i < kTileSize; ++i) {
+      const float* row = dense + (p.row * kTileSize + i) * t.cols + p.col * kTileSize;
+      std::copy(row, row + kTileSize, dst + i * kTileSize);
+    }
+  }
+}
+
 void validate_layout(const TileLayout& layout) {
   auto bad = [](const std::string& why) { throw Error(ErrorKind::CorruptFile, "adapter pattern is invalid: " + why); };
   if (layout.rank <= 0 || layout.rank % kTileSize) bad("rank " + std::to_string(layout.rank));

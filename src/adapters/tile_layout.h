@@ -61,6 +61,14 @@ TileLayout top_tile_layout(const ModelConfig& model, const AdapterConfig& config
 // LoRA's initialisation on the active entries: A uniform in +-1/sqrt(in) (PEFT's Kaiming bound), B zero.
 std::vector<float> initial_lora_values(const TileLayout& layout, uint64_t seed);
 
+// Copies tensor t's tiles into its dense row-major rows x cols matrix (entries outside the pattern untouched);
+// tile_values(g) gives the 64 values of global tile g.
+void scatter_tiles(const TileLayout& layout, const LoraTensorInfo& t,
+                   const std::function<const float*(int64_t g)>& tile_values, float* dense);
+
+// The reverse: tensor t's tiles read from its dense matrix into values (laid out as TileLayout describes).
+void gather_tiles(const TileLayout& layout, const LoraTensorInfo& t, const float* dense, float* values);
+
 // Throws CorruptFile unless tiles lie inside their tensors, are sorted and unique, and counts add up.
 void validate_layout(const TileLayout& layout);
 

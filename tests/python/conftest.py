@@ -42,6 +42,12 @@ def run_probe(request: dict, tmp_path: Path, timeout=600):
     return json.loads(r.stdout) if r.stdout.strip() else None
 
 
+def create_adapter(folder, adapter_dir, name, tmp_path, seed=0, b_std=0.5, sparsity=0.99, **extra):
+    """An adapter made by the probe; with b_std > 0 its version 2 has random B (a fresh LoRA's B is zero)."""
+    return run_probe({"mode": "adapter_create", "model": str(folder), "adapter_dir": str(adapter_dir), "name": name,
+                      "seed": seed, "b_std": b_std, "sparsity": sparsity, **extra}, tmp_path)
+
+
 @pytest.fixture(scope="session")
 def default_model_path():
     return default_gguf()

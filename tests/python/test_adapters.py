@@ -10,8 +10,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
 
-from conftest import run_cli, run_probe
-from tiny_models import VOCAB, build_tiny_model
+from conftest import create_adapter, run_cli, run_probe
+from tiny_models import build_tiny_model, prompt_of
 
 TOL = 1e-4
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,9 +22,6 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3_tied_gqa")
     return folder, build_tiny_model("qwen3_tied_gqa", folder)
 
-
-def prompt_of(length, seed):
-    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 @torch.no_grad()
@@ -46,10 +43,6 @@ def probe_logits(folder, prompts, tmp_path, adapter_dir=None, adapters=None, sca
     t = load_file(out)
     return [t[f"logits.{i}"] for i in range(len(prompts))]
 
-
-def create_adapter(folder, adapter_dir, name, tmp_path, seed=0, b_std=0.5, sparsity=0.99, **extra):
-    return run_probe({"mode": "adapter_create", "model": str(folder), "adapter_dir": str(adapter_dir), "name": name,
-                      "seed": seed, "b_std": b_std, "sparsity": sparsity, **extra}, tmp_path)
 
 
 def cli_ok(*args):

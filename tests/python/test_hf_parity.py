@@ -7,7 +7,7 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import run_probe
-from tiny_models import TINY_CONFIGS, VOCAB, build_tiny_model
+from tiny_models import TINY_CONFIGS, VOCAB, build_tiny_model, prompt_of
 
 TOL = 1e-4
 NEW_TOKENS = 32
@@ -19,9 +19,6 @@ def tiny(request, tmp_path_factory):
     model = build_tiny_model(request.param, folder)
     return request.param, folder, model
 
-
-def prompt_of(length, seed):
-    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 @torch.no_grad()

@@ -37,3 +37,8 @@ def build_tiny_model(name, folder, seed=0, max_position_embeddings=256, save_dty
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.to(save_dtype).save_pretrained(folder, safe_serialization=True, **kwargs)
     return model.to(torch.float32)
+
+
+def prompt_of(length, seed):
+    """Random token ids, reproducible from the seed."""
+    return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()

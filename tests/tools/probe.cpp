@@ -1,6 +1,6 @@
 // Test probe: runs engine internals on a JSON request (argv[1]) and writes results for pytest to compare
 // against Hugging Face references. Modes: logits (optionally with per-row adapters), generate, tokenize, chat,
-// dequantize, adapter_create.
+// dequantize, adapter_create, lora_grad.
 #include <fstream>
 #include <random>
 #include <iostream>
@@ -9,6 +9,7 @@
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
 #include "common/error.h"
+#include "learning/lora_gradients.h"
 #include "common/fs_util.h"
 #include "model/dequantize.h"
 #include "model/forward.h"
@@ -189,6 +190,30 @@ void run_adapter_create(const json& req) {
   std::cout << json{{"version", version}, {"tensors", tensors}}.dump() << "\n";
 }
 
+// Gradients of the causal-LM loss on "examples" ({tokens, targets}) with respect to an adapter's active
+// values; writes each tensor's gradient as a dense matrix (zero outside the pattern) named
+// "layers.L.MODULE.lora_A|B", and prints the loss.
+void run_lora_grad(const json& req) {
+  std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
+  hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
+  auto snap = registry.acquire(req.at("name"));
+  std::vector<hs::TrainingExample> batch;
+  for (const auto& e : req.at("examples"))
+    batch.push_back({e.at("tokens").get<std::vector<int32_t>>(), e.at("targets").get<std::vector<uint8_t>>()});
+  const hs::TileLayout& layout = snap->image->layout();
+  hs::LoraGradients g = hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), batch);
+  NamedTensors named;
+  for (const auto& t : layout.tensors) {
+    std::vector<float> dense(t.rows * t.cols, 0.0f);
+    hs::scatter_tiles(layout, t, [&](int64_t i) { return g.values.data() + i * hs::kTileValues; }, dense.data());
+    named.push_back({"layers." + std::to_string(t.layer) + "." + hs::lora_module_name(t.module) +
+                         (t.is_b ? ".lora_B" : ".lora_A"),
+                     {{t.rows, t.cols}, std::move(dense)}});
+  }
+  hs::write_safetensors_f32(req.at("out"), named);
+  std::cout << json{{"loss", g.loss}, {"target_tokens", g.target_tokens}}.dump() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -205,6 +230,7 @@ int main(int argc, char** argv) {
     else if (mode == "chat") run_chat(req);
     else if (mode == "dequantize") run_dequantize(req);
     else if (mode == "adapter_create") run_adapter_create(req);
+    else if (mode == "lora_grad") run_lora_grad(req);
     else throw hs::Error(hs::ErrorKind::InvalidArgument, "unknown mode " + mode);
     return 0;
   } catch (const std::exception& e) {

@@ -1,0 +1,83 @@
+"""Adapter gradients from libtorch autograd against transformers + PEFT autograd on a tiny random Qwen3."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.numpy import load_file
+
+from conftest import create_adapter, run_cli, run_probe
+from tiny_models import build_tiny_model, prompt_of
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen3_grad")
+    return folder, build_tiny_model("qwen3_tied_gqa", folder)
+
+
+def examples():
+    # Prompt/completion pairs of different lengths: the loss counts completion tokens only.
+    out = []
+    for i, (p, c) in enumerate([(7, 5), (3, 9), (12, 4)]):
+        tokens = prompt_of(p + c, 300 + i)
+        out.append({"tokens": tokens, "targets": [0] * p + [1] * c})
+    return out
+
+
+def peft_gradients(model, peft_dir, batch):
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
+    peft_model.train()
+    longest = max(len(e["tokens"]) for e in batch)
+    ids = torch.zeros(len(batch), longest, dtype=torch.long)
+    labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+    mask = torch.zeros(len(batch), longest, dtype=torch.long)
+    for b, e in enumerate(batch):
+        n = len(e["tokens"])
+        ids[b, :n] = torch.tensor(e["tokens"])
+        mask[b, :n] = 1
+        labels[b, :n] = torch.where(torch.tensor(e["targets"]) == 1, torch.tensor(e["tokens"]), -100)
+    out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    grads = {}
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            layer = int(name.split("layers.")[1].split(".")[0])
+            module = name.split(".")[-4]
+            side = "A" if "lora_A" in name else "B"
+            grads[f"layers.{layer}.{module}.lora_{side}"] = p.grad.detach().numpy()
+    return out.loss.item(), grads
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_gradients_match_peft(tiny, tmp_path, sparsity):
+    folder, model = tiny
+    adir = tmp_path / "adapters"
+    create_adapter(folder, adir, "g", tmp_path, seed=21, b_std=0.3, sparsity=sparsity)
+    peft_dir = tmp_path / "peft"
+    r = run_cli("adapters", "export", "g", peft_dir, "--adapter-dir", adir)
+    assert r.returncode == 0, r.stderr
+    batch = examples()
+    out = tmp_path / "grads.safetensors"
+    ours = run_probe({"mode": "lora_grad", "model": str(folder), "adapter_dir": str(adir), "name": "g",
+                      "examples": batch, "out": str(out)}, tmp_path)
+    assert ours["target_tokens"] == sum(sum(e["targets"]) for e in batch)
+    loss, theirs = peft_gradients(model, peft_dir, batch)
+    assert ours["loss"] == pytest.approx(loss, rel=1e-5)
+    mine = load_file(out)
+    assert set(mine) == set(theirs)
+    exported = load_file(peft_dir / "adapter_model.safetensors")
+    for key, g in theirs.items():
+        side = "lora_A" if key.endswith("A") else "lora_B"
+        layer, module = key.split(".")[1], key.split(".")[2]
+        group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        w = exported[f"base_model.model.model.layers.{layer}.{group}.{module}.{side}.weight"]
+        active = w != 0  # exported values are non-zero exactly on the pattern (random A and B)
+        scale = np.abs(g).max()
+        assert scale > 0
+        # Equal to PEFT's dense gradient on the active entries, zero elsewhere.
+        assert np.abs(mine[key][active] - g[active]).max() <= 1e-5 * scale, key
+        assert np.all(mine[key][~active] == 0), key
+        if sparsity == 0.0:
+            assert active.all()
