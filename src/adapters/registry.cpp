@@ -308,10 +308,9 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
   if (version == 0) version = m.current;
   const AdapterVersionInfo* v = m.find(version);
   if (!v) throw Error(ErrorKind::NotFound, "adapter '" + name + "' has no version " + std::to_string(version));
-  if (auto it = resident_.find(key(name, *v)); it != resident_.end()) {
-    resident_lru_.splice(resident_lru_.begin(), resident_lru_, it->second.lru);
+  if (const auto* cached = resident_.find(key(name, *v))) {
     ++counters_.resident_hits;
-    return it->second.snapshot;
+    return *cached;
   }
   auto image = AdapterImage::open(dir(name) + "/" + v->file);
   if (image->layout().rank != m.config.rank)
@@ -324,58 +323,31 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
 }
 
 void AdapterRegistry::remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap) {
-  const std::string k = key(snap->name, snap->version);
-  if (resident_.count(k)) return;
-  resident_lru_.push_front(k);
-  resident_[k] = Resident{snap, resident_lru_.begin()};
+  if (!resident_.insert(key(snap->name, snap->version), snap)) return;
   resident_bytes_ += snap->image->image_bytes();
   // Evicted snapshots stay alive for requests that still hold them; only the cache lets go.
-  while (resident_bytes_ > options_.resident_bytes && resident_lru_.size() > 1) {
-    auto victim = resident_.find(resident_lru_.back());
-    resident_bytes_ -= victim->second.snapshot->image->image_bytes();
-    resident_.erase(victim);
-    resident_lru_.pop_back();
-  }
+  while (resident_bytes_ > options_.resident_bytes && resident_.size() > 1)
+    resident_bytes_ -= resident_.pop_oldest()->image->image_bytes();
 }
 
 void AdapterRegistry::forget_locked(const std::string& name) {
   const std::string prefix = name + "@";
-  for (auto it = resident_.begin(); it != resident_.end();) {
-    if (it->first.rfind(prefix, 0) == 0) {
-      resident_bytes_ -= it->second.snapshot->image->image_bytes();
-      resident_lru_.erase(it->second.lru);
-      it = resident_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (auto it = hot_.begin(); it != hot_.end();) {
-    if (it->first.rfind(prefix, 0) == 0) {
-      hot_lru_.erase(it->second.lru);
-      it = hot_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  resident_.erase_prefixed(prefix, [&](const auto& snap) { resident_bytes_ -= snap->image->image_bytes(); });
+  hot_.erase_prefixed(prefix, [](const auto&) {});
 }
 
 std::shared_ptr<const LoraWeights> AdapterRegistry::weights(const AdapterSnapshot& snap) {
   if (!model_) throw Error(ErrorKind::Internal, "adapter weights need the base model loaded");
   const std::string k = key(snap.name, snap.version);
   std::lock_guard<std::mutex> lock(mu_);
-  if (auto it = hot_.find(k); it != hot_.end()) {
-    hot_lru_.splice(hot_lru_.begin(), hot_lru_, it->second.lru);
+  if (const auto* cached = hot_.find(k)) {
     ++counters_.hot_hits;
-    return it->second.weights;
+    return *cached;
   }
   auto w = make_lora_weights(*snap.image, *model_, snap.config.scale(), snap.name, snap.version.version);
   ++counters_.hot_builds;
-  hot_lru_.push_front(k);
-  hot_[k] = Hot{w, hot_lru_.begin()};
-  while (hot_.size() > std::max<size_t>(1, options_.hot_adapters)) {
-    hot_.erase(hot_lru_.back());
-    hot_lru_.pop_back();
-  }
+  hot_.insert(k, w);
+  while (hot_.size() > std::max<size_t>(1, options_.hot_adapters)) hot_.pop_oldest();
   return w;
 }
 
@@ -385,7 +357,7 @@ RegistryStats AdapterRegistry::stats() {
   s.resident_adapters = resident_.size();
   s.resident_bytes = resident_bytes_;
   s.hot_adapters = hot_.size();
-  for (const auto& [k, h] : hot_) s.hot_bytes += h.weights->bytes;
+  hot_.for_each([&](const auto& w) { s.hot_bytes += w->bytes; });
   return s;
 }
 

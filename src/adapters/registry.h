@@ -8,13 +8,13 @@
 // publishing a version never changes a generation that is already running. Changes take an exclusive lock
 // on <root>/.lock and re-read the manifest, so processes sharing a folder do not overwrite each other.
 #include <cstdint>
-#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "adapters/lru_cache.h"
 #include "adapters/manifest.h"
 #include "adapters/tile_layout.h"
 #include "storage/adapter_image.h"
@@ -85,15 +85,6 @@ class AdapterRegistry {
   RegistryStats stats();
 
  private:
-  struct Resident {
-    std::shared_ptr<const AdapterSnapshot> snapshot;
-    std::list<std::string>::iterator lru;
-  };
-  struct Hot {
-    std::shared_ptr<const LoraWeights> weights;
-    std::list<std::string>::iterator lru;
-  };
-
   std::string dir(const std::string& name) const;
   AdapterManifest load_manifest_locked(const std::string& name);
   AdapterManifest reload_manifest(const std::string& name);  // from disk, bypassing the cache
@@ -114,11 +105,9 @@ class AdapterRegistry {
   std::mutex mu_;        // guards everything below
   std::map<std::string, AdapterManifest> manifests_;
   std::map<std::string, std::string> manifest_stamps_;  // inode and mtime of each cached manifest, to notice other writers
-  std::map<std::string, Resident> resident_;  // key "name@version"
-  std::list<std::string> resident_lru_;       // most recent first
+  LruCache<std::shared_ptr<const AdapterSnapshot>> resident_;  // key "name@version#crc"
   size_t resident_bytes_ = 0;
-  std::map<std::string, Hot> hot_;
-  std::list<std::string> hot_lru_;
+  LruCache<std::shared_ptr<const LoraWeights>> hot_;
   RegistryStats counters_;
 };
 

@@ -384,18 +384,14 @@ TEST_F(RegistryTest, PublishingNeverTearsARunningGeneration) {
         GenerationRequest r = base;
         r.adapter = weights;
         auto ids = generate(engine, r).ids;
-        // The dense tensors used must be exactly the snapshot's values, tile by tile.
-        bool match = true;
+        // The dense tensors used must hold exactly the snapshot's values, tile by tile.
         const auto values = snap->image->values();
+        std::vector<float> used(values.size());
         for (const auto& t : layout.tensors) {
-          at::Tensor dense = (t.is_b ? weights->b : weights->a)[t.layer][static_cast<int>(t.module)];
-          for (int64_t k = 0; k < t.num_tiles && match; ++k) {
-            const TilePos& p = layout.tiles[t.first_tile + k];
-            at::Tensor tile = dense.narrow(0, p.row * 8, 8).narrow(1, p.col * 8, 8).contiguous();
-            match = std::memcmp(tile.data_ptr<float>(), values.data() + (t.first_tile + k) * kTileValues,
-                                kTileValues * sizeof(float)) == 0;
-          }
+          at::Tensor dense = (t.is_b ? weights->b : weights->a)[t.layer][static_cast<int>(t.module)].contiguous();
+          gather_tiles(layout, t, dense.data_ptr<float>(), used.data());
         }
+        const bool match = std::memcmp(used.data(), values.data(), values.size() * sizeof(float)) == 0;
         std::lock_guard<std::mutex> lock(mu);
         seen.push_back({snap->version.version, ids, match});
       }
