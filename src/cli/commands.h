@@ -7,6 +7,10 @@
 
 #include "serving/sampling.h"
 
+namespace hs {
+struct TrainerOptions;
+}
+
 namespace hs::cli {
 
 struct ModelFlags {
@@ -50,6 +54,21 @@ struct GenerateFlags {
 struct ChatFlags {
   std::string system;
   bool no_think = false;
+  bool learn = false;  // "/correct TEXT" teaches the adapter the better answer
+};
+
+// Options of the learning pipeline, shared by `train` and `chat --learn`.
+struct TrainFlags {
+  std::string domain, data;
+  size_t batch_events = 32, queue = 1024;
+  int64_t batch_ms = 100;
+  int steps = 1;
+  double lr = 1e-3, weight_decay = 0, max_grad_norm = 1, dp_noise = 0, dp_clip = 1, dp_delta = 1e-5;
+  std::string fsync = "always";
+  uint64_t checkpoint_every = 64, seed = 0;
+  bool deterministic = false, json = false;
+  int64_t rank = 16;
+  double alpha = 32, sparsity = 0.99;
 };
 
 struct TokenizeFlags {
@@ -65,12 +84,20 @@ void add_sampling_flags(CLI::App* app, SamplingFlags& f);
 SamplingParams resolve_sampling(const SamplingParams& defaults, const SamplingFlags& f, int32_t default_max_tokens);
 
 int run_generate(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const GenerateFlags& g);
-int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c);
+int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c,
+             const TrainFlags& t);
 // `adapters <action>`: create, list, show, rm, rollback, export, import.
 int run_adapters(const std::string& action, const ModelFlags& m, const AdapterFlags& a, const AdapterAdminFlags& f);
 // Registers the `adapters` subcommand tree; returns the action subcommands by name.
 std::vector<std::pair<std::string, CLI::App*>> add_adapter_commands(CLI::App& app, ModelFlags& m, AdapterFlags& a,
                                                                     AdapterAdminFlags& f);
+// `train`: streams a JSONL file (or stdin) of learning events through a domain's pipeline.
+CLI::App* add_train_command(CLI::App& app, ModelFlags& m, AdapterFlags& a, TrainFlags& t);
+int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t);
+// Adds the pipeline options to `chat` (its --learn mode).
+void add_learning_flags(CLI::App* app, TrainFlags& t);
+hs::TrainerOptions trainer_options(const TrainFlags& t);
+
 int run_tokenize(const ModelFlags& m, const TokenizeFlags& t);
 int run_info(const ModelFlags& m, bool json);
 

@@ -1,6 +1,7 @@
 // `generate` and `chat`: the commands that run the model.
 #include <unistd.h>
 
+#include <chrono>
 #include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
 #include "common/error.h"
+#include "learning/trainer.h"
 #include "serving/generate.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -118,26 +120,61 @@ int run_generate(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags
   return 0;
 }
 
-int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c) {
+int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c,
+             const TrainFlags& t) {
   Engine e = load(m);
-  const auto adapter = load_adapter(e, a);
+  if (c.learn && a.name.empty()) throw Error(ErrorKind::InvalidArgument, "chat --learn needs --adapter NAME to teach");
   const ChatTemplate tmpl = detect_chat_template(e.tokenizer->chat_template);
   const SamplingParams params = resolve_sampling(e.defaults, s, 512);
+  // With --learn the adapter is trained in this process and every answer takes its newest version.
+  std::unique_ptr<AdapterRegistry> registry;
+  std::unique_ptr<DomainTrainer> trainer;
+  if (c.learn) {
+    registry = std::make_unique<AdapterRegistry>(RegistryOptions{a.dir.empty() ? default_adapter_root() : a.dir}, e.model);
+    trainer = std::make_unique<DomainTrainer>(*registry, e.model, e.tokenizer, a.name, trainer_options(t));
+  }
+  auto adapter = c.learn ? nullptr : load_adapter(e, a);
   std::vector<ChatMessage> messages;
   if (!c.system.empty()) messages.push_back({"system", c.system});
   const bool interactive = isatty(STDIN_FILENO);
+  if (interactive && c.learn)
+    std::cout << "(after an answer, type /correct followed by the answer you wanted; /new starts over)\n";
   std::string line;
+  uint64_t corrections = 0;
+  const auto session = std::chrono::system_clock::now().time_since_epoch().count();
   while (true) {
     if (interactive) std::cout << "> " << std::flush;
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
+    if (c.learn && line == "/new") {  // a fresh conversation: what was learned stays in the adapter
+      messages.clear();
+      if (!c.system.empty()) messages.push_back({"system", c.system});
+      std::cout << "(new conversation)\n";
+      continue;
+    }
+    if (c.learn && line.rfind("/correct ", 0) == 0) {
+      if (messages.empty() || messages.back().role != "assistant") {
+        std::cout << "(nothing to correct yet)\n";
+        continue;
+      }
+      messages.back().content = line.substr(9);
+      nlohmann::json event = {{"id", "chat-" + std::to_string(session) + "-" + std::to_string(++corrections)},
+                              {"messages", nlohmann::json::array()}};
+      for (const ChatMessage& msg : messages) event["messages"].push_back({{"role", msg.role}, {"content", msg.content}});
+      trainer->submit(event.dump());
+      trainer->flush();
+      std::cout << "(learned: adapter " << a.name << " is now version " << trainer->stats().version << ")\n";
+      continue;
+    }
     messages.push_back({"user", line});
     std::string prompt = render_chat(tmpl, messages, true, !c.no_think);
+    if (c.learn) adapter = registry->weights(*registry->acquire(a.name));
     GenerationRequest req{encode(*e.tokenizer, prompt, false), params, adapter, a.scale};
     std::string reply = stream(e, req, false);
     std::cout << "\n";
     messages.push_back({"assistant", reply});
   }
+  if (trainer) trainer->stop();
   return 0;
 }
 

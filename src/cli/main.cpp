@@ -14,6 +14,7 @@ int exit_code(hs::ErrorKind kind) {
     case hs::ErrorKind::Unsupported: return 5;
     case hs::ErrorKind::ContextOverflow: return 6;
     case hs::ErrorKind::Io: return 7;
+    case hs::ErrorKind::Busy: return 8;
     case hs::ErrorKind::Internal: return 1;
   }
   return 1;
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   GenerateFlags gen;
   ChatFlags chat;
   TokenizeFlags tok;
+  TrainFlags train;
   bool info_json = false;
 
   auto* g = app.add_subcommand("generate", "Complete a prompt, streaming the text");
@@ -48,6 +50,8 @@ int main(int argc, char** argv) {
   add_sampling_flags(c, sampling);
   c->add_option("--system", chat.system, "System prompt");
   c->add_flag("--no-think", chat.no_think, "Qwen3: answer without a thinking block");
+  c->add_flag("--learn", chat.learn, "Train --adapter online: '/correct TEXT' after an answer teaches TEXT");
+  add_learning_flags(c, train);
 
   auto* t = app.add_subcommand("tokenize", "Show the token ids of a text");
   add_model_flags(t, model);
@@ -60,6 +64,7 @@ int main(int argc, char** argv) {
   i->add_flag("--json", info_json, "Print JSON");
 
   auto adapter_actions = add_adapter_commands(app, model, adapter, admin);
+  auto* tr = add_train_command(app, model, adapter, train);
 
   try {
     app.parse(argc, argv);
@@ -68,7 +73,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (g->parsed()) return run_generate(model, adapter, sampling, gen);
-    if (c->parsed()) return run_chat(model, adapter, sampling, chat);
+    if (c->parsed()) return run_chat(model, adapter, sampling, chat, train);
+    if (tr->parsed()) return run_train(model, adapter, train);
     for (const auto& [action, sub] : adapter_actions)
       if (sub->parsed()) return run_adapters(action, model, adapter, admin);
     if (t->parsed()) return run_tokenize(model, tok);

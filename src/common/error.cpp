@@ -10,6 +10,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::Unsupported: return "unsupported";
     case ErrorKind::ContextOverflow: return "context overflow";
     case ErrorKind::Io: return "i/o error";
+    case ErrorKind::Busy: return "busy, retry";
     case ErrorKind::Internal: return "internal error";
   }
   return "error";

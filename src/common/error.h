@@ -12,6 +12,7 @@ enum class ErrorKind {
   Unsupported,      // a valid file or request we do not handle (architecture, tensor type, template)
   ContextOverflow,  // more tokens than the model's context holds
   Io,               // the operating system refused a read or write (disk full, permissions)
+  Busy,             // a queue is full or a resource is held by another process: retry later
   Internal,         // a bug in Hyprstream
 };
 

@@ -1,5 +1,6 @@
 #include "common/fs_util.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +14,12 @@ std::string read_text_file(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+void ensure_directory(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) throw Error(ErrorKind::Io, "cannot create '" + path + "': " + ec.message());
 }
 
 }  // namespace hs

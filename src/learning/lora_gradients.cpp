@@ -56,28 +56,28 @@ LoraGradients lora_gradients(const Model& model, const TileLayout& layout, const
     (t.is_b ? lora.b : lora.a)[t.layer][static_cast<int>(t.module)] = param.to(model.dtype);
   }
 
-  // One forward over the padded batch with logits at every position.
+  // Token t is predicted by the logits at t - 1: one forward over the padded batch, logits at those only.
   std::vector<std::vector<int32_t>> seqs;
+  std::vector<int64_t> rows, positions, labels;
   int64_t longest = 0;
-  for (const auto& ex : batch) {
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const TrainingExample& ex = batch[b];
     seqs.push_back(ex.tokens);
     longest = std::max<int64_t>(longest, ex.tokens.size());
-  }
-  KvCache cache = make_kv_cache(model, static_cast<int64_t>(batch.size()), longest);
-  at::Tensor logits = forward(model, cache, prefill_chunk(seqs, 0, longest, model.device, true), &lora);
-
-  // Token t is predicted by the logits at t - 1.
-  std::vector<int64_t> rows, positions, labels;
-  for (size_t b = 0; b < batch.size(); ++b)
-    for (size_t t = 1; t < batch[b].tokens.size(); ++t)
-      if (batch[b].is_target[t]) {
+    for (size_t t = 1; t < ex.tokens.size(); ++t)
+      if (ex.is_target[t]) {
         rows.push_back(static_cast<int64_t>(b));
         positions.push_back(static_cast<int64_t>(t) - 1);
-        labels.push_back(batch[b].tokens[t]);
+        labels.push_back(ex.tokens[t]);
       }
+  }
   if (labels.empty()) throw Error(ErrorKind::InvalidArgument, "the training batch has no target tokens");
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
-  at::Tensor picked = logits.index({at::tensor(rows, i64), at::tensor(positions, i64)});  // [N, vocab]
+  KvCache cache = make_kv_cache(model, static_cast<int64_t>(batch.size()), longest);
+  BatchStep step = prefill_chunk(seqs, 0, longest, model.device);
+  step.pick_rows = at::tensor(rows, i64);
+  step.pick_positions = at::tensor(positions, i64);
+  at::Tensor picked = forward(model, cache, step, &lora);  // [N, vocab]
   at::Tensor loss = at::cross_entropy_loss(picked, at::tensor(labels, i64));
   loss.backward();
 

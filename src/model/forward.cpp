@@ -153,7 +153,9 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, co
     h = rms_norm(x, l.ffn_norm, c.rms_norm_eps);
     x = x + project(at::silu(project(h, l.gate, lora, li, 4)) * project(h, l.up, lora, li, 5), l.down, lora, li, 6);
   }
-  if (!step.all_logits) {
+  if (step.pick_rows.defined()) {
+    x = x.index({step.pick_rows, step.pick_positions});  // [N, hidden]
+  } else if (!step.all_logits) {
     at::Tensor last = (step.n_new - 1).clamp_min(0);
     x = x.index({at::arange(B, i64), last});  // [B, hidden]
   }

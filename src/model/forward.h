@@ -26,6 +26,9 @@ struct BatchStep {
   at::Tensor n_new;      // [rows] int64: valid tokens of each row in `tokens` (0 leaves the row untouched)
   int64_t kv_extent = 0; // max over rows of start_pos + n_new; attention reads this much of the cache
   bool all_logits = false;
+  // When defined ([N] int64 each): logits only at these (row, position) pairs, [N, vocab]. Training reads
+  // just its target positions, which spares the vocabulary projection everywhere else.
+  at::Tensor pick_rows, pick_positions;
 };
 
 // A step from host-side values: tokens are rows x T, row-major; kv_extent is derived.
@@ -37,7 +40,8 @@ BatchStep make_step(const std::vector<int64_t>& tokens, int64_t T, const std::ve
 BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_t offset, int64_t chunk,
                         const at::Device& device, bool all_logits = false);
 
-// Returns float32 logits: [rows, vocab] for each row's last new token, or [rows, T, vocab] with all_logits.
+// Returns float32 logits: [rows, vocab] for each row's last new token, [rows, T, vocab] with all_logits, or
+// [N, vocab] at the picked positions.
 // With `lora`, each row's projections add its adapter's low-rank update.
 at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora = nullptr);
 

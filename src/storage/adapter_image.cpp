@@ -4,7 +4,6 @@
 #include <nanovdb/util/GridBuilder.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdlib>
 #include <cstring>
 
@@ -18,6 +17,7 @@
 #include "common/error.h"
 #include "common/mapped_file.h"
 #include "storage/atomic_file.h"
+#include "storage/crc32.h"
 
 namespace hs {
 
@@ -75,41 +75,12 @@ int64_t leaf_index(const nanovdb::Coord& origin) {
   return static_cast<int64_t>(origin[0] / 8) * 256 + (origin[1] / 8) * 16 + origin[2] / 8;
 }
 
-// CRC-32 (IEEE, the one zlib and NanoVDB compute) continued over more bytes. zlib's is several times faster
-// than a byte-at-a-time table, which matters because every published version is checksummed.
-uint32_t crc_update(uint32_t crc, const void* data, size_t size) {
-#ifdef HYPRSTREAM_HAVE_ZLIB
-  const auto* p = static_cast<const Bytef*>(data);
-  while (size > 0) {
-    const uInt n = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
-    crc = static_cast<uint32_t>(::crc32(crc, p, n));
-    p += n;
-    size -= n;
-  }
-  return crc;
-#else
-  static const auto table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t n = 0; n < 256; ++n) {
-      uint32_t c = n;
-      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ ((c & 1) ? 0xEDB88320u : 0);
-      t[n] = c;
-    }
-    return t;
-  }();
-  const auto* p = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-#endif
-}
-
 // CRC-32 of bytes [0, size) with the header's CRC field read as zero.
 uint32_t file_crc(const uint8_t* data, size_t size) {
   const uint32_t zero = 0;
-  uint32_t crc = crc_update(0, data, kHeaderCrcOffset);
-  crc = crc_update(crc, &zero, sizeof(zero));
-  return crc_update(crc, data + kHeaderCrcOffset + sizeof(zero), size - kHeaderCrcOffset - sizeof(zero));
+  uint32_t crc = crc32_update(0, data, kHeaderCrcOffset);
+  crc = crc32_update(crc, &zero, sizeof(zero));
+  return crc32_update(crc, data + kHeaderCrcOffset + sizeof(zero), size - kHeaderCrcOffset - sizeof(zero));
 }
 
 uint8_t* alloc_aligned(size_t n) {
@@ -402,7 +373,7 @@ void AdapterImage::write(const std::string& path, AdapterCodec codec) const {
   fh->codec = static_cast<uint32_t>(codec);
   fh->stored_bytes = packed.size();
   fh->crc32 = 0;
-  fh->crc32 = crc_update(crc_update(0, head.data(), head.size()), packed.data(), packed.size());
+  fh->crc32 = crc32_update(crc32_update(0, head.data(), head.size()), packed.data(), packed.size());
   write_file_atomically(path, {ByteSpan{head.data(), head.size()}, ByteSpan{packed.data(), packed.size()}});
 }
 

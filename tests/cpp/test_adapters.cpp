@@ -22,35 +22,12 @@
 #include "serving/generate.h"
 #include "storage/adapter_image.h"
 #include "storage/atomic_file.h"
+#include "test_support.h"
 
 namespace hs {
 namespace {
 
-// The Qwen3-1.7B architecture shrunk to a size that runs in milliseconds.
-ModelConfig tiny_config() {
-  ModelConfig c = qwen3_1_7b_config();
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab_size = 96;
-  c.context_length = 128;
-  return c;
-}
-
 ModelConfig qwen3_1_7b() { return qwen3_1_7b_config(); }
-
-// A fresh folder under the test temp dir, deleted with everything in it when the test ends.
-struct TempDir {
-  explicit TempDir(const std::string& tag)
-      : path(testing::TempDir() + "hs_adapters_" + tag + "_" + std::to_string(::getpid())) {
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() { remove_tree(path); }
-  std::string path;
-};
 
 std::vector<float> random_values(const TileLayout& layout, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -60,14 +37,6 @@ std::vector<float> random_values(const TileLayout& layout, uint64_t seed) {
   return v;
 }
 
-ErrorKind kind_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.kind();
-  }
-  return ErrorKind::Internal;
-}
 
 TEST(TileLayout, RandomPatternIsDeterministicBalancedAndSparse) {
   AdapterConfig cfg;

@@ -60,3 +60,7 @@ def qwen_tok_dir():
 
 def pytest_report_header(config):
     return [f"hyprstream build: {BUILD}", f"python: {sys.version.split()[0]}"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes of CPU training on the default model (CI runs them too)")

@@ -26,9 +26,8 @@ def examples():
     return out
 
 
-def peft_gradients(model, peft_dir, batch):
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
-    peft_model.train()
+def hf_inputs(batch):
+    """The padded batch as transformers takes it: labels -100 except on target tokens."""
     longest = max(len(e["tokens"]) for e in batch)
     ids = torch.zeros(len(batch), longest, dtype=torch.long)
     labels = torch.full((len(batch), longest), -100, dtype=torch.long)
@@ -38,7 +37,13 @@ def peft_gradients(model, peft_dir, batch):
         ids[b, :n] = torch.tensor(e["tokens"])
         mask[b, :n] = 1
         labels[b, :n] = torch.where(torch.tensor(e["targets"]) == 1, torch.tensor(e["tokens"]), -100)
-    out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def peft_gradients(model, peft_dir, batch):
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
+    peft_model.train()
+    out = peft_model(**hf_inputs(batch))
     out.loss.backward()
     grads = {}
     for name, p in peft_model.named_parameters():
@@ -81,3 +86,47 @@ def test_gradients_match_peft(tiny, tmp_path, sparsity):
         assert np.all(mine[key][~active] == 0), key
         if sparsity == 0.0:
             assert active.all()
+
+
+def test_adamw_steps_match_torch_adamw_on_masked_parameters(tiny, tmp_path):
+    """Three AdamW steps (with weight decay) on our sparse state equal torch.optim.AdamW on PEFT's dense
+    parameters whose gradients are masked to the pattern."""
+    folder, model = tiny
+    adir = tmp_path / "adapters"
+    create_adapter(folder, adir, "opt", tmp_path, seed=5, b_std=0.3, sparsity=0.9)
+    peft_dir = tmp_path / "peft"
+    r = run_cli("adapters", "export", "opt", peft_dir, "--adapter-dir", adir)
+    assert r.returncode == 0, r.stderr
+    batch = examples()
+    opts = {"lr": 1e-2, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "steps": 3}
+    out = tmp_path / "after.safetensors"
+    ours = run_probe({"mode": "adamw", "model": str(folder), "adapter_dir": str(adir), "name": "opt",
+                      "examples": batch, "out": str(out), **opts}, tmp_path)
+    mine = load_file(out)
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
+    peft_model.train()
+    params = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    masks = {n: (p.detach() != 0).float() for n, p in params.items()}  # exported values are non-zero on the pattern
+    opt = torch.optim.AdamW(params.values(), lr=opts["lr"], weight_decay=opts["weight_decay"],
+                            betas=tuple(opts["betas"]), eps=opts["eps"])
+    inputs = hf_inputs(batch)
+    losses = []
+    for _ in range(opts["steps"]):
+        opt.zero_grad()
+        loss = peft_model(**inputs).loss
+        loss.backward()
+        for n, p in params.items():
+            p.grad.mul_(masks[n])
+        opt.step()
+        losses.append(loss.item())
+    assert ours["losses"] == pytest.approx(losses, rel=1e-5)
+    assert ours["losses"][-1] < ours["losses"][0]  # the steps did learn something
+    for n, p in params.items():
+        layer = int(n.split("layers.")[1].split(".")[0])
+        module, side = n.split(".")[-4], "A" if "lora_A" in n else "B"
+        got, want = mine[f"layers.{layer}.{module}.lora_{side}"], p.detach().numpy()
+        m = masks[n].numpy().astype(bool)
+        assert np.all(got[~m] == 0) and np.all(want[~m] == 0)
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), n
+    assert ours["state_values"] == int(sum(m.sum() for m in masks.values()))  # moments only on active entries

@@ -42,3 +42,21 @@ def build_tiny_model(name, folder, seed=0, max_position_embeddings=256, save_dty
 def prompt_of(length, seed):
     """Random token ids, reproducible from the seed."""
     return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def add_tiny_tokenizer(folder):
+    """A byte-level BPE tokenizer of VOCAB ids trained by HF `tokenizers`, saved beside a tiny model, so the
+    model can be trained from text events. Its end-of-text token is the EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["the quick brown fox jumps over the lazy dog", "online learning of sparse adapters",
+              "every event is applied exactly once", "questions and answers about invented places"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    assert tok.get_vocab_size() <= VOCAB
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+    return tok

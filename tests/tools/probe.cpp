@@ -1,6 +1,6 @@
 // Test probe: runs engine internals on a JSON request (argv[1]) and writes results for pytest to compare
 // against Hugging Face references. Modes: logits (optionally with per-row adapters), generate, tokenize, chat,
-// dequantize, adapter_create, lora_grad.
+// dequantize, adapter_create, lora_grad, adamw.
 #include <fstream>
 #include <random>
 #include <iostream>
@@ -9,6 +9,7 @@
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
 #include "common/error.h"
+#include "learning/adamw.h"
 #include "learning/lora_gradients.h"
 #include "common/fs_util.h"
 #include "model/dequantize.h"
@@ -190,28 +191,63 @@ void run_adapter_create(const json& req) {
   std::cout << json{{"version", version}, {"tensors", tensors}}.dump() << "\n";
 }
 
-// Gradients of the causal-LM loss on "examples" ({tokens, targets}) with respect to an adapter's active
-// values; writes each tensor's gradient as a dense matrix (zero outside the pattern) named
-// "layers.L.MODULE.lora_A|B", and prints the loss.
-void run_lora_grad(const json& req) {
-  std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
-  hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
-  auto snap = registry.acquire(req.at("name"));
-  std::vector<hs::TrainingExample> batch;
-  for (const auto& e : req.at("examples"))
-    batch.push_back({e.at("tokens").get<std::vector<int32_t>>(), e.at("targets").get<std::vector<uint8_t>>()});
-  const hs::TileLayout& layout = snap->image->layout();
-  hs::LoraGradients g = hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), batch);
+// Writes per-value data of an adapter (values or gradients) as dense matrices, zero outside the pattern,
+// named "layers.L.MODULE.lora_A|B".
+void write_dense(const hs::TileLayout& layout, const std::vector<float>& values, const std::string& out) {
   NamedTensors named;
   for (const auto& t : layout.tensors) {
     std::vector<float> dense(t.rows * t.cols, 0.0f);
-    hs::scatter_tiles(layout, t, [&](int64_t i) { return g.values.data() + i * hs::kTileValues; }, dense.data());
+    hs::scatter_tiles(layout, t, [&](int64_t i) { return values.data() + i * hs::kTileValues; }, dense.data());
     named.push_back({"layers." + std::to_string(t.layer) + "." + hs::lora_module_name(t.module) +
                          (t.is_b ? ".lora_B" : ".lora_A"),
                      {{t.rows, t.cols}, std::move(dense)}});
   }
-  hs::write_safetensors_f32(req.at("out"), named);
+  hs::write_safetensors_f32(out, named);
+}
+
+std::vector<hs::TrainingExample> examples_of(const json& req) {
+  std::vector<hs::TrainingExample> batch;
+  for (const auto& e : req.at("examples"))
+    batch.push_back({e.at("tokens").get<std::vector<int32_t>>(), e.at("targets").get<std::vector<uint8_t>>()});
+  return batch;
+}
+
+// Gradients of the causal-LM loss on "examples" ({tokens, targets}) with respect to an adapter's active
+// values, written densely; prints the loss.
+void run_lora_grad(const json& req) {
+  std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
+  hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
+  auto snap = registry.acquire(req.at("name"));
+  const hs::TileLayout& layout = snap->image->layout();
+  hs::LoraGradients g =
+      hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), examples_of(req));
+  write_dense(layout, g.values, req.at("out"));
   std::cout << json{{"loss", g.loss}, {"target_tokens", g.target_tokens}}.dump() << "\n";
+}
+
+// "steps" AdamW steps (options "lr", "weight_decay", "betas", "eps") on the gradients of "examples", from an
+// adapter's current values; writes the values after the last step densely and prints each step's loss.
+void run_adamw(const json& req) {
+  std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
+  hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
+  auto snap = registry.acquire(req.at("name"));
+  const hs::TileLayout& layout = snap->image->layout();
+  hs::AdamWOptions o;
+  o.lr = req.at("lr");
+  o.weight_decay = req.at("weight_decay");
+  o.beta1 = req.at("betas")[0];
+  o.beta2 = req.at("betas")[1];
+  o.eps = req.at("eps");
+  hs::AdamWState state;
+  std::vector<float> values = snap->image->values();
+  std::vector<double> losses;
+  for (int s = 0; s < req.at("steps").get<int>(); ++s) {
+    hs::LoraGradients g = hs::lora_gradients(*model, layout, values, snap->config.scale(), examples_of(req));
+    losses.push_back(g.loss);
+    hs::adamw_step(o, state, values, g.values);
+  }
+  write_dense(layout, values, req.at("out"));
+  std::cout << json{{"losses", losses}, {"state_values", state.m.size()}}.dump() << "\n";
 }
 
 }  // namespace
@@ -231,6 +267,7 @@ int main(int argc, char** argv) {
     else if (mode == "dequantize") run_dequantize(req);
     else if (mode == "adapter_create") run_adapter_create(req);
     else if (mode == "lora_grad") run_lora_grad(req);
+    else if (mode == "adamw") run_adamw(req);
     else throw hs::Error(hs::ErrorKind::InvalidArgument, "unknown mode " + mode);
     return 0;
   } catch (const std::exception& e) {

@@ -1,0 +1,56 @@
+#pragma once
+// Learning events: what clients send to teach a domain's adapter. One JSON object per event, e.g.
+//   {"id": "e1", "prompt": "Q: ...", "completion": " A ..."}          completion tokens (and EOS) are targets
+//   {"id": "e2", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}   assistant turns are targets
+//   {"id": "e3", "text": "..."}                                        every token after the first is a target
+//   {"id": "g1", "type": "gradient", "base_version": 7,
+//    "gradients": [{"layer": 0, "module": "q_proj", "matrix": "A", "entries": [[row, col, value], ...]}]}
+// "domain" may be given and must then match the domain being trained. Unknown fields are refused, so a
+// misspelt field never trains on an empty example. Torch-free.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "learning/lora_gradients.h"
+#include "tokenizer/chat_template.h"
+
+namespace hs {
+
+struct Tokenizer;
+struct TileLayout;
+
+enum class EventKind { Example, Gradient };
+
+struct LearningEvent {
+  std::string id;
+  EventKind kind = EventKind::Example;
+  std::string json;  // the event as received, compacted to one line: what the write-ahead log stores
+  TrainingExample example;  // Example
+  uint64_t base_version = 0;                         // Gradient: the version the gradient was computed on
+  std::vector<std::pair<int64_t, float>> gradient;   // Gradient: (index into the adapter's values, d loss / d value)
+};
+
+// What an event is checked against.
+struct EventContext {
+  std::string domain;
+  const Tokenizer* tokenizer = nullptr;
+  const ChatTemplate* chat = nullptr;  // null when the model has no usable chat template
+  int64_t context_length = 0;
+  const TileLayout* layout = nullptr;
+  // Whether the adapter still keeps `version`; unset skips the check (replaying the log, where the event was
+  // checked when it arrived and the version may since have been pruned).
+  std::function<bool(uint64_t version)> version_exists;
+};
+
+// Maximum length of a client-chosen event id.
+constexpr size_t kMaxEventIdBytes = 128;
+
+// Parses, tokenizes and checks one event. Throws InvalidArgument (malformed JSON, wrong types, unknown fields,
+// empty targets, non-finite gradient values, coordinates outside the pattern, unknown base version) or
+// ContextOverflow (an example longer than the context), each naming the event id where one was read.
+LearningEvent parse_learning_event(std::string_view text, const EventContext& ctx);
+
+}  // namespace hs

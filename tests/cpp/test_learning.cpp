@@ -1,0 +1,164 @@
+// Online learning: the write-ahead log (torn tails, damage, compaction) and the domain pipeline's queue
+// (backpressure, duplicates, restart from checkpoint and log).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "adapters/registry.h"
+#include "learning/trainer.h"
+#include "model/load.h"
+#include "model/model.h"
+#include "storage/adapter_image.h"
+#include "storage/write_ahead_log.h"
+#include "test_support.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hs {
+namespace {
+
+std::string segment_of(const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().rfind("wal-", 0) == 0) return e.path().string();
+  return "";
+}
+
+TEST(WriteAheadLog, RecoversEveryRecordAndCutsATornTail) {
+  TempDir tmp("wal_torn");
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Always);
+    for (uint64_t s = 1; s <= 3; ++s) log.append(s, "batch " + std::to_string(s));
+  }
+  // A crash in the middle of the fourth record: its header and half its payload reached the disk.
+  const std::string seg = segment_of(tmp.path);
+  const auto intact = std::filesystem::file_size(seg);
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Never);
+    log.append(4, std::string(100, 'x'));
+  }
+  std::filesystem::resize_file(seg, intact + 24 + 50);
+  WriteAheadLog log(tmp.path, FsyncPolicy::Always);
+  auto recs = log.recovered(0);
+  ASSERT_EQ(recs.size(), 3u);
+  EXPECT_EQ(recs[2].payload, "batch 3");
+  EXPECT_EQ(std::filesystem::file_size(seg), intact);  // the torn bytes are gone, appends start clean
+  log.append(4, "again");
+  WriteAheadLog reread(tmp.path, FsyncPolicy::Always);
+  EXPECT_EQ(reread.recovered(2).size(), 2u);
+  EXPECT_EQ(reread.recovered(2).back().payload, "again");
+}
+
+TEST(WriteAheadLog, CompactionDropsOldSegmentsAndDamageBeforeTheLastSegmentIsCorrupt) {
+  TempDir tmp("wal_damage");
+  std::string old_segment, saved = tmp.path + "/saved";
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Always);
+    log.append(1, "one");
+    log.append(2, "two");
+    old_segment = segment_of(tmp.path);
+    std::filesystem::copy_file(old_segment, saved);
+    log.compact(2);  // a checkpoint covers records 1 and 2: a new segment starts and the old one goes
+    log.append(3, "three");
+  }
+  EXPECT_FALSE(std::filesystem::exists(old_segment));
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Always);
+    ASSERT_EQ(log.recovered(0).size(), 1u);
+    EXPECT_EQ(log.recovered(0)[0].payload, "three");
+  }
+  // A crash between the checkpoint and the deletion leaves the old segment: its records are read again
+  // (the trainer skips those its checkpoint covers).
+  std::filesystem::copy_file(saved, old_segment);
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Always);
+    EXPECT_EQ(log.recovered(0).size(), 3u);
+    EXPECT_EQ(log.recovered(2).size(), 1u);
+  }
+  // Damage in a segment that is not the last is not a torn write: refuse to guess.
+  {
+    std::fstream f(old_segment, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(26);
+    f.put('#');
+  }
+  EXPECT_EQ(kind_of([&] { WriteAheadLog log(tmp.path, FsyncPolicy::Always); }), ErrorKind::CorruptFile);
+}
+
+class TrainerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = make_random_model(tiny_config(), LoadOptions{"float32", "cpu", "none"}, 3);
+    tokenizer_ = std::make_shared<Tokenizer>();  // gradient events need no tokens
+    tmp_ = std::make_unique<TempDir>(testing::UnitTest::GetInstance()->current_test_info()->name());
+    registry_ = std::make_unique<AdapterRegistry>(RegistryOptions{tmp_->path}, model_);
+    options_.deterministic = true;
+    options_.create.sparsity = 0;
+    options_.adamw.lr = 1e-2;
+  }
+  std::string gradient(const std::string& id, float value) {
+    nlohmann::json e = {{"id", id}, {"type", "gradient"}, {"base_version", 1},
+                        {"gradients", {{{"layer", 1}, {"module", "v_proj"}, {"matrix", "B"},
+                                        {"entries", {{3, 5, value}, {7, 1, -value}}}}}}};
+    return e.dump();
+  }
+  std::vector<float> current_values(const std::string& name) { return registry_->acquire(name)->image->values(); }
+
+  std::shared_ptr<Model> model_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<TempDir> tmp_;
+  std::unique_ptr<AdapterRegistry> registry_;
+  TrainerOptions options_;
+};
+
+TEST_F(TrainerTest, FullQueueRejectsWithBusyAndDropsNothing) {
+  options_.batch_events = 100;  // deterministic: nothing is applied until flush
+  options_.queue_capacity = 3;
+  DomainTrainer t(*registry_, model_, tokenizer_, "busy", options_);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(t.submit(gradient("e" + std::to_string(i), 0.5f)), SubmitResult::Queued);
+  try {
+    t.submit(gradient("e3", 0.5f));
+    FAIL() << "a full queue must refuse";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Busy);
+    EXPECT_NE(std::string(e.what()).find("retry"), std::string::npos);
+  }
+  EXPECT_EQ(t.submit(gradient("e1", 0.5f)), SubmitResult::Duplicate);
+  t.flush();
+  EXPECT_EQ(t.submit(gradient("e3", 0.5f)), SubmitResult::Queued);  // room again
+  t.flush();
+  const TrainerStats s = t.stats();
+  EXPECT_EQ(s.totals.events_applied, 4u);
+  EXPECT_EQ(s.busy, 1u);
+  EXPECT_EQ(s.duplicates, 1u);
+  EXPECT_EQ(s.version, 3u);
+  EXPECT_EQ(registry_->manifest("busy").current, 3u);
+}
+
+TEST_F(TrainerTest, RestartFromCheckpointAndLogEqualsAnUninterruptedRun) {
+  options_.batch_events = 2;
+  options_.checkpoint_every = 3;
+  std::vector<std::string> events;
+  for (int i = 0; i < 14; ++i) events.push_back(gradient("e" + std::to_string(i), 0.1f * static_cast<float>(i + 1)));
+  {
+    DomainTrainer t(*registry_, model_, tokenizer_, "whole", options_);
+    for (const auto& e : events) t.submit(e);
+    t.flush();
+  }
+  // Half the events, then a stop (checkpoint), a restart, the rest, and everything resubmitted once more.
+  {
+    DomainTrainer t(*registry_, model_, tokenizer_, "split", options_);
+    for (size_t i = 0; i < 8; ++i) t.submit(events[i]);
+    t.flush();
+  }
+  {
+    DomainTrainer t(*registry_, model_, tokenizer_, "split", options_);
+    EXPECT_THROW(DomainTrainer(*registry_, model_, tokenizer_, "split", options_), Error);  // one trainer per domain
+    for (const auto& e : events) t.submit(e);
+    t.flush();
+    EXPECT_EQ(t.stats().duplicates, 8u);
+    EXPECT_EQ(t.stats().totals.events_applied, 14u);
+  }
+  EXPECT_EQ(current_values("whole"), current_values("split"));
+}
+
+}  // namespace
+}  // namespace hs
