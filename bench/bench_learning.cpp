@@ -14,6 +14,7 @@
 #include "adapters/registry.h"
 #include "bench_common.h"
 #include "common/error.h"
+#include "common/percentile.h"
 #include "learning/trainer.h"
 #include "serving/engine.h"
 #include "serving/generate.h"
@@ -36,12 +37,6 @@ struct Args {
   int64_t serve = 20;          // learn-to-serve measurements; 0 skips them
   std::string fsync = "always";
 };
-
-double pct(std::vector<double> xs, double q) {
-  if (xs.empty()) return 0;
-  std::sort(xs.begin(), xs.end());
-  return xs[std::min(xs.size() - 1, static_cast<size_t>(q * static_cast<double>(xs.size())))];
-}
 
 // Waits for a trainer's callbacks.
 struct Progress {
@@ -149,10 +144,10 @@ int main(int argc, char** argv) {
       out["single_updates"] = {{"count", a.singles},
                                {"update_ms_p50", s.update_ms_p50},
                                {"update_ms_p99", s.update_ms_p99},
-                               {"submit_to_ack_ms_p50", pct(ack_ms, 0.5)},
-                               {"submit_to_ack_ms_p99", pct(ack_ms, 0.99)},
-                               {"submit_to_applied_ms_p50", pct(applied_ms, 0.5)},
-                               {"submit_to_applied_ms_p99", pct(applied_ms, 0.99)}};
+                               {"submit_to_ack_ms_p50", hs::percentile(ack_ms, 0.5)},
+                               {"submit_to_ack_ms_p99", hs::percentile(ack_ms, 0.99)},
+                               {"submit_to_applied_ms_p50", hs::percentile(applied_ms, 0.5)},
+                               {"submit_to_applied_ms_p99", hs::percentile(applied_ms, 0.99)}};
     }
     {  // As fast as a client can submit, with the default micro-batching (32 events / 100 ms).
       std::vector<std::string> events;
@@ -188,7 +183,10 @@ int main(int argc, char** argv) {
       std::vector<std::string> events;
       for (int64_t i = 0; i < a.train_batches * 32; ++i) {
         std::string text;
-        while (static_cast<int64_t>(hs::encode(*tok, text, true).size()) < 64) text += (text.empty() ? "" : " ") + words[rng() % words.size()];
+        while (static_cast<int64_t>(hs::encode(*tok, text, true).size()) < 64) {
+          if (!text.empty()) text += ' ';
+          text += words[rng() % words.size()];
+        }
         events.push_back(json{{"id", "t" + std::to_string(i)}, {"text", text}}.dump());
       }
       hs::TrainerOptions o = base;
@@ -243,10 +241,10 @@ int main(int argc, char** argv) {
         total_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - acked).count());
       }
       out["learn_to_serve"] = {{"count", a.serve},
-                               {"ack_to_applied_ms_p50", pct(apply_ms, 0.5)},
-                               {"acquire_and_dense_build_ms_p50", pct(swap_ms, 0.5)},
-                               {"ack_to_first_token_ms_p50", pct(total_ms, 0.5)},
-                               {"ack_to_first_token_ms_p99", pct(total_ms, 0.99)}};
+                               {"ack_to_applied_ms_p50", hs::percentile(apply_ms, 0.5)},
+                               {"acquire_and_dense_build_ms_p50", hs::percentile(swap_ms, 0.5)},
+                               {"ack_to_first_token_ms_p50", hs::percentile(total_ms, 0.5)},
+                               {"ack_to_first_token_ms_p99", hs::percentile(total_ms, 0.99)}};
     }
     hs::remove_tree(dir);
     out["peak_rss_mb"] = hs::bench::peak_rss_mb();

@@ -1,6 +1,5 @@
 #include "learning/checkpoint.h"
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -56,15 +55,8 @@ void write_checkpoint(const std::string& dir, const TrainerCheckpoint& c) {
   write_file_atomically(dir + "/CHECKPOINT", nlohmann::json{{"seq", c.seq}, {"name", name}}.dump() + "\n");
 
   // Older checkpoints are no longer reachable from CHECKPOINT.
-  if (DIR* d = opendir(dir.c_str())) {
-    std::vector<std::string> stale;
-    while (dirent* e = readdir(d)) {
-      const std::string n = e->d_name;
-      if (n.rfind("checkpoint-", 0) == 0 && n.rfind(name, 0) != 0) stale.push_back(n);
-    }
-    closedir(d);
-    for (const std::string& n : stale) ::unlink((dir + "/" + n).c_str());
-  }
+  for (const std::string& n : list_directory(dir))
+    if (n.rfind("checkpoint-", 0) == 0 && n.rfind(name, 0) != 0) ::unlink((dir + "/" + n).c_str());
 }
 
 std::optional<TrainerCheckpoint> read_checkpoint(const std::string& dir) {

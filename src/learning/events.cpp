@@ -28,9 +28,6 @@ std::string string_field(const json& j, const char* key, const std::string& id) 
   return v.get<std::string>();
 }
 
-// The end-of-turn token the model stops at: what a completion or an assistant turn must end with.
-int32_t eos_of(const Tokenizer& tok) { return tok.eos_id; }
-
 void check_length(TrainingExample& ex, const EventContext& ctx, const std::string& id) {
   if (static_cast<int64_t>(ex.tokens.size()) > ctx.context_length)
     throw Error(ErrorKind::ContextOverflow, "event '" + id + "': the example has " + std::to_string(ex.tokens.size()) +
@@ -54,7 +51,7 @@ TrainingExample prompt_completion(const json& j, const EventContext& ctx, const 
   TrainingExample ex;
   append(ex, encode(tok, prompt, /*add_special_tokens=*/true), false);
   std::vector<int32_t> target = encode(tok, completion, false);
-  if (eos_of(tok) >= 0) target.push_back(eos_of(tok));  // so the model learns where the answer ends
+  if (tok.eos_id >= 0) target.push_back(tok.eos_id);  // so the model learns where the answer ends
   append(ex, target, true);
   return ex;
 }
@@ -100,7 +97,7 @@ TrainingExample chat_messages(const json& j, const EventContext& ctx, const std:
       reject(id, "the chat template does not render this conversation incrementally; send prompt/completion");
     append(ex, encode(tok, prompt.substr(rendered.size()), false), false);
     std::vector<int32_t> turn = encode(tok, full.substr(prompt.size()), false);
-    auto end = std::find(turn.begin(), turn.end(), eos_of(tok));
+    auto end = std::find(turn.begin(), turn.end(), tok.eos_id);  // the end-of-turn token ends the target
     const size_t n_target = end == turn.end() ? turn.size() : static_cast<size_t>(end - turn.begin()) + 1;
     ex.tokens.insert(ex.tokens.end(), turn.begin(), turn.end());
     for (size_t k = 0; k < turn.size(); ++k) ex.is_target.push_back(k < n_target ? 1 : 0);
@@ -167,6 +164,18 @@ void gradient_submission(const json& j, const EventContext& ctx, const std::stri
     }
   }
   if (ev.gradient.empty()) reject(id, "the gradient has no entries");
+  // Sum repeated coordinates in the order given, as accumulating them into a dense vector would.
+  std::stable_sort(ev.gradient.begin(), ev.gradient.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  size_t out = 0;
+  for (size_t i = 0; i < ev.gradient.size(); ++i) {
+    if (out > 0 && ev.gradient[out - 1].first == ev.gradient[i].first) {
+      ev.gradient[out - 1].second += ev.gradient[i].second;
+    } else {
+      ev.gradient[out++] = ev.gradient[i];
+    }
+  }
+  ev.gradient.resize(out);
 }
 
 LearningEvent parse_checked(std::string_view text, const EventContext& ctx);

@@ -30,7 +30,9 @@ struct LearningEvent {
   std::string json;  // the event as received, compacted to one line: what the write-ahead log stores
   TrainingExample example;  // Example
   uint64_t base_version = 0;                         // Gradient: the version the gradient was computed on
-  std::vector<std::pair<int64_t, float>> gradient;   // Gradient: (index into the adapter's values, d loss / d value)
+  // Gradient: (index into the adapter's values, d loss / d value), ascending, each index once (repeated
+  // coordinates of the submission are summed).
+  std::vector<std::pair<int64_t, float>> gradient;
 };
 
 // What an event is checked against.

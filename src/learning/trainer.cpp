@@ -15,6 +15,7 @@
 #include "adapters/tile_layout.h"
 #include "common/error.h"
 #include "common/fs_util.h"
+#include "common/percentile.h"
 #include "learning/lora_gradients.h"
 #include "model/model.h"
 #include "storage/adapter_image.h"
@@ -39,19 +40,6 @@ void scale_by(std::vector<float>& g, double f) {
 void clip_to(std::vector<float>& g, double bound) {
   const double n = norm_of(g);
   if (bound > 0 && n > bound) scale_by(g, bound / n);
-}
-
-std::vector<float> dense_gradient(const LearningEvent& ev, size_t n) {
-  std::vector<float> g(n, 0.0f);
-  for (const auto& [index, value] : ev.gradient) g[static_cast<size_t>(index)] += value;
-  return g;
-}
-
-double percentile(std::vector<double> xs, double q) {
-  if (xs.empty()) return 0;
-  std::sort(xs.begin(), xs.end());
-  const size_t k = static_cast<size_t>(std::ceil(q * static_cast<double>(xs.size()))) - 1;
-  return xs[std::min(k, xs.size() - 1)];
 }
 
 }  // namespace
@@ -248,7 +236,7 @@ void DomainTrainer::flush() {
   std::unique_lock<std::mutex> lock(mu_);
   flushing_ += 1;
   wake_.notify_all();
-  done_.wait(lock, [&] { return (queue_.empty() && in_flight_ == 0) || !failure_.empty() || !worker_.joinable(); });
+  done_.wait(lock, [&] { return (queue_.empty() && in_flight_ == 0) || !failure_.empty(); });
   flushing_ -= 1;
   if (!failure_.empty()) throw Error(ErrorKind::Io, "training of domain '" + domain_ + "' stopped: " + failure_);
 }
@@ -260,9 +248,8 @@ void DomainTrainer::stop() {
     wake_.notify_all();
   }
   if (worker_.joinable()) worker_.join();
-  std::lock_guard<std::mutex> once(stop_mu_);
-  if (!stopped_ && failure_.empty() && seq_ != checkpoint_seq_) checkpoint();
-  stopped_ = true;
+  // A second stop finds the checkpoint at the log's end and writes nothing.
+  if (failure_.empty() && seq_ != checkpoint_seq_) checkpoint();
 }
 
 void DomainTrainer::run() {
@@ -334,6 +321,10 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
   auto add = [&](const std::vector<float>& g, double w) {
     for (size_t i = 0; i < n; ++i) total[i] += static_cast<float>(w * g[i]);
   };
+  // A submission's indices are unique (events.h), so it is added, and its norm taken, entry by entry.
+  auto add_sparse = [&](const LearningEvent& ev, double w) {
+    for (const auto& [index, value] : ev.gradient) total[static_cast<size_t>(index)] += static_cast<float>(w * value);
+  };
   loss = 0;
   if (options_.privacy.noise_multiplier > 0) {
     // DP-SGD: every example and submission is clipped on its own, the sum gets Gaussian noise scaled to the
@@ -346,9 +337,10 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
       add(g.values, 1.0);
     }
     for (const LearningEvent* ev : submitted) {
-      std::vector<float> g = dense_gradient(*ev, n);
-      clip_to(g, clip);
-      add(g, 1.0);
+      double sq = 0;
+      for (const auto& entry : ev->gradient) sq += static_cast<double>(entry.second) * entry.second;
+      const double norm = std::sqrt(sq);
+      add_sparse(*ev, norm > clip ? clip / norm : 1.0);
     }
     std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ull ^ (seq << 16) ^ static_cast<uint64_t>(step));
     std::normal_distribution<double> normal(0.0, options_.privacy.noise_multiplier * clip);
@@ -360,7 +352,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
       loss = g.loss;
       add(g.values, static_cast<double>(examples.size()) / units);
     }
-    for (const LearningEvent* ev : submitted) add(dense_gradient(*ev, n), 1.0 / units);
+    for (const LearningEvent* ev : submitted) add_sparse(*ev, 1.0 / units);
   }
   norm = norm_of(total);
   clip_to(total, options_.max_grad_norm);

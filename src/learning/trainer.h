@@ -164,8 +164,6 @@ class DomainTrainer {
   int flushing_ = 0;      // flush() calls waiting: a partial batch closes at once
   bool stopping_ = false;
   std::string failure_;   // set when the worker stopped on an error
-  std::mutex stop_mu_;
-  bool stopped_ = false;
   uint64_t version_ = 0, accepted_ = 0, duplicates_ = 0, rejected_ = 0, busy_ = 0, replayed_ = 0;
   std::deque<double> losses_, update_ms_;
   std::thread worker_;

@@ -21,6 +21,20 @@ namespace {
 
 }  // namespace
 
+bool write_fully(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
 void sync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) io_error("cannot open directory", dir, errno);
@@ -50,19 +64,8 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
     ::unlink(tmp.c_str());
     io_error(what, tmp, err);
   };
-  for (const ByteSpan& piece : pieces) {
-    const char* p = static_cast<const char*>(piece.data);
-    size_t left = piece.size;
-    while (left > 0) {
-      const ssize_t n = ::write(fd, p, left);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot write");
-      }
-      p += n;
-      left -= static_cast<size_t>(n);
-    }
-  }
+  for (const ByteSpan& piece : pieces)
+    if (!write_fully(fd, piece.data, piece.size)) fail("cannot write");
   if (::fsync(fd) != 0) fail("cannot sync");
   if (::close(fd) != 0) {
     const int err = errno;

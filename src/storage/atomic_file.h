@@ -21,6 +21,9 @@ inline void write_file_atomically(const std::string& path, std::string_view text
   write_file_atomically(path, {ByteSpan{text.data(), text.size()}});
 }
 
+// Writes all n bytes to fd, retrying short writes and EINTR; false with errno set when the OS refuses.
+bool write_fully(int fd, const void* data, size_t n);
+
 // fsync of a directory, so that a rename or unlink in it is durable.
 void sync_directory(const std::string& dir);
 

@@ -1,8 +1,6 @@
 #include "storage/write_ahead_log.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,28 +38,9 @@ std::string segment_name(uint64_t first_seq) {
 // Segment files in `dir`, oldest first (the zero-padded names sort by first sequence number).
 std::vector<std::string> list_segments(const std::string& dir) {
   std::vector<std::string> out;
-  DIR* d = opendir(dir.c_str());
-  if (!d) io_error("cannot list the log folder", dir);
-  while (dirent* e = readdir(d)) {
-    const std::string n = e->d_name;
+  for (const std::string& n : list_directory(dir))
     if (n.size() == 28 && n.rfind("wal-", 0) == 0 && n.compare(24, 4, ".log") == 0) out.push_back(n);
-  }
-  closedir(d);
-  std::sort(out.begin(), out.end());
   return out;
-}
-
-void write_all(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      io_error("cannot write the log", path);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
 }
 
 }  // namespace
@@ -104,11 +83,7 @@ WriteAheadLog::WriteAheadLog(std::string dir, FsyncPolicy policy) : dir_(std::mo
       last_seq_ = seq;
       pos += kHeaderBytes + len;
     }
-  }
-  bytes_ = 0;
-  for (const std::string& n : segments) {
-    struct stat st{};
-    if (::stat((dir_ + "/" + n).c_str(), &st) == 0) bytes_ += static_cast<uint64_t>(st.st_size);
+    bytes_ += pos;  // what is left of the segment once a torn tail is cut
   }
   if (segments.empty()) {
     open_segment(last_seq_ + 1);
@@ -149,7 +124,7 @@ void WriteAheadLog::append(uint64_t seq, std::string_view payload) {
   std::memcpy(rec.data() + 8, &seq, 8);
   std::memcpy(rec.data() + 16, &crc, 4);
   rec.append(payload);
-  write_all(fd_, rec.data(), rec.size(), segment_);
+  if (!write_fully(fd_, rec.data(), rec.size())) io_error("cannot write the log", segment_);
   if (policy_ == FsyncPolicy::Always && ::fdatasync(fd_) != 0) io_error("cannot sync the log", segment_);
   last_seq_ = seq;
   bytes_ += rec.size();
