@@ -147,6 +147,10 @@ ImportedAdapter import_peft(const std::string& folder, const Model& base, double
     at::Tensor d = at::zeros({t.rows, t.cols}, at::kFloat);
     (t.is_b ? d.narrow(1, 0, r) : d.narrow(0, 0, r)).copy_(src);
     if (!at::isfinite(d).all().item<bool>()) refuse(what + " has NaN or infinite values");
+    const double largest = d.abs().max().item<double>();
+    if (largest > kMaxImportedMagnitude)
+      refuse(what + " has a value of magnitude " + std::to_string(largest) + "; LoRA weights above " +
+             std::to_string(static_cast<int>(kMaxImportedMagnitude)) + " overflow the forward pass");
     dense.push_back(d);
   }
   // Tile norms decide which tiles a sparse import keeps.

@@ -21,10 +21,15 @@ struct ImportedAdapter {
   std::vector<float> values;
 };
 
+// Largest |value| an imported A or B may hold. Trained LoRA weights are far below it (typically < 1); beyond
+// it, B (A x) overflows float arithmetic and the model would answer with non-finite logits.
+constexpr double kMaxImportedMagnitude = 1e4;
+
 // Reads a PEFT LoRA folder for `model`. sparsity 0 keeps every entry; otherwise each tensor keeps its
 // highest-norm 8x8 tiles at that sparsity. A rank that is not a multiple of 8 is zero-padded (alpha is
 // adjusted so the update is unchanged); rsLoRA's scale is folded into alpha. Refuses DoRA, biases,
-// fan_in_fan_out, per-layer rank or alpha patterns, and modules other than the seven projections.
+// fan_in_fan_out, per-layer rank or alpha patterns, modules other than the seven projections, and values
+// that are not finite or exceed kMaxImportedMagnitude.
 ImportedAdapter import_peft(const std::string& folder, const Model& base, double sparsity);
 
 }  // namespace hs

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -62,32 +63,14 @@ std::string file_stamp(const std::string& path) {
   return std::to_string(st.st_ino) + ":" + std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
 }
 
-// An exclusive advisory lock on <root>/.lock for the duration of a change, so that two processes (a server
-// and the CLI, say) never interleave their writes to one folder.
-class FolderLock {
- public:
-  explicit FolderLock(const std::string& root) {
-    std::error_code ec;
-    fs::create_directories(root, ec);
-    if (ec) throw Error(ErrorKind::Io, "cannot create '" + root + "': " + ec.message());
-    fd_ = ::open((root + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    int rc = fd_ < 0 ? -1 : 0;
-    while (rc == 0 && (rc = ::flock(fd_, LOCK_EX)) != 0 && errno == EINTR) rc = 0;
-    if (rc != 0) {
-      const int err = errno;
-      if (fd_ >= 0) ::close(fd_);
-      throw Error(ErrorKind::Io, "cannot lock '" + root + "/.lock': " + std::strerror(err));
-    }
-  }
-  ~FolderLock() {
-    if (fd_ >= 0) ::close(fd_);  // closing releases the lock
-  }
-  FolderLock(const FolderLock&) = delete;
-  FolderLock& operator=(const FolderLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
+// An exclusive lock on <root>/.lock for the duration of a change, so that two processes (a server and the
+// CLI, say) never interleave their writes to one folder.
+FileLock lock_folder(const std::string& root) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) throw Error(ErrorKind::Io, "cannot create '" + root + "': " + ec.message());
+  return FileLock(root + "/.lock", FileLock::Mode::Wait);
+}
 
 }  // namespace
 
@@ -105,16 +88,19 @@ std::string AdapterRegistry::dir(const std::string& name) const {
   return options_.root + "/" + name;
 }
 
-AdapterManifest AdapterRegistry::load_manifest_locked(const std::string& name) {
+AdapterManifest AdapterRegistry::load_manifest(const std::string& name) {
   const std::string path = dir(name) + "/manifest.json";
   const std::string stamp = file_stamp(path);
-  if (stamp.empty()) {
-    manifests_.erase(name);
-    throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stamp.empty()) {
+      manifests_.erase(name);
+      throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+    }
+    // Re-read when another process has replaced the manifest (publish, rollback) since it was cached.
+    if (auto it = manifests_.find(name); it != manifests_.end() && manifest_stamps_[name] == stamp) return it->second;
   }
-  // Re-read when another process has replaced the manifest (publish, rollback) since it was cached.
-  if (auto it = manifests_.find(name); it != manifests_.end() && manifest_stamps_[name] == stamp) return it->second;
-  AdapterManifest m = manifest_from_json(read_text_file(path), path);
+  AdapterManifest m = manifest_from_json(read_text_file(path, ErrorKind::CorruptFile), path);
   auto bad = [&](const std::string& why) { throw Error(ErrorKind::CorruptFile, "manifest '" + path + "' " + why); };
   if (m.name != name) bad("names adapter '" + m.name + "'");
   if (m.keep == 0) bad("keeps no versions");
@@ -127,15 +113,19 @@ AdapterManifest AdapterRegistry::load_manifest_locked(const std::string& name) {
     if (i > 0 && m.versions[i].version <= m.versions[i - 1].version) bad("lists versions out of order");
     if (m.versions[i].file != version_file(m.versions[i].version)) bad("names an unexpected file");
   }
+  if (!m.find(m.current)) bad("names a current version it does not list");
+  std::lock_guard<std::mutex> lock(mu_);
   manifests_[name] = m;
   manifest_stamps_[name] = stamp;
   return m;
 }
 
 AdapterManifest AdapterRegistry::reload_manifest(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  manifests_.erase(name);  // another process may have changed it
-  return load_manifest_locked(name);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    manifests_.erase(name);  // another process may have changed it
+  }
+  return load_manifest(name);
 }
 
 void AdapterRegistry::save_manifest_locked(const AdapterManifest& m) {
@@ -191,7 +181,7 @@ AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterCo
 AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterConfig& config,
                                         const TileLayout& layout, const std::vector<float>& values) {
   std::lock_guard<std::mutex> wlock(write_mu_);
-  FolderLock folder(options_.root);
+  FileLock folder = lock_folder(options_.root);
   return create_locked(name, config, layout, values);
 }
 
@@ -202,13 +192,17 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   const std::string d = dir(name);
   if (fs::exists(d + "/manifest.json"))
     throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' already exists in " + options_.root);
-  if (fs::exists(d)) remove_tree(d);  // left by a create that failed before writing its manifest
   if (static_cast<int64_t>(values.size()) != layout.num_values())
     throw Error(ErrorKind::Internal, "adapter values do not match the pattern");
   auto image = AdapterImage::build(layout, values.data());
-  std::error_code ec;
-  fs::create_directories(d, ec);
-  if (ec) throw Error(ErrorKind::Io, "cannot create '" + d + "': " + ec.message());
+  // mkdir, not create_directories: whatever already has this name (a user's files, an adapter that lost its
+  // manifest, a create cut short) is left exactly as it is.
+  if (::mkdir(d.c_str(), 0755) != 0) {
+    if (errno == EEXIST)
+      throw Error(ErrorKind::InvalidArgument, "'" + d + "' already exists but holds no adapter manifest; nothing "
+                                              "in it was changed: move it away or choose another name");
+    throw Error(ErrorKind::Io, "cannot create '" + d + "': " + std::strerror(errno));
+  }
   AdapterManifest m;
   m.name = name;
   m.base_fingerprint = fingerprint_;
@@ -223,9 +217,12 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
 }
 
 AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
-                                            uint64_t new_events, const TileLayout* layout) {
+                                            std::optional<uint64_t> events, const TileLayout* layout) {
+  for (float x : values)
+    if (!std::isfinite(x))
+      throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "': refusing to publish non-finite values");
   std::lock_guard<std::mutex> wlock(write_mu_);
-  FolderLock folder(options_.root);
+  FileLock folder = lock_folder(options_.root);
   AdapterManifest m = reload_manifest(name);
   auto current = acquire(name, m.current);
   std::shared_ptr<AdapterImage> image;
@@ -241,17 +238,26 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
     image = current->image->clone();
     image->set_values(values.data());
   }
-  AdapterVersionInfo v = write_version_locked(m, *image, m.current, current->version.events + new_events);
+  AdapterVersionInfo v = write_version_locked(m, *image, m.current, events.value_or(current->version.events));
   auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image});
   std::lock_guard<std::mutex> lock(mu_);
   remember_locked(snap);
   return v;
 }
 
+FileLock AdapterRegistry::lock_domain(const std::string& name, const std::string& purpose) {
+  const std::string d = dir(name);
+  if (!fs::is_directory(d)) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  return FileLock(d + "/training.lock", FileLock::Mode::Try,
+                  "domain '" + name + "' is being trained; " + purpose + " when its trainer stops (busy, retry)");
+}
+
 AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t version) {
   std::lock_guard<std::mutex> wlock(write_mu_);
-  FolderLock folder(options_.root);
+  FileLock folder = lock_folder(options_.root);
   AdapterManifest m = reload_manifest(name);
+  // A trainer would overwrite the rollback with its next publish, from values the rollback did not change.
+  FileLock domain = lock_domain(name, "roll it back");
   const AdapterVersionInfo* v = m.find(version);
   if (!v) {
     std::string kept;
@@ -260,6 +266,16 @@ AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t vers
                                          " (kept: " + kept + ")");
   }
   AdapterImage::open(dir(name) + "/" + v->file);  // refuse to make a damaged version current
+  // Training resumes from the rolled-back version. The trainer's state (checkpoint, moments, log) describes
+  // the newer values, so it is moved aside, kept, and the next trainer starts afresh from this version.
+  const std::string training = dir(name) + "/training";
+  if (fs::exists(training)) {
+    std::string aside;
+    for (int n = 1; aside.empty() || fs::exists(aside); ++n) aside = training + ".rolled-back-" + std::to_string(n);
+    std::error_code ec;
+    fs::rename(training, aside, ec);
+    if (ec) throw Error(ErrorKind::Io, "cannot move '" + training + "' aside: " + ec.message());
+  }
   m.current = version;
   save_manifest_locked(m);
   return m;
@@ -267,9 +283,11 @@ AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t vers
 
 void AdapterRegistry::remove(const std::string& name) {
   std::lock_guard<std::mutex> wlock(write_mu_);
-  FolderLock folder(options_.root);
+  FileLock folder = lock_folder(options_.root);
   const std::string d = dir(name);
   if (!fs::exists(d + "/manifest.json")) throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
+  // A running trainer holds acknowledged events in the folder's log: deleting it would lose them.
+  FileLock domain = lock_domain(name, "remove it");
   // Rename first so a crash never leaves a half-deleted adapter under its name.
   const std::string trash = options_.root + "/.removed-" + name + "-" + std::to_string(::getpid());
   std::error_code ec;
@@ -282,8 +300,8 @@ void AdapterRegistry::remove(const std::string& name) {
   forget_locked(name);
 }
 
-std::vector<AdapterManifest> AdapterRegistry::list() {
-  std::vector<AdapterManifest> out;
+std::vector<AdapterListing> AdapterRegistry::list() {
+  std::vector<AdapterListing> out;
   if (!fs::exists(options_.root)) return out;
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(options_.root)) {
@@ -291,33 +309,42 @@ std::vector<AdapterManifest> AdapterRegistry::list() {
     if (e.is_directory() && n[0] != '.' && fs::exists(e.path() / "manifest.json")) names.push_back(n);
   }
   std::sort(names.begin(), names.end());
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& n : names) out.push_back(load_manifest_locked(n));
+  for (const auto& n : names) {
+    AdapterListing entry{n, std::nullopt, ""};
+    try {
+      entry.manifest = load_manifest(n);
+    } catch (const Error& e) {
+      entry.error = e.what();
+    }
+    out.push_back(std::move(entry));
+  }
   return out;
 }
 
-AdapterManifest AdapterRegistry::manifest(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return load_manifest_locked(name);
-}
+AdapterManifest AdapterRegistry::manifest(const std::string& name) { return load_manifest(name); }
 
 std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::string& name, uint64_t version) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const AdapterManifest m = load_manifest_locked(name);
+  const AdapterManifest m = load_manifest(name);
   check_base(m);
   if (version == 0) version = m.current;
   const AdapterVersionInfo* v = m.find(version);
   if (!v) throw Error(ErrorKind::NotFound, "adapter '" + name + "' has no version " + std::to_string(version));
-  if (const auto* cached = resident_.find(key(name, *v))) {
-    ++counters_.resident_hits;
-    return *cached;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (const auto* cached = resident_.find(key(name, *v))) {
+      ++counters_.resident_hits;
+      return *cached;
+    }
   }
+  // Read and verified without the lock: other requests keep acquiring cached adapters meanwhile.
   auto image = AdapterImage::open(dir(name) + "/" + v->file);
   if (image->layout().rank != m.config.rank)
     throw Error(ErrorKind::CorruptFile, "adapter '" + name + "' version " + std::to_string(version) +
                                             " does not match its manifest's rank");
-  ++counters_.disk_loads;
   auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, *v, m.config, std::move(image)});
+  std::lock_guard<std::mutex> lock(mu_);
+  ++counters_.disk_loads;
+  if (const auto* raced = resident_.find(key(name, *v))) return *raced;  // another thread loaded it meanwhile
   remember_locked(snap);
   return snap;
 }
@@ -339,13 +366,18 @@ void AdapterRegistry::forget_locked(const std::string& name) {
 std::shared_ptr<const LoraWeights> AdapterRegistry::weights(const AdapterSnapshot& snap) {
   if (!model_) throw Error(ErrorKind::Internal, "adapter weights need the base model loaded");
   const std::string k = key(snap.name, snap.version);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (const auto* cached = hot_.find(k)) {
-    ++counters_.hot_hits;
-    return *cached;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (const auto* cached = hot_.find(k)) {
+      ++counters_.hot_hits;
+      return *cached;
+    }
   }
+  // Built and copied to the device without the lock.
   auto w = make_lora_weights(*snap.image, *model_, snap.config.scale(), snap.name, snap.version.version);
+  std::lock_guard<std::mutex> lock(mu_);
   ++counters_.hot_builds;
+  if (const auto* raced = hot_.find(k)) return *raced;
   hot_.insert(k, w);
   while (hot_.size() > std::max<size_t>(1, options_.hot_adapters)) hot_.pop_oldest();
   return w;

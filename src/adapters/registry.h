@@ -11,12 +11,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "adapters/lru_cache.h"
 #include "adapters/manifest.h"
 #include "adapters/tile_layout.h"
+#include "common/file_lock.h"
 #include "storage/adapter_image.h"
 
 namespace hs {
@@ -45,6 +47,13 @@ struct AdapterSnapshot {
   std::shared_ptr<const AdapterImage> image;
 };
 
+// One adapter folder as `list` finds it: its manifest, or why it cannot be read.
+struct AdapterListing {
+  std::string name;
+  std::optional<AdapterManifest> manifest;
+  std::string error;  // set when manifest is empty
+};
+
 struct RegistryStats {
   size_t resident_adapters = 0, resident_bytes = 0, hot_adapters = 0, hot_bytes = 0;
   uint64_t disk_loads = 0, resident_hits = 0, hot_builds = 0, hot_hits = 0;
@@ -66,14 +75,23 @@ class AdapterRegistry {
                          const std::vector<float>& values);
 
   // Writes a new version derived from the current one: same pattern with new values, or a new pattern
-  // when `layout` is given. It becomes current; versions beyond `keep` are deleted.
-  AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values, uint64_t new_events = 0,
-                             const TileLayout* layout = nullptr);
+  // when `layout` is given. It becomes current; versions beyond `keep` are deleted. `events` is the number of
+  // learning events applied since the adapter was created (unset: the parent's). Values must be finite.
+  AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values,
+                             std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr);
 
+  // Rollback and remove change what a trainer works on, so they take the domain lock and throw Busy while a
+  // trainer (in this process or another) holds it. A rollback moves the domain's training state aside
+  // (<name>/training.rolled-back-N, kept): the next trainer starts from the rolled-back version.
   AdapterManifest rollback(const std::string& name, uint64_t version);
   void remove(const std::string& name);
-  std::vector<AdapterManifest> list();
+  // Every adapter folder, the damaged ones with their error, sorted by name.
+  std::vector<AdapterListing> list();
   AdapterManifest manifest(const std::string& name);
+
+  // The lock of a domain's writers (<root>/<name>/training.lock), taken without waiting: a trainer holds it
+  // for its life. Throws Busy naming `purpose` when another holder has it.
+  FileLock lock_domain(const std::string& name, const std::string& purpose);
 
   // The current version (or `version`), verified; throws NotFound, CorruptFile, or InvalidArgument when the
   // adapter was made for another base model (checked only when the registry has a model).
@@ -86,7 +104,8 @@ class AdapterRegistry {
 
  private:
   std::string dir(const std::string& name) const;
-  AdapterManifest load_manifest_locked(const std::string& name);
+  // The manifest, from the cache when the file has not changed; the file is read without holding mu_.
+  AdapterManifest load_manifest(const std::string& name);
   AdapterManifest reload_manifest(const std::string& name);  // from disk, bypassing the cache
   void save_manifest_locked(const AdapterManifest& m);
   void check_base(const AdapterManifest& m) const;
@@ -102,7 +121,7 @@ class AdapterRegistry {
   std::string fingerprint_;
 
   std::mutex write_mu_;  // serialises changes to the folder
-  std::mutex mu_;        // guards everything below
+  std::mutex mu_;        // guards everything below; held for lookups only, never for file I/O or device copies
   std::map<std::string, AdapterManifest> manifests_;
   std::map<std::string, std::string> manifest_stamps_;  // inode and mtime of each cached manifest, to notice other writers
   LruCache<std::shared_ptr<const AdapterSnapshot>> resident_;  // key "name@version#crc"

@@ -6,6 +6,7 @@
 #include "adapters/registry.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/utf8.h"
 #include "serving/engine.h"
 
 namespace hs::cli {
@@ -43,11 +44,11 @@ std::vector<std::pair<std::string, CLI::App*>> add_adapter_commands(CLI::App& ap
   rm->add_option("name", f.name, "Adapter name")->required();
   auto* rollback = add("rollback", "Make a kept version current again", false);
   rollback->add_option("name", f.name, "Adapter name")->required();
-  rollback->add_option("version", f.version, "Version number")->required();
+  rollback->add_option("version", f.version, "Version number")->required()->check(CLI::PositiveNumber);
   auto* exp = add("export", "Write a PEFT folder (adapter_config.json + adapter_model.safetensors)", false);
   exp->add_option("name", f.name, "Adapter name")->required();
   exp->add_option("folder", f.folder, "Output folder")->required();
-  exp->add_option("--version", f.version, "A kept version instead of the current one");
+  exp->add_option("--version", f.version, "A kept version instead of the current one")->check(CLI::PositiveNumber);
   auto* imp = add("import", "Create an adapter from a PEFT LoRA folder", true);
   imp->add_option("name", f.name, "Adapter name")->required();
   imp->add_option("folder", f.folder, "PEFT folder")->required();
@@ -101,13 +102,21 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
   }
   AdapterRegistry registry(opts, nullptr);
   if (action == "list") {
+    // A damaged adapter is listed with its error; the healthy ones are listed as usual.
     auto all = registry.list();
     if (f.json) {
       nlohmann::json j = nlohmann::json::array();
-      for (const auto& m : all) j.push_back(summary(m));
+      for (const auto& a : all)
+        j.push_back(a.manifest ? summary(*a.manifest)
+                               : nlohmann::json{{"name", a.name}, {"error", utf8_escape_invalid(a.error)}});
       std::cout << j.dump() << "\n";
     } else {
-      for (const auto& m : all) {
+      for (const auto& a : all) {
+        if (!a.manifest) {
+          std::cout << a.name << "  damaged: " << utf8_escape_invalid(a.error) << "\n";
+          continue;
+        }
+        const AdapterManifest& m = *a.manifest;
         const auto s = summary(m);
         std::cout << m.name << "  v" << m.current << "  rank " << m.config.rank << "  density "
                   << s["density"].get<double>() << "  " << s["bytes"].get<uint64_t>() << " bytes\n";

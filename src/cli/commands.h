@@ -66,6 +66,7 @@ struct TrainFlags {
   double lr = 1e-3, weight_decay = 0, max_grad_norm = 1, dp_noise = 0, dp_clip = 1, dp_delta = 1e-5;
   std::string fsync = "always";
   uint64_t checkpoint_every = 64, seed = 0;
+  int64_t max_example_tokens = 0;
   bool deterministic = false, json = false;
   int64_t rank = 16;
   double alpha = 32, sparsity = 0.99;

@@ -10,6 +10,7 @@
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
 #include "common/error.h"
+#include "common/utf8.h"
 #include "learning/trainer.h"
 #include "serving/generate.h"
 #include "tokenizer/chat_template.h"
@@ -30,7 +31,8 @@ void add_adapter_flags(CLI::App* app, AdapterFlags& f) {
   app->add_option("--adapter", f.name, "Run with this adapter (see `hyprstream adapters`)");
   app->add_option("--adapter-scale", f.scale, "Multiplier on the adapter's update (1 = as trained, 0 = base model)")
       ->capture_default_str();
-  app->add_option("--adapter-version", f.version, "A kept version of the adapter instead of its current one");
+  app->add_option("--adapter-version", f.version, "A kept version of the adapter instead of its current one")
+      ->check(CLI::PositiveNumber);
   app->add_option("--adapter-dir", f.dir, "Folder of adapters (default: $HYPRSTREAM_ADAPTER_DIR or ~/.local/share/hyprstream/adapters)");
 }
 
@@ -120,61 +122,102 @@ int run_generate(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags
   return 0;
 }
 
+namespace {
+
+// The state of one `chat` run: the conversation and, with --learn, the domain's trainer.
+struct ChatSession {
+  const Engine& engine;
+  const AdapterFlags& adapter_flags;
+  const ChatFlags& flags;
+  ChatTemplate tmpl;
+  SamplingParams params;
+  std::unique_ptr<AdapterRegistry> registry;
+  std::unique_ptr<DomainTrainer> trainer;
+  std::shared_ptr<const LoraWeights> adapter;
+  std::vector<ChatMessage> messages;
+  uint64_t corrections = 0;
+  int64_t started = std::chrono::system_clock::now().time_since_epoch().count();
+
+  void restart() {
+    messages.clear();
+    if (!flags.system.empty()) messages.push_back({"system", flags.system});
+  }
+
+  // "/correct TEXT": the last answer becomes TEXT and the conversation so far is taught to the adapter.
+  void correct(const std::string& text) {
+    if (messages.empty() || messages.back().role != "assistant") {
+      std::cout << "(nothing to correct yet)\n";
+      return;
+    }
+    messages.back().content = text;
+    nlohmann::json event = {{"id", "chat-" + std::to_string(started) + "-" + std::to_string(++corrections)},
+                            {"messages", nlohmann::json::array()}};
+    for (const ChatMessage& msg : messages) event["messages"].push_back({{"role", msg.role}, {"content", msg.content}});
+    trainer->submit(event.dump());
+    trainer->flush();
+    std::cout << "(learned: adapter " << adapter_flags.name << " is now version " << trainer->stats().version << ")\n";
+  }
+
+  void answer(const std::string& line) {
+    messages.push_back({"user", line});
+    try {
+      std::string prompt = render_chat(tmpl, messages, true, !flags.no_think);
+      if (trainer) adapter = registry->weights(*registry->acquire(adapter_flags.name));
+      GenerationRequest req{encode(*engine.tokenizer, prompt, false), params, adapter, adapter_flags.scale};
+      messages.push_back({"assistant", stream(engine, req, false)});
+      std::cout << "\n";
+    } catch (const Error& e) {
+      messages.pop_back();  // the turn is refused; the conversation goes on without it
+      throw;
+    }
+  }
+
+  // One line of input; a line the model cannot take is refused with a message and the chat goes on.
+  void handle(const std::string& line) {
+    if (!utf8_is_valid(line)) throw Error(ErrorKind::InvalidArgument, "the line is not valid UTF-8; it was ignored");
+    if (trainer && line == "/new") {  // a fresh conversation: what was learned stays in the adapter
+      restart();
+      std::cout << "(new conversation)\n";
+    } else if (trainer && line.rfind("/correct ", 0) == 0) {
+      correct(line.substr(9));
+    } else {
+      answer(line);
+    }
+  }
+};
+
+}  // namespace
+
 int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s, const ChatFlags& c,
              const TrainFlags& t) {
   Engine e = load(m);
   if (c.learn && a.name.empty()) throw Error(ErrorKind::InvalidArgument, "chat --learn needs --adapter NAME to teach");
-  const ChatTemplate tmpl = detect_chat_template(e.tokenizer->chat_template);
-  const SamplingParams params = resolve_sampling(e.defaults, s, 512);
+  ChatSession chat{e, a, c, detect_chat_template(e.tokenizer->chat_template), resolve_sampling(e.defaults, s, 512)};
   // With --learn the adapter is trained in this process and every answer takes its newest version.
-  std::unique_ptr<AdapterRegistry> registry;
-  std::unique_ptr<DomainTrainer> trainer;
   if (c.learn) {
-    registry = std::make_unique<AdapterRegistry>(RegistryOptions{a.dir.empty() ? default_adapter_root() : a.dir}, e.model);
-    trainer = std::make_unique<DomainTrainer>(*registry, e.model, e.tokenizer, a.name, trainer_options(t));
+    chat.registry = std::make_unique<AdapterRegistry>(RegistryOptions{a.dir.empty() ? default_adapter_root() : a.dir},
+                                                      e.model);
+    chat.trainer = std::make_unique<DomainTrainer>(*chat.registry, e.model, e.tokenizer, a.name, trainer_options(t));
+  } else {
+    chat.adapter = load_adapter(e, a);
   }
-  auto adapter = c.learn ? nullptr : load_adapter(e, a);
-  std::vector<ChatMessage> messages;
-  if (!c.system.empty()) messages.push_back({"system", c.system});
+  chat.restart();
   const bool interactive = isatty(STDIN_FILENO);
   if (interactive && c.learn)
     std::cout << "(after an answer, type /correct followed by the answer you wanted; /new starts over)\n";
-  std::string line;
-  uint64_t corrections = 0;
-  const auto session = std::chrono::system_clock::now().time_since_epoch().count();
-  while (true) {
+  for (std::string line;;) {
     if (interactive) std::cout << "> " << std::flush;
     if (!std::getline(std::cin, line)) break;
     if (line.empty()) continue;
-    if (c.learn && line == "/new") {  // a fresh conversation: what was learned stays in the adapter
-      messages.clear();
-      if (!c.system.empty()) messages.push_back({"system", c.system});
-      std::cout << "(new conversation)\n";
-      continue;
+    try {
+      chat.handle(line);
+    } catch (const Error& err) {
+      if (err.kind() != ErrorKind::InvalidArgument && err.kind() != ErrorKind::ContextOverflow) throw;
+      std::cout.flush();
+      std::cerr << "error: " << utf8_escape_invalid(err.what()) << "\n";
     }
-    if (c.learn && line.rfind("/correct ", 0) == 0) {
-      if (messages.empty() || messages.back().role != "assistant") {
-        std::cout << "(nothing to correct yet)\n";
-        continue;
-      }
-      messages.back().content = line.substr(9);
-      nlohmann::json event = {{"id", "chat-" + std::to_string(session) + "-" + std::to_string(++corrections)},
-                              {"messages", nlohmann::json::array()}};
-      for (const ChatMessage& msg : messages) event["messages"].push_back({{"role", msg.role}, {"content", msg.content}});
-      trainer->submit(event.dump());
-      trainer->flush();
-      std::cout << "(learned: adapter " << a.name << " is now version " << trainer->stats().version << ")\n";
-      continue;
-    }
-    messages.push_back({"user", line});
-    std::string prompt = render_chat(tmpl, messages, true, !c.no_think);
-    if (c.learn) adapter = registry->weights(*registry->acquire(a.name));
-    GenerationRequest req{encode(*e.tokenizer, prompt, false), params, adapter, a.scale};
-    std::string reply = stream(e, req, false);
-    std::cout << "\n";
-    messages.push_back({"assistant", reply});
   }
-  if (trainer) trainer->stop();
+  if (chat.trainer) chat.trainer->stop();
   return 0;
 }
 

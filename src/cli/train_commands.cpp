@@ -12,6 +12,7 @@
 #include "adapters/registry.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/utf8.h"
 #include "learning/trainer.h"
 #include "serving/engine.h"
 
@@ -36,6 +37,9 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
       ->capture_default_str();
   s->add_option("--checkpoint-every", t.checkpoint_every, "Batches between checkpoints (the log is compacted then)")
       ->capture_default_str();
+  s->add_option("--max-example-tokens", t.max_example_tokens,
+                "Longest example accepted, in tokens, checked before it is acknowledged (0: the model's context)")
+      ->capture_default_str();
   s->add_flag("--deterministic", t.deterministic,
               "Close batches only when full (or at the end), so the same events give a bit-identical adapter");
   s->add_option("--train-seed", t.seed, "Seed of the privacy noise")->capture_default_str();
@@ -56,6 +60,7 @@ TrainerOptions trainer_options(const TrainFlags& t) {
   o.privacy = {t.dp_noise, t.dp_clip, t.dp_delta};
   o.fsync = parse_fsync_policy(t.fsync);
   o.checkpoint_every = t.checkpoint_every;
+  o.max_example_tokens = t.max_example_tokens;
   o.deterministic = t.deterministic;
   o.seed = t.seed;
   o.create.rank = t.rank;
@@ -95,6 +100,9 @@ nlohmann::json stats_json(const TrainerStats& s) {
                       {"steps", s.totals.steps},
                       {"tokens_trained", s.totals.tokens_trained},
                       {"replayed_batches", s.replayed_batches},
+                      {"quarantined_batches", s.quarantined_batches},
+                      {"quarantined_events", s.quarantined_events},
+                      {"last_quarantine_reason", s.last_quarantine_reason},
                       {"last_loss", s.last_loss},
                       {"update_ms_p50", s.update_ms_p50},
                       {"update_ms_p99", s.update_ms_p99},
@@ -102,6 +110,9 @@ nlohmann::json stats_json(const TrainerStats& s) {
   if (s.epsilon > 0) j["privacy"] = {{"epsilon", s.epsilon}, {"delta", s.delta}};
   return j;
 }
+
+// The id of an accepted event's line (it parsed, so it is valid JSON with a string id).
+std::string event_id(const std::string& line) { return nlohmann::json::parse(line).at("id").get<std::string>(); }
 
 size_t count_lines(const std::string& path) {
   std::ifstream in(path);
@@ -148,7 +159,7 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
       std::cout << nlohmann::json{{"event", "applied"}, {"seq", r.seq},         {"version", r.version},
                                   {"loss", r.loss},     {"tokens", r.tokens},   {"examples", r.examples},
                                   {"gradients", r.gradients}, {"grad_norm", r.grad_norm},
-                                  {"update_ms", r.update_ms}}
+                                  {"update_ms", r.update_ms}, {"replayed", r.replayed}, {"ids", r.ids}}
                        .dump()
                 << std::endl;
     }
@@ -169,6 +180,20 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
     }
   };
 
+  cb.on_quarantined = [&](const QuarantinedBatch& q) {
+    std::lock_guard<std::mutex> lock(out_mu);
+    const std::string reason = utf8_escape_invalid(q.reason);
+    if (t.json) {
+      std::cout << nlohmann::json{{"event", "quarantined"}, {"seq", q.seq}, {"ids", q.ids}, {"reason", reason},
+                                  {"file", q.file}}
+                       .dump()
+                << std::endl;
+    } else {
+      std::cerr << (bar ? "\n" : "") << "batch " << q.seq << " (" << q.ids.size() << " events) set aside, not applied: "
+                << reason << "; its events are kept in " << q.file << "\n";
+    }
+  };
+
   DomainTrainer trainer(registry, e.model, e.tokenizer, t.domain, options, cb);
   uint64_t rejected = 0;
   size_t line_no = 0;
@@ -177,19 +202,25 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     while (true) {
       try {
-        trainer.submit(line);
+        if (trainer.submit(line) == SubmitResult::Duplicate && t.json) {
+          std::lock_guard<std::mutex> lock(out_mu);
+          std::cout << nlohmann::json{{"event", "duplicate"}, {"line", line_no}, {"id", event_id(line)}}.dump()
+                    << std::endl;
+        }
       } catch (const Error& err) {
+        if (!trainer.stats().failure.empty()) throw;  // the trainer stopped: its error, with its kind
         if (err.kind() == ErrorKind::Busy) {  // the queue is full: wait for the pipeline as a client would
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
           continue;
         }
         rejected += 1;
+        // The message may quote the line's bytes, which need not be UTF-8.
+        const std::string why = utf8_escape_invalid(err.what());
         std::lock_guard<std::mutex> lock(out_mu);
         if (t.json) {
-          std::cout << nlohmann::json{{"event", "rejected"}, {"line", line_no}, {"error", err.what()}}.dump()
-                    << std::endl;
+          std::cout << nlohmann::json{{"event", "rejected"}, {"line", line_no}, {"error", why}}.dump() << std::endl;
         } else {
-          std::cerr << (bar ? "\n" : "") << "line " << line_no << ": " << err.what() << "\n";
+          std::cerr << (bar ? "\n" : "") << "line " << line_no << ": " << why << "\n";
         }
       }
       break;

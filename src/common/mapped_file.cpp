@@ -9,21 +9,14 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/fs_util.h"
 
 namespace hs {
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    throw Error(err == ENOENT ? ErrorKind::NotFound : ErrorKind::InvalidArgument,
-                "cannot open '" + path + "': " + std::strerror(err));
-  }
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, ErrorKind not_regular) {
+  const int fd = open_regular_file(path, not_regular);
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(ErrorKind::InvalidArgument, "'" + path + "' is not a regular file");
-  }
+  ::fstat(fd, &st);
   size_t size = static_cast<size_t>(st.st_size);
   if (size == 0) {
     ::close(fd);

@@ -6,11 +6,14 @@
 #include <memory>
 #include <string>
 
+#include "common/error.h"
+
 namespace hs {
 
 class MappedFile {
  public:
-  static std::shared_ptr<MappedFile> open(const std::string& path);
+  // Throws as open_regular_file (common/fs_util.h) does, and CorruptFile for an empty file.
+  static std::shared_ptr<MappedFile> open(const std::string& path, ErrorKind not_regular = ErrorKind::InvalidArgument);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

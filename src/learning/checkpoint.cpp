@@ -68,7 +68,7 @@ std::optional<TrainerCheckpoint> read_checkpoint(const std::string& dir) {
   };
   nlohmann::json p;
   try {
-    p = nlohmann::json::parse(read_text_file(pointer));
+    p = nlohmann::json::parse(read_text_file(pointer, ErrorKind::CorruptFile));
   } catch (const nlohmann::json::exception& e) {
     throw bad(std::string("has an unreadable CHECKPOINT file: ") + e.what());
   }
@@ -78,7 +78,7 @@ std::optional<TrainerCheckpoint> read_checkpoint(const std::string& dir) {
 
   TrainerCheckpoint c;
   c.adapter = AdapterImage::open(dir + "/" + name + ".hsl");
-  const std::string bytes = read_text_file(dir + "/" + name + ".state");
+  const std::string bytes = read_text_file(dir + "/" + name + ".state", ErrorKind::CorruptFile);
   uint64_t len = 0;
   if (bytes.size() < sizeof(kMagic) + sizeof(len) + 4 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
     throw bad("has a state file that is not a Hyprstream checkpoint");

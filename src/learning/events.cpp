@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "adapters/tile_layout.h"
 #include "common/error.h"
+#include "common/strict_json.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hs {
@@ -29,10 +31,16 @@ std::string string_field(const json& j, const char* key, const std::string& id) 
 }
 
 void check_length(TrainingExample& ex, const EventContext& ctx, const std::string& id) {
-  if (static_cast<int64_t>(ex.tokens.size()) > ctx.context_length)
-    throw Error(ErrorKind::ContextOverflow, "event '" + id + "': the example has " + std::to_string(ex.tokens.size()) +
+  const int64_t n = static_cast<int64_t>(ex.tokens.size());
+  if (n > ctx.context_length)
+    throw Error(ErrorKind::ContextOverflow, "event '" + id + "': the example has " + std::to_string(n) +
                                                 " tokens; the model's context holds " +
                                                 std::to_string(ctx.context_length));
+  if (ctx.max_example_tokens > 0 && n > ctx.max_example_tokens)
+    throw Error(ErrorKind::ContextOverflow, "event '" + id + "': the example has " + std::to_string(n) +
+                                                " tokens; this domain trains on at most " +
+                                                std::to_string(ctx.max_example_tokens) +
+                                                " per example (--max-example-tokens): split it");
   bool any = false;
   for (size_t t = 1; t < ex.is_target.size(); ++t) any = any || ex.is_target[t];
   if (!any) reject(id, "the example has no target tokens to learn from");
@@ -135,7 +143,8 @@ void gradient_submission(const json& j, const EventContext& ctx, const std::stri
     if (!part.is_object() || part.size() != 4 || !part.contains("layer") || !part.contains("module") ||
         !part.contains("matrix") || !part.contains("entries"))
       reject(id, "each gradient part must have exactly \"layer\", \"module\", \"matrix\" and \"entries\"");
-    if (!part["layer"].is_number_integer()) reject(id, "\"layer\" must be an integer");
+    if (!part["layer"].is_number_unsigned() || part["layer"].get<uint64_t>() > (1u << 20))
+      reject(id, "\"layer\" must be a layer index, not " + part["layer"].dump());
     if (!part["module"].is_string() || !part["matrix"].is_string()) reject(id, "\"module\" and \"matrix\" must be strings");
     const std::string matrix = part["matrix"].get<std::string>();
     if (matrix != "A" && matrix != "B") reject(id, "\"matrix\" must be \"A\" or \"B\", not '" + matrix + "'");
@@ -155,10 +164,13 @@ void gradient_submission(const json& j, const EventContext& ctx, const std::stri
         reject(id, "every entry of " + where + " must be [row, col, value] with integer row and col");
       const double value = e[2].get<double>();
       if (!std::isfinite(value) || std::fabs(value) > 3.4e38) reject(id, "a gradient value of " + where + " is not finite");
-      const int64_t row = e[0].get<int64_t>(), col = e[1].get<int64_t>();
-      const int64_t index = value_index(layout, tensor, row, col);
+      // Coordinates beyond int64 (or negative) are outside every pattern; the message quotes them as sent.
+      auto coordinate = [](const json& v) {
+        return v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX) ? v.get<int64_t>() : -1;
+      };
+      const int64_t index = value_index(layout, tensor, coordinate(e[0]), coordinate(e[1]));
       if (index < 0)
-        reject(id, "entry (" + std::to_string(row) + ", " + std::to_string(col) + ") of " + where +
+        reject(id, "entry (" + e[0].dump() + ", " + e[1].dump() + ") of " + where +
                        " lies outside the adapter's sparsity pattern");
       ev.gradient.emplace_back(index, static_cast<float>(value));
     }
@@ -193,14 +205,7 @@ LearningEvent parse_learning_event(std::string_view text, const EventContext& ct
 namespace {
 
 LearningEvent parse_checked(std::string_view text, const EventContext& ctx) {
-  json j;
-  try {
-    j = json::parse(text.begin(), text.end());
-  } catch (const json::out_of_range& e) {
-    reject("", std::string("a number is not finite or out of range: ") + e.what());
-  } catch (const json::exception& e) {
-    reject("", std::string("malformed JSON: ") + e.what());
-  }
+  const json j = parse_strict_json(text, "the event");
   if (!j.is_object()) reject("", "an event must be a JSON object");
   if (!j.contains("id") || !j["id"].is_string() || j["id"].get<std::string>().empty())
     reject("", "every event needs a non-empty string \"id\" (duplicates are applied once)");

@@ -41,6 +41,7 @@ struct EventContext {
   const Tokenizer* tokenizer = nullptr;
   const ChatTemplate* chat = nullptr;  // null when the model has no usable chat template
   int64_t context_length = 0;
+  int64_t max_example_tokens = 0;  // a lower per-example limit of the trainer's; 0: none
   const TileLayout* layout = nullptr;
   // Whether the adapter still keeps `version`; unset skips the check (replaying the log, where the event was
   // checked when it arrived and the version may since have been pruned).
@@ -52,7 +53,8 @@ constexpr size_t kMaxEventIdBytes = 128;
 
 // Parses, tokenizes and checks one event. Throws InvalidArgument (malformed JSON, wrong types, unknown fields,
 // empty targets, non-finite gradient values, coordinates outside the pattern, unknown base version) or
-// ContextOverflow (an example longer than the context), each naming the event id where one was read.
+// ContextOverflow (an example longer than the context or the per-example limit), each naming the event id
+// where one was read. Duplicate keys anywhere in the event are refused.
 LearningEvent parse_learning_event(std::string_view text, const EventContext& ctx);
 
 }  // namespace hs

@@ -1,9 +1,5 @@
 #include "learning/trainer.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,9 +33,11 @@ void scale_by(std::vector<float>& g, double f) {
   for (float& x : g) x = static_cast<float>(x * f);
 }
 
+// The factor torch.nn.utils.clip_grad_norm_ scales by: bound / (norm + 1e-6), when that is below 1.
+double clip_factor(double norm, double bound) { return std::min(1.0, bound / (norm + 1e-6)); }
+
 void clip_to(std::vector<float>& g, double bound) {
-  const double n = norm_of(g);
-  if (bound > 0 && n > bound) scale_by(g, bound / n);
+  if (bound > 0) scale_by(g, clip_factor(norm_of(g), bound));
 }
 
 }  // namespace
@@ -52,6 +50,9 @@ void validate_trainer_options(const TrainerOptions& o) {
   if (o.steps_per_batch < 1 || o.steps_per_batch > 10000) bad("steps per batch must lie in [1, 10000]");
   if (!(o.max_grad_norm >= 0) || !std::isfinite(o.max_grad_norm)) bad("the gradient clip norm must be zero or positive");
   if (o.checkpoint_every == 0) bad("checkpoints must be written every 1 or more batches");
+  if (o.max_example_tokens < 0) bad("the per-example token limit must be zero (the model's context) or positive");
+  if (o.gradients.tokens_per_forward < 1 || o.gradients.logits_chunk < 1)
+    bad("the training token budget and logits chunk must be positive");
   if (!(o.privacy.noise_multiplier >= 0) || !std::isfinite(o.privacy.noise_multiplier))
     bad("the privacy noise multiplier must be zero or positive");
   if (o.privacy.noise_multiplier > 0 && !(o.privacy.clip > 0)) bad("differential privacy needs a positive clip norm");
@@ -92,22 +93,12 @@ DomainTrainer::DomainTrainer(AdapterRegistry& registry, std::shared_ptr<const Mo
     if (e.kind() != ErrorKind::NotFound) throw;
     registry_.create(domain_, options_.create);
   }
+  domain_lock_.emplace(registry_.lock_domain(domain_, "start another trainer"));
+  domain_lock_->record_holder();
+  registry_.manifest(domain_);  // removed before the lock was taken: NotFound
   dir_ = registry_.root() + "/" + domain_ + "/training";
   ensure_directory(dir_);
-  lock_fd_ = ::open((dir_ + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) throw Error(ErrorKind::Io, "cannot open '" + dir_ + "/.lock': " + std::strerror(errno));
-  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-    throw Error(ErrorKind::Busy, "domain '" + domain_ + "' is being trained by another process; retry when it stops");
-  }
-  try {
-    recover();
-  } catch (...) {
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-    throw;
-  }
+  recover();
   worker_ = std::thread([this] { run(); });
 }
 
@@ -117,7 +108,6 @@ DomainTrainer::~DomainTrainer() {
   } catch (...) {
     // A destructor must not throw; the log still holds every acknowledged event for the next start.
   }
-  if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 EventContext DomainTrainer::context(bool live) const {
@@ -127,6 +117,8 @@ EventContext DomainTrainer::context(bool live) const {
   ctx.chat = chat_.get();
   ctx.context_length = model_->config.context_length;
   if (live) {
+    // The example limit is checked when an event arrives; a logged event was accepted under the limit of its day.
+    ctx.max_example_tokens = options_.max_example_tokens;
     const std::string name = domain_;
     AdapterRegistry* reg = &registry_;
     ctx.version_exists = [reg, name](uint64_t v) { return reg->manifest(name).find(v) != nullptr; };
@@ -139,9 +131,7 @@ void DomainTrainer::recover() {
   scale_ = manifest.config.scale();
   if (auto c = read_checkpoint(dir_)) {
     layout_ = std::make_shared<TileLayout>(c->adapter->layout());
-    values_ = c->adapter->values();
-    adam_ = std::move(c->adam);
-    totals_ = c->counters;
+    state_ = State{c->adapter->values(), std::move(c->adam), c->counters};
     ids_ = std::move(c->ids);
     seq_ = checkpoint_seq_ = c->seq;
   } else {
@@ -149,43 +139,66 @@ void DomainTrainer::recover() {
     // that a replay after a crash starts from the same values.
     auto snap = registry_.acquire(domain_);
     layout_ = std::make_shared<TileLayout>(snap->image->layout());
-    values_ = snap->image->values();
+    state_.values = snap->image->values();
     checkpoint();
   }
+  quarantined_ = read_quarantine(dir_);
   log_ = std::make_unique<WriteAheadLog>(dir_ + "/log", options_.fsync);
+  const std::optional<ApplyAttempt> attempt = read_apply_attempt(dir_);
+  std::vector<BatchReport> reports;
+  for (const WalRecord& rec : log_->recovered(seq_)) {
+    if (!quarantined_.count(rec.seq)) replay(rec, attempt, reports);
+    seq_ = rec.seq;
+  }
+  version_ = manifest.current;
+  totals_ = state_.totals;
+  if (!reports.empty()) {
+    version_ = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
+    checkpoint();
+  }
+  for (BatchReport& r : reports) {
+    r.version = version_;
+    if (callbacks_.on_applied) callbacks_.on_applied(r);
+  }
+}
+
+// One logged batch applied again. Events are parsed as when they arrived; a batch that no longer parses, or
+// that processes kept dying on, is quarantined rather than stopping the domain for good.
+void DomainTrainer::replay(const WalRecord& rec, std::optional<ApplyAttempt> attempt,
+                           std::vector<BatchReport>& reports) {
   EventContext ctx = context(false);
   ctx.layout = layout_.get();
-  for (const WalRecord& rec : log_->recovered(seq_)) {
-    std::vector<LearningEvent> batch;
-    std::istringstream lines(rec.payload);
-    for (std::string line; std::getline(lines, line);) {
-      try {
-        batch.push_back(parse_learning_event(line, ctx));
-      } catch (const Error& e) {
-        throw Error(ErrorKind::CorruptFile, "training log of domain '" + domain_ + "', record " +
-                                                std::to_string(rec.seq) + ": an acknowledged event no longer parses (" +
-                                                e.what() + "); was the base model or tokenizer changed?");
-      }
-      ids_.insert(batch.back().id);
+  std::vector<LearningEvent> batch;
+  std::vector<std::string> ids;
+  std::istringstream lines(rec.payload);
+  for (std::string line; std::getline(lines, line);) {
+    try {
+      batch.push_back(parse_learning_event(line, ctx));
+      ids.push_back(batch.back().id);
+    } catch (const Error& e) {
+      return quarantine(rec.seq, rec.payload, ids, std::string("an acknowledged event no longer parses: ") + e.what());
     }
-    apply(batch, rec.seq, false);
-    seq_ = rec.seq;
-    replayed_ += 1;
   }
-  if (replayed_ > 0) {
-    version_ = registry_.publish(domain_, values_, 0).version;
-    checkpoint();
-  } else {
-    version_ = registry_.manifest(domain_).current;
-  }
+  const int attempts = attempt && attempt->seq == rec.seq ? attempt->attempts : 0;
+  if (attempts >= kMaxApplyAttempts)
+    return quarantine(rec.seq, rec.payload, ids,
+                      "the process died " + std::to_string(attempts) +
+                          " times while applying this batch (killed for lack of memory?)");
+  ids_.insert(ids.begin(), ids.end());
+  std::optional<BatchReport> r = apply(batch, rec.seq, attempts + 1, false);
+  if (!r) return;
+  r->replayed = true;
+  r->ids = std::move(ids);
+  replayed_ += 1;
+  reports.push_back(std::move(*r));
 }
 
 void DomainTrainer::checkpoint() {
   TrainerCheckpoint c;
   c.seq = seq_;
-  c.adapter = AdapterImage::build(*layout_, values_.data());
-  c.adam = adam_;
-  c.counters = totals_;
+  c.adapter = AdapterImage::build(*layout_, state_.values.data());
+  c.adam = state_.adam;
+  c.counters = state_.totals;
   {
     std::lock_guard<std::mutex> lock(mu_);
     // Only events already applied belong to the checkpoint; queued ones are not in the log yet.
@@ -195,6 +208,8 @@ void DomainTrainer::checkpoint() {
   write_checkpoint(dir_, c);
   if (log_) log_->compact(seq_);
   checkpoint_seq_ = seq_;
+  std::lock_guard<std::mutex> lock(mu_);
+  log_bytes_ = log_ ? log_->bytes() : 0;
 }
 
 SubmitResult DomainTrainer::submit(std::string_view text) {
@@ -215,7 +230,7 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
     throw;
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (!failure_.empty()) throw Error(ErrorKind::Io, "training of domain '" + domain_ + "' stopped: " + failure_);
+  if (failure_) throw failure_error();
   if (ids_.count(ev.id)) {
     duplicates_ += 1;
     return SubmitResult::Duplicate;
@@ -232,13 +247,17 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
   return SubmitResult::Queued;
 }
 
+Error DomainTrainer::failure_error() const {
+  return Error(failure_->kind(), "training of domain '" + domain_ + "' stopped: " + failure_->what());
+}
+
 void DomainTrainer::flush() {
   std::unique_lock<std::mutex> lock(mu_);
   flushing_ += 1;
   wake_.notify_all();
-  done_.wait(lock, [&] { return (queue_.empty() && in_flight_ == 0) || !failure_.empty(); });
+  done_.wait(lock, [&] { return (queue_.empty() && in_flight_ == 0) || failure_; });
   flushing_ -= 1;
-  if (!failure_.empty()) throw Error(ErrorKind::Io, "training of domain '" + domain_ + "' stopped: " + failure_);
+  if (failure_) throw failure_error();
 }
 
 void DomainTrainer::stop() {
@@ -249,7 +268,7 @@ void DomainTrainer::stop() {
   }
   if (worker_.joinable()) worker_.join();
   // A second stop finds the checkpoint at the log's end and writes nothing.
-  if (failure_.empty() && seq_ != checkpoint_seq_) checkpoint();
+  if (!failure_ && seq_ != checkpoint_seq_) checkpoint();
 }
 
 void DomainTrainer::run() {
@@ -273,18 +292,20 @@ void DomainTrainer::run() {
     }
     in_flight_ = n;
     lock.unlock();
-    std::string error;
+    std::optional<Error> error;
     try {
       process(std::move(batch));
+    } catch (const Error& e) {
+      error = e;
     } catch (const std::exception& e) {
-      error = e.what();
+      error = Error(ErrorKind::Internal, e.what());
     }
     lock.lock();
     in_flight_ = 0;
-    if (!error.empty()) {
-      // The log is the source of truth: whatever it holds is applied on the next start. Stop here rather
-      // than skip a batch and diverge from it.
-      failure_ = error;
+    if (error) {
+      // Logging or publishing failed (disk full, say). The log is the source of truth: whatever it holds is
+      // applied on the next start. Stop here rather than skip a batch and diverge from it.
+      failure_ = std::move(error);
       for (const Pending& p : queue_) ids_.erase(p.event.id);
       queue_.clear();
       done_.notify_all();
@@ -306,16 +327,19 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
   log_->append(seq, payload);
   seq_ = seq;
   if (callbacks_.on_durable) callbacks_.on_durable(ids, seq);
-  BatchReport report = apply(batch, seq, true);
-  report.ids = std::move(ids);
-  if (callbacks_.on_applied) callbacks_.on_applied(report);
+  std::optional<BatchReport> report = apply(batch, seq, 1, true);
+  if (report) {
+    report->ids = std::move(ids);
+    if (callbacks_.on_applied) callbacks_.on_applied(*report);
+  }
   if (seq_ - checkpoint_seq_ >= options_.checkpoint_every) checkpoint();
 }
 
 std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExample>& examples,
-                                                const std::vector<const LearningEvent*>& submitted, uint64_t seq,
-                                                int step, double& loss, double& norm) {
-  const size_t n = values_.size();
+                                                const std::vector<const LearningEvent*>& submitted,
+                                                const std::vector<float>& values, uint64_t seq, int step,
+                                                double& loss, double& norm) const {
+  const size_t n = values.size();
   const double units = static_cast<double>(examples.size() + submitted.size());
   std::vector<float> total(n, 0.0f);
   auto add = [&](const std::vector<float>& g, double w) {
@@ -331,7 +355,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     // clip bound, then the mean is taken. The noise is drawn from (seed, batch, step) so replays match.
     const double clip = options_.privacy.clip;
     for (const TrainingExample& ex : examples) {
-      LoraGradients g = lora_gradients(*model_, *layout_, values_, scale_, {ex});
+      LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, {ex}, options_.gradients);
       loss += g.loss / static_cast<double>(examples.size());
       clip_to(g.values, clip);
       add(g.values, 1.0);
@@ -339,8 +363,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     for (const LearningEvent* ev : submitted) {
       double sq = 0;
       for (const auto& entry : ev->gradient) sq += static_cast<double>(entry.second) * entry.second;
-      const double norm = std::sqrt(sq);
-      add_sparse(*ev, norm > clip ? clip / norm : 1.0);
+      add_sparse(*ev, clip_factor(std::sqrt(sq), clip));
     }
     std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ull ^ (seq << 16) ^ static_cast<uint64_t>(step));
     std::normal_distribution<double> normal(0.0, options_.privacy.noise_multiplier * clip);
@@ -348,7 +371,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     scale_by(total, 1.0 / units);
   } else {
     if (!examples.empty()) {
-      LoraGradients g = lora_gradients(*model_, *layout_, values_, scale_, examples);
+      LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, examples, options_.gradients);
       loss = g.loss;
       add(g.values, static_cast<double>(examples.size()) / units);
     }
@@ -359,8 +382,8 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
   return total;
 }
 
-BatchReport DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64_t seq, bool publish) {
-  const auto start = Clock::now();
+// The batch's steps on `state`: gradients, clipping and AdamW, steps_per_batch times, and the counters.
+BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint64_t seq, State& state) const {
   BatchReport r;
   r.seq = seq;
   std::vector<TrainingExample> examples;
@@ -377,28 +400,75 @@ BatchReport DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64
   r.gradients = submitted.size();
   for (int step = 0; step < options_.steps_per_batch; ++step) {
     double loss = 0, norm = 0;
-    std::vector<float> grad = step_gradient(examples, submitted, seq, step, loss, norm);
+    std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, loss, norm);
     if (step == 0) r.loss = loss;
     r.grad_norm = norm;
-    adamw_step(options_.adamw, adam_, values_, grad);
+    adamw_step(options_.adamw, state.adam, state.values, grad);
   }
-  totals_.batches += 1;
-  totals_.events_applied += batch.size();
-  totals_.examples += examples.size();
-  totals_.gradients += submitted.size();
-  totals_.steps += static_cast<uint64_t>(options_.steps_per_batch);
-  totals_.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(options_.steps_per_batch);
-  if (publish) r.version = registry_.publish(domain_, values_, batch.size()).version;
+  for (float x : state.values)
+    if (!std::isfinite(x))
+      throw Error(ErrorKind::InvalidArgument, "the update made adapter values non-finite (lower the learning rate)");
+  TrainerCounters& t = state.totals;
+  t.batches += 1;
+  t.events_applied += batch.size();
+  t.examples += examples.size();
+  t.gradients += submitted.size();
+  t.steps += static_cast<uint64_t>(options_.steps_per_batch);
+  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(options_.steps_per_batch);
+  return r;
+}
+
+std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt,
+                                                bool publish) {
+  const auto start = Clock::now();
+  begin_apply_attempt(dir_, {seq, attempt});
+  State next = state_;
+  BatchReport r;
+  try {
+    r = compute(batch, seq, next);
+  } catch (const std::exception& e) {
+    // The gradient or the update failed (out of memory, non-finite values): it would fail again on every
+    // replay, so the batch is set aside and the domain goes on.
+    end_apply_attempt(dir_);
+    std::string payload;
+    std::vector<std::string> ids;
+    for (const LearningEvent& ev : batch) {
+      payload += ev.json + "\n";
+      ids.push_back(ev.id);
+    }
+    quarantine(seq, payload, ids, e.what());
+    return std::nullopt;
+  }
+  state_ = std::move(next);
+  end_apply_attempt(dir_);
+  if (publish) r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  record_applied(r);
+  return r;
+}
+
+void DomainTrainer::record_applied(const BatchReport& r) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (publish) version_ = r.version;
-  if (!examples.empty()) {
+  totals_ = state_.totals;
+  log_bytes_ = log_->bytes();
+  if (r.version > 0) version_ = r.version;
+  if (r.examples > 0) {
     losses_.push_back(r.loss);
     if (losses_.size() > 256) losses_.pop_front();
   }
   update_ms_.push_back(r.update_ms);
   if (update_ms_.size() > 1024) update_ms_.pop_front();
-  return r;
+}
+
+void DomainTrainer::quarantine(uint64_t seq, const std::string& payload, const std::vector<std::string>& ids,
+                               const std::string& reason) {
+  QuarantinedBatch q = quarantine_batch(dir_, seq, reason, payload, ids);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& id : ids) ids_.erase(id);  // never applied: the ids may come again
+    quarantined_[seq] = q;
+  }
+  if (callbacks_.on_quarantined) callbacks_.on_quarantined(q);
 }
 
 TrainerStats DomainTrainer::stats() const {
@@ -412,13 +482,17 @@ TrainerStats DomainTrainer::stats() const {
   s.busy = busy_;
   s.totals = totals_;
   s.replayed_batches = replayed_;
+  s.quarantined_batches = quarantined_.size();
+  for (const auto& [seq, q] : quarantined_) s.quarantined_events += q.ids.size();
+  if (!quarantined_.empty()) s.last_quarantine_reason = quarantined_.rbegin()->second.reason;
   s.queue_depth = queue_.size() + in_flight_;
   s.recent_losses.assign(losses_.begin(), losses_.end());
   s.last_loss = losses_.empty() ? 0 : losses_.back();
   const std::vector<double> ms(update_ms_.begin(), update_ms_.end());
   s.update_ms_p50 = percentile(ms, 0.50);
   s.update_ms_p99 = percentile(ms, 0.99);
-  s.log_bytes = log_ ? log_->bytes() : 0;
+  s.log_bytes = log_bytes_;
+  if (failure_) s.failure = failure_->what();
   if (options_.privacy.noise_multiplier > 0) {
     s.delta = options_.privacy.delta;
     s.epsilon = gaussian_epsilon(options_.privacy.noise_multiplier, static_cast<uint64_t>(options_.steps_per_batch),

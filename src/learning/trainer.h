@@ -11,15 +11,20 @@
 //          ─── every checkpoint_every batches: checkpoint, then the log before it is deleted
 //
 // On start the state is the last checkpoint plus the log records after it, applied again with the same
-// batches, so a killed process comes back to the state an uninterrupted one would have. Each domain has its
-// own trainer and thread; a folder lock keeps a second process from training the same domain. Torch-free.
+// batches, so a killed process comes back to the state an uninterrupted one would have. A batch whose
+// gradient or update fails is quarantined (learning/quarantine.h) instead of stopping the domain; a failure
+// to publish stops the trainer, and the log replays the batch at the next start. Each domain has its own
+// trainer and thread; the domain lock (AdapterRegistry::lock_domain) keeps every other writer out while it
+// runs. Torch-free.
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -29,7 +34,11 @@
 #include "adapters/lora_config.h"
 #include "learning/adamw.h"
 #include "learning/checkpoint.h"
+#include "common/error.h"
+#include "common/file_lock.h"
 #include "learning/events.h"
+#include "learning/lora_gradients.h"
+#include "learning/quarantine.h"
 #include "storage/write_ahead_log.h"
 
 namespace hs {
@@ -59,6 +68,9 @@ struct TrainerOptions {
   // order always form the same batches: replays and reruns then give bit-identical adapters.
   bool deterministic = false;
   uint64_t seed = 0;            // the privacy noise of batch k is drawn from (seed, k)
+  // Tokens an example may have at most, checked before it is acknowledged; 0 allows the model's context.
+  int64_t max_example_tokens = 0;
+  GradientOptions gradients;    // what bounds training memory
   AdapterConfig create;         // used when the domain has no adapter yet
 };
 
@@ -73,12 +85,14 @@ struct BatchReport {
   size_t examples = 0, gradients = 0;
   double grad_norm = 0;         // before clipping, of the last step
   double update_ms = 0;         // gradients, optimizer and publish
+  bool replayed = false;        // applied again from the log at start (its version: the one published after replay)
   std::vector<std::string> ids;
 };
 
 struct TrainerCallbacks {
   std::function<void(const std::vector<std::string>& ids, uint64_t seq)> on_durable;  // in the log: acknowledged
   std::function<void(const BatchReport& report)> on_applied;
+  std::function<void(const QuarantinedBatch& batch)> on_quarantined;  // set aside, not applied
 };
 
 struct TrainerStats {
@@ -87,11 +101,14 @@ struct TrainerStats {
   uint64_t accepted = 0, duplicates = 0, rejected = 0, busy = 0;
   TrainerCounters totals;       // applied since the adapter first trained, across restarts
   uint64_t replayed_batches = 0;
+  uint64_t quarantined_batches = 0, quarantined_events = 0;  // since the adapter first trained
+  std::string last_quarantine_reason;
   size_t queue_depth = 0;
   double last_loss = 0;
   std::vector<double> recent_losses;  // one per applied batch, the last 256
   double update_ms_p50 = 0, update_ms_p99 = 0;  // over the last 1024 batches
   uint64_t log_bytes = 0;
+  std::string failure;          // why the trainer stopped, when it did (a failed log append or publish)
   double epsilon = 0;           // privacy spent per event at `delta` (0 without privacy)
   double delta = 0;
 };
@@ -109,7 +126,8 @@ class DomainTrainer {
   DomainTrainer& operator=(const DomainTrainer&) = delete;
 
   // Checks one event (a JSON object) and queues it. Duplicate: its id was already accepted (applied once).
-  // Throws InvalidArgument / ContextOverflow for a bad event, Busy when the queue is full.
+  // Throws InvalidArgument / ContextOverflow for a bad event (or one longer than max_example_tokens), Busy
+  // when the queue is full, and the kind of the failure that stopped the trainer, if one did.
   SubmitResult submit(std::string_view event_json);
 
   // Blocks until every event queued so far is applied (a partial batch closes at once).
@@ -127,15 +145,29 @@ class DomainTrainer {
     LearningEvent event;
     std::chrono::steady_clock::time_point arrived;
   };
+  // What the log's batches change, replaced whole when a batch applies (a failed batch changes nothing).
+  struct State {
+    std::vector<float> values;
+    AdamWState adam;
+    TrainerCounters totals;
+  };
   void recover();
+  void replay(const WalRecord& record, std::optional<ApplyAttempt> attempt, std::vector<BatchReport>& reports);
   void run();
   void process(std::vector<LearningEvent> batch);
-  BatchReport apply(const std::vector<LearningEvent>& batch, uint64_t seq, bool publish);
+  // Applies the batch (attempt: how many processes have now started it) and publishes when asked. Returns
+  // nothing when the batch was quarantined instead.
+  std::optional<BatchReport> apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt, bool publish);
+  BatchReport compute(const std::vector<LearningEvent>& batch, uint64_t seq, State& state) const;
   std::vector<float> step_gradient(const std::vector<TrainingExample>& examples,
-                                   const std::vector<const LearningEvent*>& submitted, uint64_t seq, int step,
-                                   double& loss, double& norm);
+                                   const std::vector<const LearningEvent*>& submitted, const std::vector<float>& values,
+                                   uint64_t seq, int step, double& loss, double& norm) const;
+  void quarantine(uint64_t seq, const std::string& payload, const std::vector<std::string>& ids,
+                  const std::string& reason);
+  void record_applied(const BatchReport& report);
   void checkpoint();
   EventContext context(bool live) const;
+  Error failure_error() const;  // mu_ held
 
   AdapterRegistry& registry_;
   std::shared_ptr<const Model> model_;
@@ -144,13 +176,11 @@ class DomainTrainer {
   std::string domain_, dir_;
   TrainerOptions options_;
   TrainerCallbacks callbacks_;
-  int lock_fd_ = -1;
+  std::optional<FileLock> domain_lock_;
 
   // Owned by the worker thread (and by recover() before it starts).
   std::unique_ptr<WriteAheadLog> log_;
-  std::vector<float> values_;
-  AdamWState adam_;
-  TrainerCounters totals_;
+  State state_;
   uint64_t seq_ = 0;
   uint64_t checkpoint_seq_ = 0;
   double scale_ = 1;
@@ -163,8 +193,11 @@ class DomainTrainer {
   size_t in_flight_ = 0;
   int flushing_ = 0;      // flush() calls waiting: a partial batch closes at once
   bool stopping_ = false;
-  std::string failure_;   // set when the worker stopped on an error
+  std::optional<Error> failure_;  // set when the worker stopped on an error, with its kind
   uint64_t version_ = 0, accepted_ = 0, duplicates_ = 0, rejected_ = 0, busy_ = 0, replayed_ = 0;
+  std::map<uint64_t, QuarantinedBatch> quarantined_;
+  TrainerCounters totals_;  // state_.totals as of the last applied batch, for stats()
+  uint64_t log_bytes_ = 0;
   std::deque<double> losses_, update_ms_;
   std::thread worker_;
 };

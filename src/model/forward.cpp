@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 #include "common/error.h"
 
@@ -60,6 +62,36 @@ at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora
   return at::addmm(y.reshape({-1, out}), u, b.t()).view(y.sizes());
 }
 
+// RoPE tables as transformers computes them (float32 positions times float32 inverse frequencies), cast to the
+// model's dtype: [B, T, 1, head_dim] each.
+std::pair<at::Tensor, at::Tensor> rope_tables(const Model& model, const at::Tensor& pos) {
+  const ModelConfig& c = model.config;
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
+  at::Tensor inv_freq =
+      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
+  at::Tensor freqs = pos.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(model.dtype).unsqueeze(2), emb.sin().to(model.dtype).unsqueeze(2)};
+}
+
+// Attention of this step's queries [B, T, H, D] to keys and values [B, T, KVH, D] (already rotated): through
+// the cache, whose positions are written first, or causally over the step alone.
+at::Tensor attend(const Model& model, int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const LayerContext& ctx) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(model.config.head_dim));
+  if (!ctx.cache) {
+    return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), {}, 0.0,
+                                            /*is_causal=*/true, scale, /*enable_gqa=*/true);
+  }
+  KvCache& cache = *ctx.cache;
+  cache.k[layer].index_put_({ctx.cache_rows, ctx.write_pos}, k);
+  cache.v[layer].index_put_({ctx.cache_rows, ctx.write_pos}, v);
+  at::Tensor keys = cache.k[layer].narrow(1, 0, ctx.extent).transpose(1, 2);  // [B, KVH, L, D]
+  at::Tensor values = cache.v[layer].narrow(1, 0, ctx.extent).transpose(1, 2);
+  return at::scaled_dot_product_attention(q.transpose(1, 2), keys, values, ctx.mask, 0.0, false, scale,
+                                          /*enable_gqa=*/true);
+}
+
 }  // namespace
 
 KvCache make_kv_cache(const Model& model, int64_t rows, int64_t capacity) {
@@ -101,66 +133,71 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
   return make_step(tokens, T, start, n_new, device, all_logits);
 }
 
-at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora) {
+LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
+  LayerContext ctx;
+  std::tie(ctx.cos, ctx.sin) = rope_tables(model, at::arange(T, i64).unsqueeze(0).expand({rows, T}));
+  return ctx;
+}
+
+at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens) {
+  return model.weights.embed.index_select(0, tokens.reshape({-1}))
+      .view({tokens.size(0), tokens.size(1), model.config.hidden_size});
+}
+
+at::Tensor decoder_layer(const Model& model, int64_t li, const at::Tensor& x, const LayerContext& ctx,
+                         const LoraBatch* lora) {
   const ModelConfig& c = model.config;
-  const ModelWeights& w = model.weights;
+  const LayerWeights& l = model.weights.layers[li];
+  const int64_t B = x.size(0), T = x.size(1);
+  at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
+  at::Tensor q = project(h, l.q, lora, li, 0).view({B, T, c.num_heads, c.head_dim});
+  at::Tensor k = project(h, l.k, lora, li, 1).view({B, T, c.num_kv_heads, c.head_dim});
+  at::Tensor v = project(h, l.v, lora, li, 2).view({B, T, c.num_kv_heads, c.head_dim});
+  if (l.q_norm.defined()) {
+    q = rms_norm(q, l.q_norm, c.rms_norm_eps);
+    k = rms_norm(k, l.k_norm, c.rms_norm_eps);
+  }
+  q = q * ctx.cos + rotate_half(q) * ctx.sin;
+  k = k * ctx.cos + rotate_half(k) * ctx.sin;
+  at::Tensor attn = attend(model, li, q, k, v, ctx);  // [B, H, T, D]
+  at::Tensor out = x + project(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o, lora, li, 3);
+  h = rms_norm(out, l.ffn_norm, c.rms_norm_eps);
+  return out + project(at::silu(project(h, l.gate, lora, li, 4)) * project(h, l.up, lora, li, 5), l.down, lora, li, 6);
+}
+
+at::Tensor output_logits(const Model& model, const at::Tensor& hidden) {
+  return linear(rms_norm(hidden, model.weights.final_norm, model.config.rms_norm_eps), model.weights.lm_head)
+      .to(at::kFloat);
+}
+
+at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora) {
   const int64_t B = step.tokens.size(0), T = step.tokens.size(1), L = step.kv_extent;
   if (B != cache.rows) throw Error(ErrorKind::Internal, "batch rows do not match the KV cache");
   if (L > cache.capacity)
     throw Error(ErrorKind::ContextOverflow, "the sequence needs " + std::to_string(L) +
                                                 " positions but the KV cache holds " + std::to_string(cache.capacity));
-  const auto dev = model.device;
-  const auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
-
-  at::Tensor x = w.embed.index_select(0, step.tokens.reshape({-1})).view({B, T, c.hidden_size});
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
 
   // Absolute positions of this step's tokens; padding tokens write to the scratch slot.
+  LayerContext ctx;
+  ctx.cache = &cache;
+  ctx.extent = L;
   at::Tensor offsets = at::arange(T, i64);
-  at::Tensor pos = step.start_pos.unsqueeze(1) + offsets.unsqueeze(0);                  // [B, T]
-  at::Tensor valid = offsets.unsqueeze(0) < step.n_new.unsqueeze(1);                    // [B, T]
-  at::Tensor write_pos = at::where(valid, pos, at::full_like(pos, cache.capacity));     // [B, T]
-  at::Tensor rows = at::arange(B, i64).unsqueeze(1).expand({B, T});
-  at::Tensor mask = at::arange(L, i64).view({1, 1, 1, L}) <= pos.view({B, 1, T, 1});    // [B, 1, T, L]
+  at::Tensor pos = step.start_pos.unsqueeze(1) + offsets.unsqueeze(0);                    // [B, T]
+  at::Tensor valid = offsets.unsqueeze(0) < step.n_new.unsqueeze(1);                      // [B, T]
+  ctx.write_pos = at::where(valid, pos, at::full_like(pos, cache.capacity));              // [B, T]
+  ctx.cache_rows = at::arange(B, i64).unsqueeze(1).expand({B, T});
+  ctx.mask = at::arange(L, i64).view({1, 1, 1, L}) <= pos.view({B, 1, T, 1});            // [B, 1, T, L]
+  std::tie(ctx.cos, ctx.sin) = rope_tables(model, pos);
 
-  // RoPE angles computed as transformers does (float32 positions times float32 inverse frequencies).
-  at::Tensor inv_freq =
-      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
-  at::Tensor freqs = pos.to(at::kFloat).unsqueeze(-1) * inv_freq;                        // [B, T, D/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);
-  at::Tensor cos = emb.cos().to(model.dtype).unsqueeze(2);                               // [B, T, 1, D]
-  at::Tensor sin = emb.sin().to(model.dtype).unsqueeze(2);
-
-  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-  for (int64_t li = 0; li < c.num_layers; ++li) {
-    const LayerWeights& l = w.layers[li];
-    at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
-    at::Tensor q = project(h, l.q, lora, li, 0).view({B, T, c.num_heads, c.head_dim});
-    at::Tensor k = project(h, l.k, lora, li, 1).view({B, T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = project(h, l.v, lora, li, 2).view({B, T, c.num_kv_heads, c.head_dim});
-    if (l.q_norm.defined()) {
-      q = rms_norm(q, l.q_norm, c.rms_norm_eps);
-      k = rms_norm(k, l.k_norm, c.rms_norm_eps);
-    }
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-    cache.k[li].index_put_({rows, write_pos}, k);
-    cache.v[li].index_put_({rows, write_pos}, v);
-    at::Tensor keys = cache.k[li].narrow(1, 0, L).transpose(1, 2);    // [B, KVH, L, D]
-    at::Tensor values = cache.v[li].narrow(1, 0, L).transpose(1, 2);
-    at::Tensor attn = at::scaled_dot_product_attention(q.transpose(1, 2), keys, values, mask, 0.0, false, scale,
-                                                       /*enable_gqa=*/true);        // [B, H, T, D]
-    x = x + project(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o, lora, li, 3);
-    h = rms_norm(x, l.ffn_norm, c.rms_norm_eps);
-    x = x + project(at::silu(project(h, l.gate, lora, li, 4)) * project(h, l.up, lora, li, 5), l.down, lora, li, 6);
-  }
-  if (step.pick_rows.defined()) {
-    x = x.index({step.pick_rows, step.pick_positions});  // [N, hidden]
-  } else if (!step.all_logits) {
+  at::Tensor x = embed_tokens(model, step.tokens);
+  for (int64_t li = 0; li < model.config.num_layers; ++li) x = decoder_layer(model, li, x, ctx, lora);
+  if (!step.all_logits) {
     at::Tensor last = (step.n_new - 1).clamp_min(0);
     x = x.index({at::arange(B, i64), last});  // [B, hidden]
   }
-  x = rms_norm(x, w.final_norm, c.rms_norm_eps);
-  return linear(x, w.lm_head).to(at::kFloat);
+  return output_logits(model, x);
 }
 
 }  // namespace hs

@@ -26,9 +26,6 @@ struct BatchStep {
   at::Tensor n_new;      // [rows] int64: valid tokens of each row in `tokens` (0 leaves the row untouched)
   int64_t kv_extent = 0; // max over rows of start_pos + n_new; attention reads this much of the cache
   bool all_logits = false;
-  // When defined ([N] int64 each): logits only at these (row, position) pairs, [N, vocab]. Training reads
-  // just its target positions, which spares the vocabulary projection everywhere else.
-  at::Tensor pick_rows, pick_positions;
 };
 
 // A step from host-side values: tokens are rows x T, row-major; kv_extent is derived.
@@ -40,9 +37,30 @@ BatchStep make_step(const std::vector<int64_t>& tokens, int64_t T, const std::ve
 BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_t offset, int64_t chunk,
                         const at::Device& device, bool all_logits = false);
 
-// Returns float32 logits: [rows, vocab] for each row's last new token, [rows, T, vocab] with all_logits, or
-// [N, vocab] at the picked positions.
+// Returns float32 logits: [rows, vocab] for each row's last new token, or [rows, T, vocab] with all_logits.
 // With `lora`, each row's projections add its adapter's low-rank update.
 at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora = nullptr);
+
+// The pieces of the forward pass, for callers that run the layers one at a time (training with activation
+// checkpointing recomputes one layer at a time during the backward pass).
+
+// What every layer of a step shares: rotary tables at the step's positions, and where keys come from.
+struct LayerContext {
+  at::Tensor cos, sin;          // [B, T, 1, head_dim] in the model's dtype
+  // Null: causal attention over the step's own tokens, every row starting at position 0 with any padding at
+  // its end (training); flash-style kernels then keep attention memory linear in T.
+  KvCache* cache = nullptr;
+  at::Tensor cache_rows, write_pos, mask;  // with a cache: [B, T], [B, T], [B, 1, T, extent]
+  int64_t extent = 0;
+};
+
+// Rows of T tokens starting at position 0, without a KV cache.
+LayerContext causal_context(const Model& model, int64_t rows, int64_t T);
+
+at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens);  // [B, T] -> [B, T, hidden]
+at::Tensor decoder_layer(const Model& model, int64_t layer, const at::Tensor& x, const LayerContext& ctx,
+                         const LoraBatch* lora);
+// Final norm and vocabulary projection of hidden states [..., hidden]: float32 logits [..., vocab].
+at::Tensor output_logits(const Model& model, const at::Tensor& hidden);
 
 }  // namespace hs

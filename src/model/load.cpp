@@ -1,5 +1,7 @@
 #include "model/load.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -242,12 +244,12 @@ std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
   return m;
 }
 
+// Throws for a path that is not a regular file (a FIFO would otherwise block the read forever).
 bool has_gguf_magic(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return false;
+  const int fd = open_regular_file(path);
   char magic[4] = {};
-  size_t n = std::fread(magic, 1, 4, f);
-  std::fclose(f);
+  const ssize_t n = ::read(fd, magic, 4);
+  ::close(fd);
   return n == 4 && std::memcmp(magic, "GGUF", 4) == 0;
 }
 

@@ -40,6 +40,10 @@ void validate_request(const Engine& engine, const GenerationRequest& r) {
                                                 " tokens but the model's context holds " +
                                                 std::to_string(c.context_length) + " (prompt plus at least one new token)");
   validate_sampling(r.sampling);
+  for (int32_t id : r.sampling.stop_token_ids)
+    if (id < 0 || id >= c.vocab_size)
+      throw Error(ErrorKind::InvalidArgument, "stop token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                                                  std::to_string(c.vocab_size - 1) + ")");
   if (!std::isfinite(r.adapter_scale))
     throw Error(ErrorKind::InvalidArgument, "the adapter scale must be a finite number");
   if (!r.sampling.stop.empty() && !engine.tokenizer)
@@ -80,6 +84,20 @@ std::string accept_token(RowState& row, int32_t id, bool* hit_stop) {
   std::string piece = row.text.substr(row.emitted, release_to - row.emitted);
   row.emitted = release_to;
   return piece;
+}
+
+// Non-finite logits mean the weights overflowed: sampling from them would emit garbage with no error.
+void check_finite(const std::vector<float>& logits, const GenerationRequest& r, size_t generated) {
+  for (float x : logits)
+    if (!std::isfinite(x)) {
+      const std::string source = r.adapter ? "adapter '" + r.adapter->name + "' version " +
+                                                 std::to_string(r.adapter->version) + " (scale " +
+                                                 std::to_string(r.adapter_scale) + ")"
+                                           : "the model's weights";
+      throw Error(ErrorKind::CorruptFile, "the model produced non-finite logits at generated token " +
+                                              std::to_string(generated) + ": " + source +
+                                              " overflow float arithmetic; roll the adapter back or lower its scale");
+    }
 }
 
 }  // namespace
@@ -143,6 +161,7 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
       const SamplingParams& p = row.request->sampling;
       const float* src = logits[b].data_ptr<float>();
       row_logits.assign(src, src + V);
+      check_finite(row_logits, *row.request, row.result.ids.size());
       std::vector<float> raw;
       if (p.logprobs) raw = row_logits;
       const int32_t id = sample_next(row_logits, p, row.history, row.rng);

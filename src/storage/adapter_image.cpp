@@ -239,7 +239,7 @@ void AdapterImage::index_leaves(const std::string& where) {
 }
 
 std::shared_ptr<AdapterImage> AdapterImage::open(const std::string& path) {
-  auto map = MappedFile::open(path);
+  auto map = MappedFile::open(path, ErrorKind::CorruptFile);
   const uint8_t* d = map->data();
   const size_t size = map->size();
   if (size < sizeof(FileHeader)) corrupt(path, "it is shorter than the header (" + std::to_string(size) + " bytes)");

@@ -56,7 +56,7 @@ WriteAheadLog::WriteAheadLog(std::string dir, FsyncPolicy policy) : dir_(std::mo
   const std::vector<std::string> segments = list_segments(dir_);
   for (size_t s = 0; s < segments.size(); ++s) {
     const std::string path = dir_ + "/" + segments[s];
-    const std::string bytes = read_text_file(path);
+    const std::string bytes = read_text_file(path, ErrorKind::CorruptFile);
     const bool last_segment = s + 1 == segments.size();
     size_t pos = 0;
     while (pos < bytes.size()) {

@@ -8,7 +8,7 @@
 #include "common/error.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/byte_level.h"
-#include "tokenizer/utf8.h"
+#include "common/utf8.h"
 
 namespace hs {
 

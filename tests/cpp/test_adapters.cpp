@@ -209,7 +209,7 @@ TEST_F(RegistryTest, VersionsKeepRollbackAndRemove) {
   std::vector<float> values = v1->image->values();
   for (int i = 0; i < 4; ++i) {
     values[0] = static_cast<float>(i);
-    auto v = reg.publish("law", values, 10);
+    auto v = reg.publish("law", values, 10 * (i + 1));
     EXPECT_EQ(v.version, static_cast<uint64_t>(i + 2));
     EXPECT_EQ(v.parent, static_cast<uint64_t>(i + 1));
     EXPECT_EQ(v.events, static_cast<uint64_t>(10 * (i + 1)));

@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "tokenizer/byte_level.h"
-#include "tokenizer/utf8.h"
+#include "common/utf8.h"
 
 namespace hs {
 

@@ -55,8 +55,10 @@ def peft_gradients(model, peft_dir, batch):
     return out.loss.item(), grads
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.9])
-def test_gradients_match_peft(tiny, tmp_path, sparsity):
+# The last case bounds memory hard: one example per forward, three positions of logits at a time.
+@pytest.mark.parametrize("sparsity,budget", [(0.0, {}), (0.9, {}),
+                                             (0.9, {"tokens_per_forward": 8, "logits_chunk": 3})])
+def test_gradients_match_peft(tiny, tmp_path, sparsity, budget):
     folder, model = tiny
     adir = tmp_path / "adapters"
     create_adapter(folder, adir, "g", tmp_path, seed=21, b_std=0.3, sparsity=sparsity)
@@ -66,7 +68,7 @@ def test_gradients_match_peft(tiny, tmp_path, sparsity):
     batch = examples()
     out = tmp_path / "grads.safetensors"
     ours = run_probe({"mode": "lora_grad", "model": str(folder), "adapter_dir": str(adir), "name": "g",
-                      "examples": batch, "out": str(out)}, tmp_path)
+                      "examples": batch, "out": str(out), **budget}, tmp_path)
     assert ours["target_tokens"] == sum(sum(e["targets"]) for e in batch)
     loss, theirs = peft_gradients(model, peft_dir, batch)
     assert ours["loss"] == pytest.approx(loss, rel=1e-5)

@@ -213,14 +213,17 @@ std::vector<hs::TrainingExample> examples_of(const json& req) {
 }
 
 // Gradients of the causal-LM loss on "examples" ({tokens, targets}) with respect to an adapter's active
-// values, written densely; prints the loss.
+// values, written densely; prints the loss. Optional "tokens_per_forward" and "logits_chunk" bound memory.
 void run_lora_grad(const json& req) {
   std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
   hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
   auto snap = registry.acquire(req.at("name"));
   const hs::TileLayout& layout = snap->image->layout();
+  hs::GradientOptions options;
+  options.tokens_per_forward = req.value("tokens_per_forward", options.tokens_per_forward);
+  options.logits_chunk = req.value("logits_chunk", options.logits_chunk);
   hs::LoraGradients g =
-      hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), examples_of(req));
+      hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), examples_of(req), options);
   write_dense(layout, g.values, req.at("out"));
   std::cout << json{{"loss", g.loss}, {"target_tokens", g.target_tokens}}.dump() << "\n";
 }

@@ -1,4 +1,4 @@
-#include "tokenizer/utf8.h"
+#include "common/utf8.h"
 
 namespace hs {
 
@@ -69,12 +69,16 @@ std::string utf8_take_complete(std::string& pending) {
   return out;
 }
 
-std::string utf8_replace_invalid(std::string_view s) {
+namespace {
+
+// s with each byte outside a valid sequence rewritten by `invalid`.
+template <typename Rewrite>
+std::string rewrite_invalid(std::string_view s, Rewrite invalid) {
   std::string out;
   for (size_t i = 0; i < s.size();) {
     int n = valid_sequence_at(s, i);
     if (n <= 0) {
-      out += kReplacement;
+      invalid(out, static_cast<unsigned char>(s[i]));
       ++i;
     } else {
       out.append(s.substr(i, n));
@@ -82,6 +86,21 @@ std::string utf8_replace_invalid(std::string_view s) {
     }
   }
   return out;
+}
+
+}  // namespace
+
+std::string utf8_replace_invalid(std::string_view s) {
+  return rewrite_invalid(s, [](std::string& out, unsigned char) { out += kReplacement; });
+}
+
+std::string utf8_escape_invalid(std::string_view s) {
+  return rewrite_invalid(s, [](std::string& out, unsigned char b) {
+    const char* hex = "0123456789abcdef";
+    out += "\\x";
+    out += hex[b >> 4];
+    out += hex[b & 15];
+  });
 }
 
 }  // namespace hs

@@ -12,5 +12,8 @@ bool utf8_is_valid(std::string_view s);
 // character; bytes that can never become valid are replaced by U+FFFD.
 std::string utf8_take_complete(std::string& pending);
 std::string utf8_replace_invalid(std::string_view s);
+// Bytes outside valid sequences written as \xNN, so a message quoting a client's bytes stays valid UTF-8
+// and still shows what was sent.
+std::string utf8_escape_invalid(std::string_view s);
 
 }  // namespace hs
