@@ -15,6 +15,7 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
   auto w = std::make_shared<LoraWeights>();
   w->name = name;
   w->version = version;
+  w->key = name + "@" + std::to_string(version) + "#" + std::to_string(image.crc32());
   w->rank = layout.rank;
   w->scale = scale;
   w->a.resize(model.config.num_layers);
@@ -42,25 +43,10 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
   return w;
 }
 
-LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std::vector<double>& scales,
-                          const Model& model) {
+LoraBatch stack_adapters(const std::vector<const LoraWeights*>& slots, const Model& model) {
   LoraBatch batch;
-  std::vector<const LoraWeights*> slots;
-  std::vector<int64_t> slot_of(rows.size(), 0);
-  std::vector<float> scale_of(rows.size(), 0.0f);
-  for (size_t r = 0; r < rows.size(); ++r) {
-    if (!rows[r]) continue;
-    auto it = std::find(slots.begin(), slots.end(), rows[r]);
-    slot_of[r] = it - slots.begin();
-    if (it == slots.end()) slots.push_back(rows[r]);
-    scale_of[r] = static_cast<float>(rows[r]->scale * scales[r]);
-  }
   batch.slots = static_cast<int64_t>(slots.size());
   if (slots.empty()) return batch;
-  batch.uniform = slots.size() == 1 && std::all_of(rows.begin(), rows.end(), [](const LoraWeights* w) { return w; }) &&
-                  std::all_of(scale_of.begin(), scale_of.end(), [&](float s) { return s == scale_of[0]; });
-  batch.uniform_scale = scale_of[0];
-
   const int64_t L = model.config.num_layers;
   int64_t rank = 0;
   for (const auto* w : slots) rank = std::max(rank, w->rank);
@@ -77,7 +63,7 @@ LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std
         batch.b[l][p] = shape->b[l][p];
         continue;
       }
-      // Slot s owns rank columns [s * rank, s * rank + its rank); slots without this projection stay zero.
+      // Slots without this projection stay zero.
       const int64_t in = shape->a[l][p].size(1), out = shape->b[l][p].size(0);
       at::Tensor a = at::zeros({batch.slots * rank, in}, shape->a[l][p].options());
       at::Tensor b = at::zeros({out, batch.slots * rank}, shape->b[l][p].options());
@@ -90,10 +76,41 @@ LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std
       batch.a[l][p] = a;
       batch.b[l][p] = b;
     }
-  at::Tensor mask = at::zeros({static_cast<int64_t>(rows.size()), 1, batch.slots * rank}, at::kFloat);
-  for (size_t r = 0; r < rows.size(); ++r)
-    if (rows[r]) mask[r][0].narrow(0, slot_of[r] * rank, rows[r]->rank).fill_(scale_of[r]);
+  return batch;
+}
+
+void set_lora_scales(LoraBatch& batch, const std::vector<const LoraWeights*>& slots,
+                     const std::vector<int64_t>& slot_of, const std::vector<double>& scale_of, bool per_token,
+                     const Model& model) {
+  const int64_t n = static_cast<int64_t>(slot_of.size());
+  std::vector<float> scales(n, 0.0f);
+  for (int64_t i = 0; i < n; ++i)
+    if (slot_of[i] >= 0) scales[i] = static_cast<float>(slots[slot_of[i]]->scale * scale_of[i]);
+  batch.uniform = slots.size() == 1 && std::all_of(slot_of.begin(), slot_of.end(), [](int64_t s) { return s >= 0; }) &&
+                  std::all_of(scales.begin(), scales.end(), [&](float s) { return s == scales[0]; });
+  batch.uniform_scale = n > 0 ? scales[0] : 0.0f;
+  if (batch.uniform || slots.empty()) return;
+  int64_t rank = 0;
+  for (const auto* w : slots) rank = std::max(rank, w->rank);
+  at::Tensor mask = at::zeros({n, batch.slots * rank}, at::kFloat);
+  for (int64_t i = 0; i < n; ++i)
+    if (slot_of[i] >= 0) mask[i].narrow(0, slot_of[i] * rank, slots[slot_of[i]]->rank).fill_(scales[i]);
+  mask = per_token ? mask.unsqueeze(0) : mask.unsqueeze(1);
   batch.row_scale = mask.to(model.device, model.dtype);
+}
+
+LoraBatch make_lora_batch(const std::vector<const LoraWeights*>& rows, const std::vector<double>& scales,
+                          const Model& model) {
+  std::vector<const LoraWeights*> slots;
+  std::vector<int64_t> slot_of(rows.size(), -1);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (!rows[r]) continue;
+    auto it = std::find(slots.begin(), slots.end(), rows[r]);
+    slot_of[r] = it - slots.begin();
+    if (it == slots.end()) slots.push_back(rows[r]);
+  }
+  LoraBatch batch = stack_adapters(slots, model);
+  set_lora_scales(batch, slots, slot_of, scales, false, model);
   return batch;
 }
 

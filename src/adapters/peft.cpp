@@ -41,13 +41,17 @@ void export_peft(const AdapterSnapshot& snap, const std::string& folder, const s
   std::error_code ec;
   std::filesystem::create_directories(folder, ec);
   if (ec) throw Error(ErrorKind::Io, "cannot create '" + folder + "': " + ec.message());
-  std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>> tensors;
+  NamedF32Tensors tensors;
   for (const auto& t : layout.tensors) {
     std::vector<float> dense(t.rows * t.cols, 0.0f);
     scatter_tiles(layout, t, [&](int64_t g) { return snap.image->tile(g); }, dense.data());
     tensors.push_back({peft_key(t), {{t.rows, t.cols}, std::move(dense)}});
   }
-  write_safetensors_f32(folder + "/adapter_model.safetensors", tensors);
+  // Atomically, so that a failed export (a full disk) leaves no truncated file that PEFT would try to load.
+  const std::string header = safetensors_f32_header(tensors);
+  std::vector<ByteSpan> pieces{{header.data(), header.size()}};
+  for (const auto& [name, t] : tensors) pieces.push_back({t.second.data(), t.second.size() * sizeof(float)});
+  write_file_atomically(folder + "/adapter_model.safetensors", pieces);
   nlohmann::json targets = nlohmann::json::array();
   for (LoraModule m : snap.config.targets) targets.push_back(lora_module_name(m));
   const nlohmann::json config = {

@@ -211,7 +211,18 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   m.codec = adapter_codec_name(options_.codec);
   m.dense_values = static_cast<uint64_t>(layout.dense_values());
   m.keep = options_.keep_versions;
-  write_version_locked(m, *image, 0, 0);
+  try {
+    write_version_locked(m, *image, 0, 0);
+  } catch (const Error&) {
+    // The folder is this call's own (made just now, under the folder lock): remove it, so that a failed create
+    // (a full disk) does not leave a folder without a manifest that blocks the name. The first error is the one
+    // to report.
+    try {
+      remove_tree(d);
+    } catch (const Error&) {
+    }
+    throw;
+  }
   sync_directory(options_.root);
   return m;
 }

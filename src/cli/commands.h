@@ -99,6 +99,10 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t);
 void add_learning_flags(CLI::App* app, TrainFlags& t);
 hs::TrainerOptions trainer_options(const TrainFlags& t);
 
+// `serve`: the HTTP API (its flags are kept by serve_command.cpp).
+CLI::App* add_serve_command(CLI::App& app);
+int run_serve();
+
 int run_tokenize(const ModelFlags& m, const TokenizeFlags& t);
 int run_info(const ModelFlags& m, bool json);
 

@@ -83,18 +83,15 @@ std::shared_ptr<const LoraWeights> load_adapter(const Engine& e, const AdapterFl
 std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
   nlohmann::json adapter_info = nullptr;
   if (req.adapter) adapter_info = {{"name", req.adapter->name}, {"version", req.adapter->version}};
-  size_t printed = 0;
   GenerationResult r = generate(e, req, [&](const TokenEvent& ev) {
     if (json) {
       std::cout << nlohmann::json{{"id", ev.id}, {"text", ev.text}, {"logprob", ev.logprob}}.dump() << "\n";
     } else {
       std::cout << ev.text;
     }
-    printed += ev.text.size();
     std::cout.flush();
     return true;
   });
-  std::string rest = r.text.size() > printed ? r.text.substr(printed) : "";
   if (json) {
     std::cout << nlohmann::json{{"finish_reason", r.finish_reason}, {"text", r.text},
                                 {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()},
@@ -102,7 +99,7 @@ std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
                      .dump()
               << "\n";
   } else {
-    std::cout << rest;
+    std::cout << r.tail;  // text held back for a possible stop string, released at the end
   }
   std::cout.flush();
   return r.text;

@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
 
   auto adapter_actions = add_adapter_commands(app, model, adapter, admin);
   auto* tr = add_train_command(app, model, adapter, train);
+  auto* sv = add_serve_command(app);
 
   try {
     app.parse(argc, argv);
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
     if (g->parsed()) return run_generate(model, adapter, sampling, gen);
     if (c->parsed()) return run_chat(model, adapter, sampling, chat, train);
     if (tr->parsed()) return run_train(model, adapter, train);
+    if (sv->parsed()) return run_serve();
     for (const auto& [action, sub] : adapter_actions)
       if (sub->parsed()) return run_adapters(action, model, adapter, admin);
     if (t->parsed()) return run_tokenize(model, tok);

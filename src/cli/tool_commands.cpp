@@ -27,7 +27,8 @@ int run_tokenize(const ModelFlags& m, const TokenizeFlags& t) {
 }
 
 int run_info(const ModelFlags& m, bool json) {
-  ModelSummary s = summarize(load_engine(EngineOptions{m.model, m.dtype, m.device, true, m.quantize}));
+  const Engine e = load_engine(EngineOptions{m.model, m.dtype, m.device, true, m.quantize});
+  const ModelSummary s = summarize(e);
   nlohmann::json j{{"path", s.path},           {"format", s.format},
                    {"architecture", s.architecture}, {"parameters", s.parameters},
                    {"dtype", s.dtype},         {"device", s.device},       {"weights", s.weights},
@@ -35,6 +36,11 @@ int run_info(const ModelFlags& m, bool json) {
                    {"layers", s.layers},       {"hidden_size", s.hidden_size},
                    {"heads", s.heads},         {"kv_heads", s.kv_heads},
                    {"head_dim", s.head_dim},   {"tied_embeddings", s.tied_embeddings}};
+  // What generate and chat sample with when no flag overrides it (generation_config.json where present).
+  const SamplingParams& d = e.defaults;
+  j["generation_defaults"] = {{"temperature", d.temperature}, {"top_k", d.top_k},   {"top_p", d.top_p},
+                              {"min_p", d.min_p}, {"repetition_penalty", d.repetition_penalty},
+                              {"eos_token_ids", e.eos_ids}};
   if (json) {
     std::cout << j.dump() << "\n";
   } else {

@@ -111,9 +111,6 @@ nlohmann::json stats_json(const TrainerStats& s) {
   return j;
 }
 
-// The id of an accepted event's line (it parsed, so it is valid JSON with a string id).
-std::string event_id(const std::string& line) { return nlohmann::json::parse(line).at("id").get<std::string>(); }
-
 size_t count_lines(const std::string& path) {
   std::ifstream in(path);
   size_t n = 0;
@@ -204,8 +201,8 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
       try {
         if (trainer.submit(line) == SubmitResult::Duplicate && t.json) {
           std::lock_guard<std::mutex> lock(out_mu);
-          std::cout << nlohmann::json{{"event", "duplicate"}, {"line", line_no}, {"id", event_id(line)}}.dump()
-                    << std::endl;
+          const nlohmann::json dup = {{"event", "duplicate"}, {"line", line_no}, {"id", event_id(line).value_or("")}};
+          std::cout << dup.dump() << std::endl;
         }
       } catch (const Error& err) {
         if (!trainer.stats().failure.empty()) throw;  // the trainer stopped: its error, with its kind

@@ -202,6 +202,13 @@ LearningEvent parse_learning_event(std::string_view text, const EventContext& ct
   }
 }
 
+std::optional<std::string> event_id(std::string_view text) {
+  const json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || j["id"].get<std::string>().empty())
+    return std::nullopt;
+  return j["id"].get<std::string>();
+}
+
 namespace {
 
 LearningEvent parse_checked(std::string_view text, const EventContext& ctx) {

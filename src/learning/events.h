@@ -9,6 +9,7 @@
 // misspelt field never trains on an empty example. Torch-free.
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -56,5 +57,8 @@ constexpr size_t kMaxEventIdBytes = 128;
 // ContextOverflow (an example longer than the context or the per-example limit), each naming the event id
 // where one was read. Duplicate keys anywhere in the event are refused.
 LearningEvent parse_learning_event(std::string_view text, const EventContext& ctx);
+
+// The id of an event: set when the text is a JSON object with a non-empty string "id". Never throws.
+std::optional<std::string> event_id(std::string_view text);
 
 }  // namespace hs

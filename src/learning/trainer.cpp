@@ -226,6 +226,12 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
     ev = parse_learning_event(text, ctx);
   } catch (const Error&) {
     std::lock_guard<std::mutex> lock(mu_);
+    // An event accepted before stays a duplicate even if it no longer validates (its base version was
+    // pruned since, say): it was applied once, and a client resending it must not be told it is bad.
+    if (auto id = event_id(text); id && ids_.count(*id)) {
+      duplicates_ += 1;
+      return SubmitResult::Duplicate;
+    }
     rejected_ += 1;
     throw;
   }
@@ -399,11 +405,18 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   r.examples = examples.size();
   r.gradients = submitted.size();
   for (int step = 0; step < options_.steps_per_batch; ++step) {
-    double loss = 0, norm = 0;
-    std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, loss, norm);
-    if (step == 0) r.loss = loss;
-    r.grad_norm = norm;
-    adamw_step(options_.adamw, state.adam, state.values, grad);
+    auto work = [&] {
+      double loss = 0, norm = 0;
+      std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, loss, norm);
+      if (step == 0) r.loss = loss;
+      r.grad_norm = norm;
+      adamw_step(options_.adamw, state.adam, state.values, grad);
+    };
+    if (options_.compute) {
+      options_.compute(work);
+    } else {
+      work();
+    }
   }
   for (float x : state.values)
     if (!std::isfinite(x))

@@ -72,6 +72,9 @@ struct TrainerOptions {
   int64_t max_example_tokens = 0;
   GradientOptions gradients;    // what bounds training memory
   AdapterConfig create;         // used when the domain has no adapter yet
+  // Runs each step's gradient and optimizer work; unset runs it on the trainer's own thread. A server passes
+  // its engine thread's Scheduler::run_compute, so that training and serving take turns on the model.
+  std::function<void(const std::function<void()>& work)> compute;
 };
 
 // Throws InvalidArgument naming the first option out of range.

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "common/error.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 
 namespace hs {
 

@@ -9,6 +9,22 @@
 
 namespace hs {
 
+// Device-side indices of a SlotStep, built once per step and shared by every layer.
+struct SlotAttention {
+  at::Tensor write_slot, write_pos;  // [N]: where each token's keys and values go
+  // Rows of one token (decodes) attend together: one query per cache slot (zeros where a slot has no such
+  // row), keys masked beyond each slot's length.
+  at::Tensor one_token, one_slot;    // [R1]: the token index and slot of each such row
+  at::Tensor one_mask;               // [S, 1, 1, extent]
+  int64_t one_extent = 0;
+  // Rows of several tokens (prefill chunks) attend one at a time, causally from their start position.
+  struct Chunk {
+    int64_t first_token, len, slot, start;
+    at::Tensor mask;                 // [1, 1, len, start + len]
+  };
+  std::vector<Chunk> chunks;
+};
+
 namespace {
 
 // RMSNorm as transformers computes it: in float32, cast back before the weight multiply.
@@ -74,11 +90,39 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const Model& model, const at::Tens
   return {emb.cos().to(model.dtype).unsqueeze(2), emb.sin().to(model.dtype).unsqueeze(2)};
 }
 
+// Attention of a token-major step: q [1, N, H, D], k and v [1, N, KVH, D]; returns [1, H, N, D].
+at::Tensor attend_slots(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        KvCache& cache, const SlotAttention& a, double scale) {
+  cache.k[layer].index_put_({a.write_slot, a.write_pos}, k[0]);
+  cache.v[layer].index_put_({a.write_slot, a.write_pos}, v[0]);
+  at::Tensor out = at::empty_like(q[0]);  // [N, H, D]
+  if (a.one_token.defined()) {
+    const int64_t S = cache.rows, H = q.size(2), D = q.size(3);
+    at::Tensor queries = at::zeros({S, H, 1, D}, q.options());
+    queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token).unsqueeze(2));
+    at::Tensor keys = cache.k[layer].narrow(1, 0, a.one_extent).transpose(1, 2);  // [S, KVH, L, D]
+    at::Tensor values = cache.v[layer].narrow(1, 0, a.one_extent).transpose(1, 2);
+    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, a.one_mask, 0.0, false, scale,
+                                                    /*enable_gqa=*/true);  // [S, H, 1, D]
+    out.index_copy_(0, a.one_token, o.index_select(0, a.one_slot).squeeze(2));
+  }
+  for (const SlotAttention::Chunk& c : a.chunks) {
+    at::Tensor queries = q[0].narrow(0, c.first_token, c.len).transpose(0, 1).unsqueeze(0);  // [1, H, len, D]
+    at::Tensor keys = cache.k[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
+    at::Tensor values = cache.v[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
+    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, c.mask, 0.0, false, scale,
+                                                    /*enable_gqa=*/true);  // [1, H, len, D]
+    out.narrow(0, c.first_token, c.len).copy_(o[0].transpose(0, 1));
+  }
+  return out.transpose(0, 1).unsqueeze(0);
+}
+
 // Attention of this step's queries [B, T, H, D] to keys and values [B, T, KVH, D] (already rotated): through
 // the cache, whose positions are written first, or causally over the step alone.
 at::Tensor attend(const Model& model, int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const LayerContext& ctx) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(model.config.head_dim));
+  if (ctx.slots) return attend_slots(layer, q, k, v, *ctx.cache, *ctx.slots, scale);
   if (!ctx.cache) {
     return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), {}, 0.0,
                                             /*is_causal=*/true, scale, /*enable_gqa=*/true);
@@ -198,6 +242,71 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, co
     x = x.index({at::arange(B, i64), last});  // [B, hidden]
   }
   return output_logits(model, x);
+}
+
+namespace {
+
+SlotAttention slot_attention(const Model& model, const KvCache& cache, const SlotStep& step,
+                             std::vector<int64_t>& positions) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong);
+  const auto dev = model.device;
+  SlotAttention a;
+  std::vector<int64_t> write_slot, one_token, one_slot;
+  std::vector<int64_t> slot_len(cache.rows, 1);  // a slot without a row reads one (ignored) position
+  int64_t first = 0;
+  for (size_t r = 0; r < step.row_slot.size(); ++r) {
+    const int64_t slot = step.row_slot[r], start = step.row_start[r], len = step.row_len[r];
+    if (len < 1 || slot < 0 || slot >= cache.rows || start + len > cache.capacity)
+      throw Error(ErrorKind::Internal, "a step row does not fit its KV slot");
+    for (int64_t t = 0; t < len; ++t) {
+      write_slot.push_back(slot);
+      positions.push_back(start + t);
+    }
+    if (len == 1) {
+      one_token.push_back(first);
+      one_slot.push_back(slot);
+      slot_len[slot] = start + 1;
+      a.one_extent = std::max(a.one_extent, start + 1);
+    } else {
+      at::Tensor mask = at::arange(start + len, i64).view({1, 1, 1, -1}) <=
+                        (at::arange(len, i64) + start).view({1, 1, -1, 1});
+      a.chunks.push_back({first, len, slot, start, mask.to(dev)});
+    }
+    first += len;
+  }
+  a.write_slot = at::tensor(write_slot, i64).to(dev);
+  a.write_pos = at::tensor(positions, i64).to(dev);
+  if (!one_token.empty()) {
+    a.one_token = at::tensor(one_token, i64).to(dev);
+    a.one_slot = at::tensor(one_slot, i64).to(dev);
+    a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) <
+                  at::tensor(slot_len, i64).view({-1, 1, 1, 1})).to(dev);
+  }
+  return a;
+}
+
+}  // namespace
+
+at::Tensor forward_slots(const Model& model, KvCache& cache, const SlotStep& step, const LoraBatch* lora) {
+  const int64_t N = static_cast<int64_t>(step.tokens.size());
+  if (N == 0 || step.row_slot.size() != step.row_start.size() || step.row_slot.size() != step.row_len.size())
+    throw Error(ErrorKind::Internal, "a malformed slot step");
+  std::vector<int64_t> positions;
+  const SlotAttention attention = slot_attention(model, cache, step, positions);
+  if (static_cast<int64_t>(positions.size()) != N) throw Error(ErrorKind::Internal, "step rows and tokens disagree");
+  const auto i64 = at::TensorOptions().dtype(at::kLong);
+  LayerContext ctx;
+  ctx.cache = &cache;
+  ctx.slots = &attention;
+  std::tie(ctx.cos, ctx.sin) = rope_tables(model, attention.write_pos.unsqueeze(0));
+  at::Tensor x = embed_tokens(model, at::tensor(step.tokens, i64).to(model.device).unsqueeze(0));  // [1, N, hidden]
+  for (int64_t li = 0; li < model.config.num_layers; ++li) x = decoder_layer(model, li, x, ctx, lora);
+  std::vector<int64_t> last(step.row_len.size());
+  int64_t end = 0;
+  for (size_t r = 0; r < step.row_len.size(); ++r) last[r] = (end += step.row_len[r]) - 1;
+  std::vector<int64_t> picked;
+  for (int64_t r : step.logits_rows) picked.push_back(last.at(static_cast<size_t>(r)));
+  return output_logits(model, x[0].index_select(0, at::tensor(picked, i64).to(model.device)));
 }
 
 }  // namespace hs

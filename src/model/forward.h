@@ -3,6 +3,7 @@
 // number of new tokens, reading and extending a preallocated KV cache.
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "model/lora_batch.h"
@@ -41,6 +42,20 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
 // With `lora`, each row's projections add its adapter's low-rank update.
 at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, const LoraBatch* lora = nullptr);
 
+// A token-major step over the slots of a KV cache: rows of consecutive tokens, each row one sequence that
+// continues at its own position in its own slot. A prefill chunk is a row of many tokens, a decode a row of
+// one; a single forward serves any mix, with the projections run once over all the step's tokens.
+struct SlotStep {
+  std::vector<int64_t> tokens;       // every row's tokens, row after row
+  std::vector<int64_t> row_slot;     // per row: its slot in the cache
+  std::vector<int64_t> row_start;    // per row: positions already in its slot
+  std::vector<int64_t> row_len;      // per row: its tokens in this step (>= 1)
+  std::vector<int64_t> logits_rows;  // rows whose last token's logits are returned, in this order
+};
+
+// Float32 logits [logits_rows, vocab]. `lora`, when given, is per token: its row_scale is [1, tokens, slots * rank].
+at::Tensor forward_slots(const Model& model, KvCache& cache, const SlotStep& step, const LoraBatch* lora = nullptr);
+
 // The pieces of the forward pass, for callers that run the layers one at a time (training with activation
 // checkpointing recomputes one layer at a time during the backward pass).
 
@@ -52,6 +67,7 @@ struct LayerContext {
   KvCache* cache = nullptr;
   at::Tensor cache_rows, write_pos, mask;  // with a cache: [B, T], [B, T], [B, 1, T, extent]
   int64_t extent = 0;
+  const struct SlotAttention* slots = nullptr;  // a token-major step (forward_slots): B = 1, T = its tokens
 };
 
 // Rows of T tokens starting at position 0, without a KV cache.

@@ -13,7 +13,7 @@
 #include "common/fs_util.h"
 #include "model/config.h"
 #include "model/dequantize.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 #include "model/model.h"
 #include "model/safetensors_file.h"
 

@@ -103,9 +103,7 @@ SafetensorsTensors read_safetensors_folder(const std::string& folder) {
   return out;
 }
 
-void write_safetensors_f32(
-    const std::string& path,
-    const std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>>& tensors) {
+std::string safetensors_f32_header(const NamedF32Tensors& tensors) {
   json header = json::object();
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
@@ -115,13 +113,17 @@ void write_safetensors_f32(
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8 != 0) h.push_back(' ');
+  const uint64_t n = h.size();
+  return std::string(reinterpret_cast<const char*>(&n), 8) + h;
+}
+
+void write_safetensors_f32(const std::string& path, const NamedF32Tensors& tensors) {
   std::ofstream out(path, std::ios::binary);
-  if (!out) throw Error(ErrorKind::InvalidArgument, "cannot write '" + path + "'");
-  uint64_t n = h.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out.write(h.data(), h.size());
+  if (!out) throw Error(ErrorKind::Io, "cannot write '" + path + "'");
+  const std::string header = safetensors_f32_header(tensors);
+  out.write(header.data(), header.size());
   for (const auto& [name, t] : tensors) out.write(reinterpret_cast<const char*>(t.second.data()), t.second.size() * 4);
-  if (!out) throw Error(ErrorKind::InvalidArgument, "writing '" + path + "' failed");
+  if (!out) throw Error(ErrorKind::Io, "writing '" + path + "' failed");
 }
 
 }  // namespace hs

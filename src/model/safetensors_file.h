@@ -25,8 +25,15 @@ using SafetensorsTensors = std::map<std::string, SafetensorsEntry>;
 SafetensorsTensors read_safetensors(const std::string& path);
 SafetensorsTensors read_safetensors_folder(const std::string& folder);
 
-// Writes float32 tensors; used by tools that hand results to Python (e.g. tests' logit dumps).
-void write_safetensors_f32(const std::string& path,
-                           const std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>>& tensors);
+// Named float32 tensors: (name, (shape, values)).
+using NamedF32Tensors = std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>>;
+
+// The start of an F32 safetensors file holding `tensors`: the 8-byte header length and the JSON header. The
+// tensors' values follow it in the order given.
+std::string safetensors_f32_header(const NamedF32Tensors& tensors);
+
+// Writes float32 tensors; used by tools that hand results to Python (e.g. tests' logit dumps). Not atomic;
+// throws Io when the file cannot be written.
+void write_safetensors_f32(const std::string& path, const NamedF32Tensors& tensors);
 
 }  // namespace hs

@@ -8,7 +8,7 @@
 
 #include "common/error.h"
 #include "common/fs_util.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 #include "model/load.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -45,14 +45,16 @@ std::string find_upwards(fs::path dir) {
   return "";
 }
 
-void read_generation_config(Engine& e, const fs::path& path) {
-  if (!fs::exists(path)) return;
-  nlohmann::json g;
-  try {
-    g = nlohmann::json::parse(read_text_file(path.string()));
-  } catch (const nlohmann::json::exception& ex) {
-    throw Error(ErrorKind::CorruptFile, "'" + path.string() + "' is not valid JSON: " + ex.what());
-  }
+// A field's value, or `fallback` when it is absent or null (transformers reads null as unset).
+template <typename T>
+T field_or(const nlohmann::json& g, const char* key, T fallback) {
+  const auto it = g.find(key);
+  return it == g.end() || it->is_null() ? fallback : it->get<T>();
+}
+
+// The fields of generation_config.json that Hyprstream honours; absent ones keep their defaults. Throws
+// nlohmann's type_error for a field of the wrong type.
+void apply_generation_config(Engine& e, const nlohmann::json& g) {
   if (g.contains("eos_token_id")) {
     const auto& v = g["eos_token_id"];
     if (v.is_number_integer()) e.eos_ids.push_back(v.get<int32_t>());
@@ -60,15 +62,24 @@ void read_generation_config(Engine& e, const fs::path& path) {
       for (const auto& x : v) e.eos_ids.push_back(x.get<int32_t>());
   }
   SamplingParams& d = e.defaults;
-  if (g.contains("do_sample") && g["do_sample"].is_boolean() && !g["do_sample"].get<bool>()) {
-    d.temperature = 0.0f;
-    return;
+  if (field_or(g, "temperature", -1.0) >= 0) d.temperature = g["temperature"].get<float>();
+  if (field_or(g, "top_p", -1.0) > 0) d.top_p = g["top_p"].get<float>();
+  if (field_or(g, "top_k", -1) >= 0) d.top_k = g["top_k"].get<int32_t>();
+  if (field_or(g, "min_p", -1.0) >= 0) d.min_p = g["min_p"].get<float>();
+  if (field_or(g, "repetition_penalty", -1.0) > 0) d.repetition_penalty = g["repetition_penalty"].get<float>();
+  // do_sample false is greedy whatever the temperature says; the repetition penalty still applies, as it does
+  // in transformers' greedy search.
+  if (!field_or(g, "do_sample", true)) d.temperature = 0.0f;
+}
+
+void read_generation_config(Engine& e, const fs::path& path) {
+  if (!fs::exists(path)) return;
+  // A field of the wrong type (a string temperature, a number for do_sample) is the file's fault, not a bug.
+  try {
+    apply_generation_config(e, nlohmann::json::parse(read_text_file(path.string())));
+  } catch (const nlohmann::json::exception& ex) {
+    throw Error(ErrorKind::CorruptFile, "'" + path.string() + "' is not a valid generation config: " + ex.what());
   }
-  if (g.value("temperature", -1.0) >= 0) d.temperature = g["temperature"].get<float>();
-  if (g.value("top_p", -1.0) > 0) d.top_p = g["top_p"].get<float>();
-  if (g.value("top_k", -1) >= 0) d.top_k = g["top_k"].get<int32_t>();
-  if (g.value("min_p", -1.0) >= 0) d.min_p = g["min_p"].get<float>();
-  if (g.value("repetition_penalty", -1.0) > 0) d.repetition_penalty = g["repetition_penalty"].get<float>();
 }
 
 }  // namespace

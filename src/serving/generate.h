@@ -1,12 +1,16 @@
 #pragma once
-// Generation over a batch of prompts: one batched prefill (in chunks), then batched decode steps,
-// each row with its own sampling parameters, stop conditions and streaming callback. Torch-free header.
+// Requests, their token events and results, and generation in this process: generate() and generate_batch()
+// run the requests through a Scheduler of their own (serving/scheduler.h), the one generation path that the
+// server uses too. Torch-free header.
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/error.h"
 #include "serving/engine.h"
 #include "serving/sampling.h"
 
@@ -21,30 +25,45 @@ struct GenerationRequest {
   // newer published version never changes it midway; its update is scaled by adapter_scale.
   std::shared_ptr<const LoraWeights> adapter;
   double adapter_scale = 1.0;
+  std::string id;  // for logs; any string
 };
 
 struct TokenEvent {
   int32_t id = 0;
-  std::string text;  // whole UTF-8; may be empty while a character or a possible stop string is pending.
-                    // Streaming callers print result.text past what events carried when generation ends.
+  std::string text;  // whole UTF-8; may be empty while a character or a possible stop string is pending
   float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // sampling.top_logprobs alternatives
 };
 
 struct GenerationResult {
   std::vector<int32_t> ids;
   std::vector<float> logprobs;
-  std::string text;
-  std::string finish_reason;  // "stop" or "length"
+  std::string text;           // the whole text; `tail` is what no token event carried
+  std::string tail;
+  std::string finish_reason;  // "stop", "length", "cancelled" or "error"
+  std::optional<Error> error; // with "error": what failed, with its kind
   int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens whose KV came from the prefix cache
+  std::string adapter;        // name and version used; empty for the base model
+  uint64_t adapter_version = 0;
+  double queue_seconds = 0, first_token_seconds = 0, total_seconds = 0;  // from submission
 };
 
-// Called for each generated token of row `row`; returning false stops that row.
+// Called for each generated token of request `row`; returning false stops that request.
 using TokenCallback = std::function<bool(size_t row, const TokenEvent& event)>;
 
 struct GenerateOptions {
   int64_t prefill_chunk = 512;  // prompt tokens per forward during prefill
 };
 
+// Throws InvalidArgument / ContextOverflow for a request the engine cannot run: an empty prompt or one of
+// max_tokens_total tokens or more, token ids outside the vocabulary, bad sampling parameters.
+void validate_generation_request(const Engine& engine, const GenerationRequest& request, int64_t max_tokens_total);
+
+// The error for logits that stopped being finite: names the adapter and scale, or the model's weights.
+Error non_finite_logits_error(const GenerationRequest& request, size_t generated);
+
+// Runs the requests together and returns their results in order; throws the first request's error.
 std::vector<GenerationResult> generate_batch(const Engine& engine, const std::vector<GenerationRequest>& requests,
                                              const TokenCallback& on_token = {}, const GenerateOptions& options = {});
 

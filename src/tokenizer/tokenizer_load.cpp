@@ -4,7 +4,7 @@
 
 #include "common/error.h"
 #include "common/fs_util.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 

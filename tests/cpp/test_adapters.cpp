@@ -1,6 +1,7 @@
 // Sparse adapters: pattern, NanoVDB storage (round trip, damage, size), registry (versions, base model,
 // caches) and publishing under concurrent generation.
 #include <gtest/gtest.h>
+#include <nanovdb/NanoVDB.h>
 
 #include <atomic>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <set>
 #include <random>
 #include <thread>
+#include <tuple>
 
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
@@ -77,7 +79,8 @@ TEST(AdapterImage, WriteThenReadIsBitIdenticalAndMappedInPlace) {
   const TempDir tmp("roundtrip");
   const std::string& dir = tmp.path;
   for (AdapterCodec codec : {AdapterCodec::None, AdapterCodec::Zip, AdapterCodec::Blosc}) {
-    if (!adapter_codec_available(codec)) continue;
+    // scripts/bootstrap installs zlib and blosc: a build without them must fail here, not skip.
+    ASSERT_TRUE(adapter_codec_available(codec)) << adapter_codec_name(codec) << " was not found at configure time";
     const std::string path = dir + "/a_" + adapter_codec_name(codec) + ".hsl";
     img->write(path, codec);
     auto back = AdapterImage::open(path);
@@ -184,6 +187,72 @@ TEST(AdapterImage, Qwen3_1_7bAdapterIsAtLeast50xSmallerThanDense) {
               dense_bytes, file_bytes, dense_bytes / file_bytes, static_cast<long long>(layout.num_values()),
               AdapterImage::open(path)->image_bytes());
   EXPECT_GE(dense_bytes / file_bytes, 50.0);
+}
+
+// A written file's grid, read with NanoVDB's own tree and accessor (not our reader), puts entry (i, j) of global
+// tile g at the coordinates the README documents: leaf L = g / 8, slot s = g % 8, origin
+// (8 (L / 256), 8 ((L / 16) mod 16), 8 (L mod 16)), voxel origin + (s, i, j); a tile's 64 values contiguous
+// in its leaf, every leaf but the last full.
+TEST(AdapterImage, GridFollowsTheDocumentedCoordinateLayout) {
+  AdapterConfig cfg;  // the Qwen3-1.7B shape at sparsity 0.99 has over 256 leaves, so x = 8 (L / 256) varies
+  const TileLayout layout = random_tile_layout(qwen3_1_7b(), cfg);
+  const int64_t tiles = static_cast<int64_t>(layout.tiles.size());
+  ASSERT_GT(tiles, 8 * 256 + 8);
+  ASSERT_LT(layout.num_values(), int64_t{1} << 24);  // every index below is exact in float32
+  // Global tile order: tensors by layer, module, A before B; each tensor's tiles by row, then column.
+  for (size_t n = 1; n < layout.tensors.size(); ++n) {
+    const auto& a = layout.tensors[n - 1];
+    const auto& b = layout.tensors[n];
+    EXPECT_LT(std::make_tuple(a.layer, a.module, a.is_b), std::make_tuple(b.layer, b.module, b.is_b));
+    EXPECT_EQ(b.first_tile, a.first_tile + a.num_tiles);
+    for (int64_t k = b.first_tile + 1; k < b.first_tile + b.num_tiles; ++k)
+      EXPECT_LT(std::make_pair(layout.tiles[k - 1].row, layout.tiles[k - 1].col),
+                std::make_pair(layout.tiles[k].row, layout.tiles[k].col));
+  }
+  // Entry (i, j) of tile g holds g * 64 + 8 i + j, so a value names the place it was written for.
+  std::vector<float> values(layout.num_values());
+  for (size_t v = 0; v < values.size(); ++v) values[v] = static_cast<float>(v);
+  const TempDir tmp("coords");
+  const std::string path = tmp.path + "/a.hsl";
+  AdapterImage::build(layout, values.data())->write(path);
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t grid_offset = 0, grid_bytes = 0;
+  std::memcpy(&grid_offset, &bytes[40], 8);
+  std::memcpy(&grid_bytes, &bytes[48], 8);
+  ASSERT_EQ(grid_offset % 32, 0u);
+  ASSERT_EQ(grid_offset + grid_bytes, bytes.size());
+  std::unique_ptr<void, decltype(&std::free)> buffer(std::aligned_alloc(32, (grid_bytes + 31) / 32 * 32), &std::free);
+  std::memcpy(buffer.get(), bytes.data() + grid_offset, grid_bytes);
+  const auto* grid = static_cast<const nanovdb::NanoGrid<float>*>(buffer.get());
+  ASSERT_TRUE(grid->isValid());
+  using Leaf = nanovdb::NanoLeaf<float>;
+  EXPECT_EQ(grid->activeVoxelCount(), static_cast<uint64_t>(tiles * kTileValues));
+  EXPECT_EQ(grid->tree().nodeCount<Leaf>(), static_cast<uint32_t>((tiles + 7) / 8));
+  auto acc = grid->getAccessor();
+  const int64_t last = (tiles - 1) / 8;
+  for (int64_t g = 0; g < tiles; ++g) {
+    const int32_t L = static_cast<int32_t>(g / 8), s = static_cast<int32_t>(g % 8);
+    const nanovdb::Coord origin(8 * (L / 256), 8 * ((L / 16) % 16), 8 * (L % 16));
+    const Leaf* leaf = acc.probeLeaf(origin);
+    ASSERT_NE(leaf, nullptr) << "tile " << g;
+    ASSERT_EQ(leaf->origin(), origin) << "tile " << g;
+    const int64_t tiles_in_leaf = L < last ? 8 : tiles - 8 * last;
+    EXPECT_EQ(leaf->valueMask().countOn(), static_cast<uint32_t>(tiles_in_leaf * kTileValues)) << "leaf " << L;
+    for (int32_t i = 0; i < 8; ++i)
+      for (int32_t j = 0; j < 8; ++j) {
+        const nanovdb::Coord ijk = origin + nanovdb::Coord(s, i, j);
+        const float want = static_cast<float>(g * kTileValues + 8 * i + j);
+        ASSERT_TRUE(acc.isActive(ijk)) << "tile " << g << " entry " << i << "," << j;
+        ASSERT_EQ(acc.getValue(ijk), want) << "tile " << g << " entry " << i << "," << j;
+        ASSERT_EQ(leaf->getValue(static_cast<uint32_t>(64 * s + 8 * i + j)), want);  // contiguous, row-major
+      }
+  }
+  // Nothing beyond the last tile: the next slot (or the next leaf) holds no value.
+  const int64_t L = tiles / 8, s = tiles % 8;
+  const nanovdb::Coord next(static_cast<int32_t>(8 * (L / 256) + s), static_cast<int32_t>(8 * ((L / 16) % 16)),
+                            static_cast<int32_t>(8 * (L % 16)));
+  EXPECT_FALSE(acc.isActive(next));
 }
 
 class RegistryTest : public testing::Test {
@@ -386,6 +455,9 @@ TEST_F(RegistryTest, PublishingNeverTearsARunningGeneration) {
   std::printf("concurrent publish: %zu generations over %zu versions, %zu distinct outputs\n", seen.size(),
               reference.size(), distinct.size());
   EXPECT_GT(reference.size(), 1u);
+  // Every version seen generates its own tokens; otherwise a generation that used the wrong version could not be
+  // told from one that used its own.
+  EXPECT_EQ(distinct.size(), reference.size());
 }
 
 }  // namespace

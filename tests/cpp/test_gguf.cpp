@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "model/dequantize.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 
 namespace hs {
 

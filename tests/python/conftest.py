@@ -54,6 +54,24 @@ def default_model_path():
 
 
 @pytest.fixture(scope="session")
+def hf_gguf_tokenizer(default_model_path):
+    """transformers' tokenizer built from the bundled GGUF (seconds of gguf-py parsing), built once per session.
+    Shared: a test that changes it must change a copy."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(default_model_path.parent, gguf_file=default_model_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_model(default_model_path):
+    """transformers' fp32 model dequantised from the bundled GGUF (tens of seconds), loaded once per session.
+    Shared: tests must not change it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(default_model_path.parent, gguf_file=default_model_path.name,
+                                                dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
 def qwen_tok_dir():
     return qwen3_tokenizer_dir()
 

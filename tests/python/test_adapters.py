@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
 
 from conftest import create_adapter, run_cli, run_probe
 from tiny_models import build_tiny_model, prompt_of
@@ -92,7 +93,8 @@ def test_peft_adapter_imported_dense_matches_peft(tiny, tmp_path, rank, alpha, r
     peft_model.save_pretrained(peft_dir)
     adir = tmp_path / "adapters"
     out = json.loads(cli_ok("adapters", "import", "imported", peft_dir, "--model", folder, "--adapter-dir", adir))
-    assert out["density"] == 1.0 and out["rank"] == 16 if rank == 16 else out["rank"] == 8  # rank padded to 8
+    assert out["density"] == 1.0
+    assert out["rank"] == (16 if rank == 16 else 8)  # rank padded to a multiple of 8
     ids = prompt_of(24, 2)
     ours = probe_logits(folder, [ids], tmp_path, adir, ["imported"])[0]
     theirs = hf_logits(peft_model, ids)
@@ -130,22 +132,59 @@ def test_peft_import_sparsified_by_tile_magnitude(tiny, tmp_path):
                 assert groups[g][kept_g[g]].min() >= groups[g][~kept_g[g]].max()
 
 
-def test_mixed_batch_rows_match_running_alone(tiny, tmp_path):
+ROWS = ["a0", "a1", None, "a2", "a3", "a0", None, "a2", "a1", "a3"]
+SCALES = [1.0, 0.5, 1.0, 1.0, 2.0, 1.0, 1.0, -1.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(tiny, tmp_path_factory):
+    """Four adapters (two densities) and one batch of ten rows mixing them, no adapter and scales 0.5, 2, -1."""
     folder, _ = tiny
-    adir = tmp_path / "adapters"
+    tmp = tmp_path_factory.mktemp("mixed")
+    adir = tmp / "adapters"
     for i in range(4):
-        create_adapter(folder, adir, f"a{i}", tmp_path, seed=10 + i, sparsity=0.9 if i % 2 else 0.99)
-    rows = ["a0", "a1", None, "a2", "a3", "a0", None, "a2", "a1", "a3"]
-    scales = [1.0, 0.5, 1.0, 1.0, 2.0, 1.0, 1.0, -1.0, 1.0, 1.0]
-    prompts = [prompt_of(5 + 3 * i, 100 + i) for i in range(len(rows))]
-    conts = [prompt_of(4 + (i % 3), 200 + i) for i in range(len(rows))]
-    batched = probe_logits(folder, prompts, tmp_path, adir, rows, scales, conts, chunk=8)
-    for i, name in enumerate(rows):
-        alone = probe_logits(folder, [prompts[i]], tmp_path, adir, [name], [scales[i]], [conts[i]])[0]
+        create_adapter(folder, adir, f"a{i}", tmp, seed=10 + i, sparsity=0.9 if i % 2 else 0.99)
+    prompts = [prompt_of(5 + 3 * i, 100 + i) for i in range(len(ROWS))]
+    conts = [prompt_of(4 + (i % 3), 200 + i) for i in range(len(ROWS))]
+    batched = probe_logits(folder, prompts, tmp, adir, ROWS, SCALES, conts, chunk=8)
+    return adir, prompts, conts, batched
+
+
+def test_mixed_batch_rows_match_running_alone(tiny, mixed_batch, tmp_path):
+    folder, _ = tiny
+    adir, prompts, conts, batched = mixed_batch
+    for i, name in enumerate(ROWS):
+        alone = probe_logits(folder, [prompts[i]], tmp_path, adir, [name], [SCALES[i]], [conts[i]])[0]
         assert batched[i].shape == alone.shape
         assert np.abs(batched[i] - alone).max() < 1e-5, f"row {i} ({name})"
     base = probe_logits(folder, [prompts[0]], tmp_path, continuations=[conts[0]])[0]
     assert np.abs(batched[0] - base).max() > 0.05
+
+
+def test_mixed_batch_scaled_rows_match_peft_with_the_scaled_adapter(tiny, mixed_batch, tmp_path):
+    """Rows at scales 0.5, 2 and -1 against PEFT loading our export with B multiplied by the scale (the forward
+    adds alpha/rank * scale * B A x), and the rows without an adapter against the base model."""
+    folder, model = tiny
+    adir, prompts, conts, batched = mixed_batch
+    checked = set()
+    for i, (name, scale) in enumerate(zip(ROWS, SCALES)):
+        ids = prompts[i] + conts[i]
+        if name is None:
+            assert np.abs(batched[i] - hf_logits(model, ids)).max() < TOL, f"row {i} (no adapter)"
+            continue
+        if scale == 1.0:
+            continue
+        peft_dir = tmp_path / f"{name}-x{scale}"
+        cli_ok("adapters", "export", name, peft_dir, "--adapter-dir", adir)
+        weights = load_torch(peft_dir / "adapter_model.safetensors")
+        scaled = {k: v * scale if ".lora_B." in k else v for k, v in weights.items()}
+        save_torch(scaled, peft_dir / "adapter_model.safetensors")
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir).eval()
+        theirs = hf_logits(peft_model, ids)
+        assert np.abs(theirs - hf_logits(model, ids)).max() > 0.05, "the scaled adapter should change the logits"
+        assert np.abs(batched[i] - theirs).max() < TOL, f"row {i} ({name} at scale {scale})"
+        checked.add(scale)
+    assert checked == {0.5, 2.0, -1.0}
 
 
 def test_adapter_files_refuse_damage_and_keep_previous_version(default_model_path, tmp_path):

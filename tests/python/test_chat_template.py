@@ -19,8 +19,11 @@ CONVERSATIONS = [
 
 
 def render(model, tmp_path, **kw):
-    return run_probe({"mode": "chat", "model": str(model), "conversations": CONVERSATIONS, **kw},
-                     tmp_path)["rendered"]
+    rendered = run_probe({"mode": "chat", "model": str(model), "conversations": CONVERSATIONS, **kw},
+                         tmp_path)["rendered"]
+    # One rendering per conversation, each non-empty: comparing them pairwise must not pass on nothing.
+    assert len(rendered) == len(CONVERSATIONS) and all(rendered)
+    return rendered
 
 
 @pytest.mark.parametrize("enable_thinking", [True, False])
@@ -32,8 +35,8 @@ def test_qwen3_template(qwen_tok_dir, tmp_path, enable_thinking):
         assert got == ref
 
 
-def test_smollm2_template(default_model_path, tmp_path):
-    hf = AutoTokenizer.from_pretrained(default_model_path.parent, gguf_file=default_model_path.name)
+def test_smollm2_template(default_model_path, hf_gguf_tokenizer, tmp_path):
+    hf = hf_gguf_tokenizer
     ours = render(default_model_path, tmp_path)
     for conv, got in zip(CONVERSATIONS, ours):
         assert got == hf.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
@@ -41,7 +44,7 @@ def test_smollm2_template(default_model_path, tmp_path):
     assert "You are a helpful AI assistant named SmolLM" not in ours[1]
 
 
-def test_template_without_generation_prompt(default_model_path, tmp_path):
-    hf = AutoTokenizer.from_pretrained(default_model_path.parent, gguf_file=default_model_path.name)
+def test_template_without_generation_prompt(default_model_path, hf_gguf_tokenizer, tmp_path):
+    hf = hf_gguf_tokenizer
     ours = render(default_model_path, tmp_path, add_generation_prompt=False)
     assert ours[2] == hf.apply_chat_template(CONVERSATIONS[2], tokenize=False, add_generation_prompt=False)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader
-from transformers import AutoModelForCausalLM
 
 from conftest import run_cli
 
@@ -30,15 +29,14 @@ def test_info_reports_the_gguf_shape(default_model_path):
     assert info["dtype"] == "float32"
 
 
-def test_generate_json_streams_tokens_with_logprobs(default_model_path):
+def test_generate_json_streams_tokens_with_logprobs(hf_gguf_model):
     tokens, final = generate_json("--prompt", "The three primary colours are", "--temperature", "0",
                                   "--max-tokens", "12")
     assert len(tokens) == final["completion_tokens"] == 12
     assert final["finish_reason"] == "length"
     assert "".join(t["text"] for t in tokens) == final["text"]
     # Each logprob is log softmax of the model's logits: check against transformers on the same GGUF.
-    model = AutoModelForCausalLM.from_pretrained(default_model_path.parent, gguf_file=default_model_path.name,
-                                                 dtype=torch.float32).eval()
+    model = hf_gguf_model
     prompt = json.loads(run_cli("tokenize", "--model", "default", "--text", "The three primary colours are",
                                 "--json").stdout)["ids"]
     ids = prompt + [t["id"] for t in tokens]

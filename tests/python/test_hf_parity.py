@@ -93,6 +93,8 @@ def test_sharded_bf16_checkpoint_loads_as_fp32(tmp_path):
 
 
 def test_bfloat16_compute_tracks_transformers(tiny, tmp_path):
+    """Our bf16 logits are closer to transformers' bf16 than transformers' own fp32 is, and far from fp32:
+    a run that silently computed in fp32 sits on HF fp32 (1e-5 away) and fails both comparisons."""
     name, folder, model = tiny
     prompt = prompt_of(32, 4)
     out = tmp_path / "bf16.safetensors"
@@ -100,6 +102,12 @@ def test_bfloat16_compute_tracks_transformers(tiny, tmp_path):
               tmp_path)
     ours = load_file(str(out))["logits.0"]
     ref = hf_logits(copy.deepcopy(model).to(torch.bfloat16), prompt)
-    diff = np.abs(ours - ref).max()
-    print(f"{name}: bf16 max |logit diff| = {diff:.2e}")
-    assert diff <= 0.05 * max(1.0, float(np.abs(ref).max()))
+    fp32 = hf_logits(model, prompt)
+    mean = lambda a, b: float(np.abs(a - b).mean())
+    gap = mean(fp32, ref)  # what bf16 rounding alone moves the logits, on average
+    print(f"{name}: bf16 mean |ours - HF bf16| = {mean(ours, ref):.2e}, |HF fp32 - HF bf16| = {gap:.2e}, "
+          f"|ours - HF fp32| = {mean(ours, fp32):.2e}, max |ours - HF bf16| = {np.abs(ours - ref).max():.2e}")
+    # Measured on these models: ours is 0.53-0.76 of the gap from HF bf16, and 0.97-1.06 of it from HF fp32.
+    assert mean(ours, ref) <= 0.85 * gap
+    assert mean(ours, fp32) >= 0.5 * gap
+    assert np.abs(ours - ref).max() <= 0.06  # 0.023-0.049 measured; the fp32-vs-bf16 gap is 0.036-0.079

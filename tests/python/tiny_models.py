@@ -1,4 +1,6 @@
 """Tiny random Qwen3 and Llama models, saved by transformers as our loader expects to find them."""
+import json
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -44,19 +46,28 @@ def prompt_of(length, seed):
     return torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def add_tiny_tokenizer(folder):
+# The ChatML template of Hugging Face's chat-templating guide, without a default system prompt.
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                   "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                   "{% endif %}")
+
+
+def add_tiny_tokenizer(folder, chat=False):
     """A byte-level BPE tokenizer of VOCAB ids trained by HF `tokenizers`, saved beside a tiny model, so the
-    model can be trained from text events. Its end-of-text token is the EOS."""
+    model can be trained from text events. Its end-of-text token is the EOS; with chat, it has ChatML's
+    special tokens and template, and <|im_end|> is the EOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = ["the quick brown fox jumps over the lazy dog", "online learning of sparse adapters",
               "every event is applied exactly once", "questions and answers about invented places"] * 20
     tok.train_from_iterator(corpus, trainer)
     assert tok.get_vocab_size() <= VOCAB
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+    config = {"eos_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE} if chat else {"eos_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return tok

@@ -1,6 +1,6 @@
 // Test probe: runs engine internals on a JSON request (argv[1]) and writes results for pytest to compare
 // against Hugging Face references. Modes: logits (optionally with per-row adapters), generate, tokenize, chat,
-// dequantize, adapter_create, lora_grad, adamw.
+// event_targets, dequantize, adapter_create, lora_grad, adamw, sample.
 #include <fstream>
 #include <random>
 #include <iostream>
@@ -10,11 +10,12 @@
 #include "adapters/registry.h"
 #include "common/error.h"
 #include "learning/adamw.h"
+#include "learning/events.h"
 #include "learning/lora_gradients.h"
 #include "common/fs_util.h"
 #include "model/dequantize.h"
 #include "model/forward.h"
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 #include "model/load.h"
 #include "model/safetensors_file.h"
 #include "serving/generate.h"
@@ -141,6 +142,30 @@ void run_chat(const json& req) {
   std::cout << json{{"rendered", out}}.dump() << "\n";
 }
 
+// Each of "events" (JSON texts) parsed as the trainer parses learning events: its tokens and which are loss
+// targets, or the error that refuses it.
+void run_event_targets(const json& req) {
+  auto tok = hs::load_tokenizer(req.at("model"));
+  if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
+  std::unique_ptr<hs::ChatTemplate> chat;
+  if (!tok->chat_template.empty()) chat = std::make_unique<hs::ChatTemplate>(hs::detect_chat_template(tok->chat_template));
+  hs::EventContext ctx;
+  ctx.domain = "probe";
+  ctx.tokenizer = tok.get();
+  ctx.chat = chat.get();
+  ctx.context_length = int64_t{1} << 20;
+  json out = json::array();
+  for (const auto& text : req.at("events")) {
+    try {
+      const hs::LearningEvent ev = hs::parse_learning_event(text.get<std::string>(), ctx);
+      out.push_back({{"tokens", ev.example.tokens}, {"targets", ev.example.is_target}});
+    } catch (const hs::Error& e) {
+      out.push_back({{"error", e.what()}});
+    }
+  }
+  std::cout << json{{"examples", out}}.dump() << "\n";
+}
+
 void run_dequantize(const json& req) {
   hs::GgufFile g = hs::read_gguf(req.at("gguf"));
   NamedTensors named;
@@ -253,6 +278,38 @@ void run_adamw(const json& req) {
   std::cout << json{{"losses", losses}, {"state_values", state.m.size()}}.dump() << "\n";
 }
 
+// One sampling case: "draws" tokens from sample_next on fresh copies of "logits" with "params" and "history"
+// (for the repetition penalty), one generator seeded with "seed" as a generation uses it. Returns the count of
+// every token id and the logits as the first call left them (the repetition penalty is applied in place).
+json sample_case(const json& c) {
+  const auto logits = c.at("logits").get<std::vector<float>>();
+  const auto history = c.value("history", std::vector<int32_t>{});
+  const json& q = c.at("params");
+  hs::SamplingParams p;
+  p.temperature = q.value("temperature", p.temperature);
+  p.top_k = q.value("top_k", p.top_k);
+  p.top_p = q.value("top_p", p.top_p);
+  p.min_p = q.value("min_p", p.min_p);
+  p.repetition_penalty = q.value("repetition_penalty", p.repetition_penalty);
+  hs::validate_sampling(p);
+  std::mt19937_64 rng(c.at("seed").get<uint64_t>());
+  std::vector<int64_t> counts(logits.size(), 0);
+  std::vector<float> processed;
+  for (int64_t d = 0; d < c.at("draws").get<int64_t>(); ++d) {
+    std::vector<float> l = logits;
+    counts[hs::sample_next(l, p, history, rng)] += 1;
+    if (d == 0) processed = l;
+  }
+  return {{"counts", counts}, {"processed", processed}};
+}
+
+// Every case of "cases" in one process (a process start costs more than the draws).
+void run_sample(const json& req) {
+  json results = json::array();
+  for (const auto& c : req.at("cases")) results.push_back(sample_case(c));
+  std::cout << json{{"results", results}}.dump() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -267,10 +324,12 @@ int main(int argc, char** argv) {
     else if (mode == "generate") run_generate(req);
     else if (mode == "tokenize") run_tokenize(req);
     else if (mode == "chat") run_chat(req);
+    else if (mode == "event_targets") run_event_targets(req);
     else if (mode == "dequantize") run_dequantize(req);
     else if (mode == "adapter_create") run_adapter_create(req);
     else if (mode == "lora_grad") run_lora_grad(req);
     else if (mode == "adamw") run_adamw(req);
+    else if (mode == "sample") run_sample(req);
     else throw hs::Error(hs::ErrorKind::InvalidArgument, "unknown mode " + mode);
     return 0;
   } catch (const std::exception& e) {

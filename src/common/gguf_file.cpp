@@ -1,4 +1,4 @@
-#include "model/gguf_file.h"
+#include "common/gguf_file.h"
 
 #include <cstring>
 

@@ -1,0 +1,90 @@
+#include "api/server/api_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio.hpp>
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "api/server/routes.h"
+#include "common/metrics.h"
+#include "serving/service.h"
+
+namespace hs::api {
+
+namespace {
+
+namespace net = boost::asio;
+
+// The id of the base model in /v1/models: the configured name, else the model file's (or folder's) name.
+std::string model_id(const ServerConfig& c, const Engine& engine) {
+  if (!c.model_name.empty()) return c.model_name;
+  std::filesystem::path p(engine.path);
+  if (p.filename().empty()) p = p.parent_path();
+  std::string name = p.filename().string();
+  if (p.extension() == ".gguf") name = p.stem().string();
+  return name.empty() ? "hyprstream" : name;
+}
+
+// SIGTERM / SIGINT: stop accepting, drain the engine (running requests finish, waiting ones are refused),
+// stop the trainers (they checkpoint), then stop the I/O threads.
+void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, Service& service) {
+  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+    if (ec) return;
+    spdlog::info("signal {}: draining (running requests finish, trainers checkpoint)", signal);
+    server.stop_accepting();
+    std::thread([&io, &service, &server] {
+      service.shutdown();
+      // The last tokens of the streams that just finished are still being written: give them time.
+      for (int i = 0; i < 200 && server.pending_responses() > 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      spdlog::info("stopped");
+      io.stop();
+    }).detach();
+  });
+}
+
+}  // namespace
+
+int run_api_server(const ServerConfig& config) {
+  validate_server_config(config);
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  MetricsRegistry metrics;
+  ServiceOptions options = config.service;
+  if (options.adapters.root.empty()) options.adapters.root = default_adapter_root();
+  spdlog::info("loading model {}", options.engine.model);
+  Service service(options, &metrics);
+
+  net::io_context io;
+  net::thread_pool blocking(4);
+  ApiContext ctx{service, metrics};
+  ctx.rejected = &metrics.counter("hyprstream_rejected_requests_total", "Requests refused before running, by reason");
+  ctx.http_requests = &metrics.counter("hyprstream_http_requests_total", "HTTP answers, by route and status");
+  ctx.model_name = model_id(config, service.engine());
+  ctx.blocking = &blocking;
+
+  http::Router router;
+  add_openai_routes(ctx, router);
+  add_native_routes(ctx, router);
+  add_adapter_routes(ctx, router);
+  add_event_stream(ctx, router);
+  http::Server server(io, config.host, config.port, config.limits, router,
+                      [&ctx](const std::string& reason) { ctx.rejected->add(1, {{"reason", reason}}); });
+  net::signal_set signals(io, SIGINT, SIGTERM);
+  on_signals(signals, io, server, service);
+  spdlog::info("serving {} on http://{}:{} (adapters in {})", ctx.model_name, config.host, server.port(),
+               options.adapters.root);
+  std::cout << "hyprstream: listening on http://" << config.host << ":" << server.port() << std::endl;
+
+  std::vector<std::thread> threads;
+  for (int i = 1; i < config.threads; ++i) threads.emplace_back([&io] { io.run(); });
+  io.run();
+  for (auto& t : threads) t.join();
+  blocking.join();
+  return 0;
+}
+
+}  // namespace hs::api

@@ -1,0 +1,52 @@
+#pragma once
+// Keys and values of prompt prefixes, kept by whole blocks, so that requests sharing a prefix (a system
+// prompt, a few-shot header) copy its KV instead of computing it again.
+//
+// A block's key chains the previous block's key with its own tokens, starting from a seed that names what
+// the KV depends on besides the tokens: the adapter's exact values (name@version#crc) and its scale. KV is
+// therefore never reused across adapter versions. Blocks live in one pool allocated at start and are evicted
+// least recently used first. Owned by the engine thread; not thread-safe.
+#include <cstdint>
+#include <list>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "model/forward.h"
+
+namespace hs {
+
+class PrefixCache {
+ public:
+  // capacity_tokens / block_tokens blocks; a capacity of 0 disables the cache.
+  PrefixCache(const Model& model, int64_t block_tokens, int64_t capacity_tokens);
+
+  // Copies the longest cached prefix of `prompt` into positions [0, n) of `slot` and returns n, a multiple
+  // of the block size that leaves at least the prompt's last token to compute.
+  int64_t load(const std::string& seed, const std::vector<int32_t>& prompt, KvCache& cache, int64_t slot);
+  // Keeps the whole blocks of prompt[0, computed) that `slot` now holds.
+  void store(const std::string& seed, const std::vector<int32_t>& prompt, int64_t computed, const KvCache& cache,
+             int64_t slot);
+
+  int64_t block_tokens() const { return block_; }
+  int64_t capacity_blocks() const { return capacity_; }
+  int64_t used_blocks() const { return static_cast<int64_t>(entries_.size()); }
+
+ private:
+  struct Entry {
+    uint64_t parent = 0;
+    std::vector<int32_t> tokens;
+    int64_t index = 0;  // in the pool
+    std::list<uint64_t>::iterator lru;
+  };
+  const Entry* find(uint64_t parent, const int32_t* tokens, uint64_t* key);
+  int64_t take_index();
+
+  int64_t block_ = 0, capacity_ = 0;
+  at::Tensor k_, v_;  // [capacity, layers, block, kv_heads, head_dim]
+  std::unordered_map<uint64_t, Entry> entries_;
+  std::list<uint64_t> lru_;      // most recently used first
+  std::vector<int64_t> free_;    // unused pool indices
+};
+
+}  // namespace hs

@@ -1,0 +1,133 @@
+#include "serving/service.h"
+
+#include "adapters/lora_weights.h"
+#include "common/metrics.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hs {
+
+Service::Service(ServiceOptions options, MetricsRegistry* metrics) : options_(std::move(options)) {
+  engine_ = load_engine(options_.engine);
+  require_tokenizer(engine_);
+  registry_ = std::make_unique<AdapterRegistry>(options_.adapters, engine_.model);
+  scheduler_ = std::make_unique<Scheduler>(engine_, options_.scheduler, metrics);
+  validate_trainer_options(options_.learning);
+  options_.learning.compute = [this](const std::function<void()>& work) { scheduler_->run_compute(work); };
+  if (metrics) {
+    events_applied_ = &metrics->counter("hyprstream_trainer_events_applied_total", "Learning events applied, by domain");
+    train_loss_ = &metrics->gauge("hyprstream_trainer_loss", "Mean target-token loss of the last batch, by domain");
+    train_version_ = &metrics->gauge("hyprstream_trainer_version", "Adapter version last published, by domain");
+    update_ms_ = &metrics->gauge("hyprstream_trainer_update_ms", "Time to apply the last batch, by domain");
+    queue_depth_ = &metrics->gauge("hyprstream_trainer_queue_depth", "Events waiting to be applied, by domain");
+  }
+}
+
+Service::~Service() { shutdown(); }
+
+std::shared_ptr<const LoraWeights> Service::adapter(const std::string& name, uint64_t version) {
+  return registry_->weights(*registry_->acquire(name, version));
+}
+
+TrainerCallbacks Service::callbacks(const std::string& domain) {
+  TrainerCallbacks cb;
+  cb.on_durable = [this, domain](const std::vector<std::string>& ids, uint64_t seq) {
+    notify(DomainEvent{DomainEvent::Kind::Durable, domain, seq, ids, std::nullopt, std::nullopt});
+  };
+  cb.on_applied = [this, domain](const BatchReport& r) {
+    if (events_applied_) {
+      const Labels l = {{"domain", domain}};
+      events_applied_->add(static_cast<double>(r.ids.size()), l);
+      if (r.examples > 0) train_loss_->set(r.loss, l);
+      train_version_->set(static_cast<double>(r.version), l);
+      update_ms_->set(r.update_ms, l);
+    }
+    notify(DomainEvent{DomainEvent::Kind::Applied, domain, r.seq, r.ids, r, std::nullopt});
+  };
+  cb.on_quarantined = [this, domain](const QuarantinedBatch& q) {
+    notify(DomainEvent{DomainEvent::Kind::Quarantined, domain, q.seq, q.ids, std::nullopt, q});
+  };
+  return cb;
+}
+
+DomainTrainer& Service::trainer(const std::string& domain) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_) throw Error(ErrorKind::Busy, "the server is shutting down");
+  auto it = trainers_.find(domain);
+  if (it != trainers_.end()) return *it->second;
+  validate_adapter_name(domain);
+  auto t = std::make_unique<DomainTrainer>(*registry_, engine_.model, engine_.tokenizer, domain, options_.learning,
+                                           callbacks(domain));
+  return *(trainers_[domain] = std::move(t));
+}
+
+std::optional<TrainerStats> Service::trainer_stats(const std::string& domain) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = trainers_.find(domain);
+  if (it == trainers_.end()) return std::nullopt;
+  return it->second->stats();
+}
+
+std::map<std::string, TrainerStats> Service::all_trainer_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, TrainerStats> out;
+  for (const auto& [domain, t] : trainers_) out[domain] = t->stats();
+  return out;
+}
+
+void Service::refresh_trainer_metrics() {
+  if (!queue_depth_) return;
+  for (const auto& [domain, s] : all_trainer_stats())
+    queue_depth_->set(static_cast<double>(s.queue_depth), {{"domain", domain}});
+}
+
+void Service::stop_trainer(const std::string& domain) {
+  std::unique_ptr<DomainTrainer> t;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = trainers_.find(domain);
+    if (it == trainers_.end()) return;
+    t = std::move(it->second);
+    trainers_.erase(it);
+  }
+  t->stop();  // outside the lock: it finishes its queue (on the engine thread) and checkpoints
+}
+
+uint64_t Service::subscribe(const std::string& domain, std::function<void(const DomainEvent&)> listener) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_[next_listener_] = {domain, std::move(listener)};
+  return next_listener_++;
+}
+
+void Service::unsubscribe(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_.erase(id);
+}
+
+void Service::notify(const DomainEvent& event) {
+  std::vector<std::function<void(const DomainEvent&)>> targets;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, l] : listeners_)
+      if (l.first.empty() || l.first == event.domain) targets.push_back(l.second);
+  }
+  for (const auto& f : targets) f(event);
+}
+
+void Service::shutdown() {
+  std::map<std::string, std::unique_ptr<DomainTrainer>> trainers;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  draining_ = true;
+  scheduler_->drain();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    trainers.swap(trainers_);
+  }
+  for (auto& [domain, t] : trainers) t->stop();  // the engine thread still runs their last steps
+  scheduler_->stop();
+}
+
+}  // namespace hs
