@@ -86,7 +86,9 @@ def stream_completion(port, body, timeout=1800):
             return {"error": f"HTTP {r.status}: {r.read()[:200]!r}"}
         for raw in r:
             line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            if line == b"data: [DONE]":
+                break  # a keep-alive connection stays open after the stream
+            if not line.startswith(b"data: "):
                 continue
             ev = json.loads(line[6:])
             usage = ev.get("usage") or usage
@@ -224,6 +226,8 @@ def learn_to_serve(port, args):
         first, used = None, None
         for raw in c.getresponse():
             line = raw.strip()
+            if line == b"data: [DONE]":
+                break
             if line.startswith(b"data: {"):
                 ev = json.loads(line[6:])
                 if first is None and any(ch.get("text") for ch in ev.get("choices", [])):

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/peft.h"
+#include "api/server/views.h"
 #include "adapters/registry.h"
 #include "cli/commands.h"
 #include "common/error.h"
@@ -58,21 +59,7 @@ std::vector<std::pair<std::string, CLI::App*>> add_adapter_commands(CLI::App& ap
   return out;
 }
 
-namespace {
-
-nlohmann::json summary(const AdapterManifest& m) {
-  const AdapterVersionInfo* v = m.find(m.current);
-  std::vector<std::string> targets;
-  for (LoraModule t : m.config.targets) targets.push_back(lora_module_name(t));
-  const double density = m.dense_values ? static_cast<double>(v->active_values) / m.dense_values : 0;
-  return {{"name", m.name},        {"version", m.current},          {"versions", m.versions.size()},
-          {"rank", m.config.rank}, {"alpha", m.config.alpha},       {"sparsity", m.config.sparsity},
-          {"targets", targets},    {"active_values", v->active_values}, {"density", density},
-          {"bytes", v->bytes},     {"base_model", m.base_fingerprint}, {"events", v->events},
-          {"created", v->created}};
-}
-
-}  // namespace
+using api::adapter_json;
 
 int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterFlags& a, const AdapterAdminFlags& f) {
   RegistryOptions opts{a.dir};
@@ -97,7 +84,7 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
       ImportedAdapter imp = import_peft(f.folder, *e.model, f.import_sparsity.value_or(0.0));
       m = registry.create(f.name, imp.config, imp.layout, imp.values);
     }
-    std::cout << summary(m).dump() << "\n";
+    std::cout << adapter_json(m).dump() << "\n";
     return 0;
   }
   AdapterRegistry registry(opts, nullptr);
@@ -107,7 +94,7 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
     if (f.json) {
       nlohmann::json j = nlohmann::json::array();
       for (const auto& a : all)
-        j.push_back(a.manifest ? summary(*a.manifest)
+        j.push_back(a.manifest ? adapter_json(*a.manifest)
                                : nlohmann::json{{"name", a.name}, {"error", utf8_escape_invalid(a.error)}});
       std::cout << j.dump() << "\n";
     } else {
@@ -117,7 +104,7 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
           continue;
         }
         const AdapterManifest& m = *a.manifest;
-        const auto s = summary(m);
+        const auto s = adapter_json(m);
         std::cout << m.name << "  v" << m.current << "  rank " << m.config.rank << "  density "
                   << s["density"].get<double>() << "  " << s["bytes"].get<uint64_t>() << " bytes\n";
       }
@@ -127,9 +114,10 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
     if (f.json) {
       std::cout << manifest_to_json(m);
     } else {
-      const nlohmann::json s = summary(m);
-      for (auto& [k, v] : s.items()) std::cout << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
-      for (const auto& v : m.versions)
+      const nlohmann::json s = adapter_json(m);
+      for (auto& [k, v] : s.items())
+        if (k != "versions") std::cout << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
+      for (const auto& v : m.versions)  // the versions, one per line
         std::cout << "  v" << v.version << (v.version == m.current ? " (current)" : "") << "  parent v" << v.parent
                   << "  " << v.created << "  " << v.bytes << " bytes  events " << v.events << "\n";
     }
@@ -137,7 +125,7 @@ int run_adapters(const std::string& action, const ModelFlags& mf, const AdapterF
     registry.remove(f.name);
   } else if (action == "rollback") {
     AdapterManifest m = registry.rollback(f.name, f.version);
-    std::cout << summary(m).dump() << "\n";
+    std::cout << adapter_json(m).dump() << "\n";
   } else if (action == "export") {
     auto snap = registry.acquire(f.name, f.version);
     export_peft(*snap, f.folder, registry.manifest(f.name).base_model);

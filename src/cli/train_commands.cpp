@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "adapters/registry.h"
+#include "api/server/views.h"
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/utf8.h"
@@ -85,31 +86,6 @@ CLI::App* add_train_command(CLI::App& app, ModelFlags& m, AdapterFlags& a, Train
 
 namespace {
 
-nlohmann::json stats_json(const TrainerStats& s) {
-  nlohmann::json j = {{"domain", s.domain},
-                      {"version", s.version},
-                      {"accepted", s.accepted},
-                      {"duplicates", s.duplicates},
-                      {"rejected", s.rejected},
-                      {"busy", s.busy},
-                      {"queue_depth", s.queue_depth},
-                      {"batches", s.totals.batches},
-                      {"events_applied", s.totals.events_applied},
-                      {"examples", s.totals.examples},
-                      {"gradients", s.totals.gradients},
-                      {"steps", s.totals.steps},
-                      {"tokens_trained", s.totals.tokens_trained},
-                      {"replayed_batches", s.replayed_batches},
-                      {"quarantined_batches", s.quarantined_batches},
-                      {"quarantined_events", s.quarantined_events},
-                      {"last_quarantine_reason", s.last_quarantine_reason},
-                      {"last_loss", s.last_loss},
-                      {"update_ms_p50", s.update_ms_p50},
-                      {"update_ms_p99", s.update_ms_p99},
-                      {"log_bytes", s.log_bytes}};
-  if (s.epsilon > 0) j["privacy"] = {{"epsilon", s.epsilon}, {"delta", s.delta}};
-  return j;
-}
 
 size_t count_lines(const std::string& path) {
   std::ifstream in(path);
@@ -229,7 +205,7 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (bar) std::fprintf(stderr, "\n");
   if (t.json) {
-    nlohmann::json j = stats_json(s);
+    nlohmann::json j = api::trainer_stats_json(s);
     j["event"] = "done";
     j["seconds"] = secs;
     std::cout << j.dump() << std::endl;

@@ -12,11 +12,11 @@ namespace hs {
 // Device-side indices of a SlotStep, built once per step and shared by every layer.
 struct SlotAttention {
   at::Tensor write_slot, write_pos;  // [N]: where each token's keys and values go
-  // Rows of one token (decodes) attend together: one query per cache slot (zeros where a slot has no such
-  // row), keys masked beyond each slot's length.
-  at::Tensor one_token, one_slot;    // [R1]: the token index and slot of each such row
-  at::Tensor one_mask;               // [S, 1, 1, extent]
-  int64_t one_extent = 0;
+  // Rows of one token (decodes) attend together over the slots [one_first, one_first + one_slots): one query
+  // per slot (zeros where a slot has no such row), keys masked beyond each slot's length.
+  at::Tensor one_token, one_slot;    // [R1]: the token index and slot (from one_first) of each such row
+  at::Tensor one_mask;               // [one_slots, 1, 1, extent]
+  int64_t one_first = 0, one_slots = 0, one_extent = 0;
   // Rows of several tokens (prefill chunks) attend one at a time, causally from their start position.
   struct Chunk {
     int64_t first_token, len, slot, start;
@@ -78,16 +78,14 @@ at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora
   return at::addmm(y.reshape({-1, out}), u, b.t()).view(y.sizes());
 }
 
-// RoPE tables as transformers computes them (float32 positions times float32 inverse frequencies), cast to the
-// model's dtype: [B, T, 1, head_dim] each.
+// RoPE rows at positions pos ([B, T] int64): [B, T, 1, head_dim] each. Padding tokens may sit past the
+// context; their rows are clamped (their results are never read).
 std::pair<at::Tensor, at::Tensor> rope_tables(const Model& model, const at::Tensor& pos) {
-  const ModelConfig& c = model.config;
-  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
-  at::Tensor inv_freq =
-      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
-  at::Tensor freqs = pos.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);
-  return {emb.cos().to(model.dtype).unsqueeze(2), emb.sin().to(model.dtype).unsqueeze(2)};
+  const at::Tensor flat = pos.reshape({-1}).clamp(0, model.rope_cos.size(0) - 1);
+  auto rows = [&](const at::Tensor& table) {
+    return table.index_select(0, flat).view({pos.size(0), pos.size(1), 1, table.size(1)});
+  };
+  return {rows(model.rope_cos), rows(model.rope_sin)};
 }
 
 // Attention of a token-major step: q [1, N, H, D], k and v [1, N, KVH, D]; returns [1, H, N, D].
@@ -97,14 +95,16 @@ at::Tensor attend_slots(int64_t layer, const at::Tensor& q, const at::Tensor& k,
   cache.v[layer].index_put_({a.write_slot, a.write_pos}, v[0]);
   at::Tensor out = at::empty_like(q[0]);  // [N, H, D]
   if (a.one_token.defined()) {
-    const int64_t S = cache.rows, H = q.size(2), D = q.size(3);
-    at::Tensor queries = at::zeros({S, H, 1, D}, q.options());
-    queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token).unsqueeze(2));
-    at::Tensor keys = cache.k[layer].narrow(1, 0, a.one_extent).transpose(1, 2);  // [S, KVH, L, D]
-    at::Tensor values = cache.v[layer].narrow(1, 0, a.one_extent).transpose(1, 2);
-    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, a.one_mask, 0.0, false, scale,
-                                                    /*enable_gqa=*/true);  // [S, H, 1, D]
-    out.index_copy_(0, a.one_token, o.index_select(0, a.one_slot).squeeze(2));
+    // The query heads sharing a key head are that head's "sequence" of queries (one token each, so no causal
+    // order among them): grouped-query attention without copying keys and values per query head.
+    const int64_t S = a.one_slots, H = q.size(2), D = q.size(3), KVH = cache.k[layer].size(2);
+    at::Tensor queries = at::zeros({S, H, D}, q.options());
+    queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token));
+    at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
+    at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
+    at::Tensor o = at::scaled_dot_product_attention(queries.view({S, KVH, H / KVH, D}), keys, values, a.one_mask, 0.0,
+                                                    false, scale);  // [S, KVH, H / KVH, D]
+    out.index_copy_(0, a.one_token, o.reshape({S, H, D}).index_select(0, a.one_slot));
   }
   for (const SlotAttention::Chunk& c : a.chunks) {
     at::Tensor queries = q[0].narrow(0, c.first_token, c.len).transpose(0, 1).unsqueeze(0);  // [1, H, len, D]
@@ -175,6 +175,17 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
     for (int64_t t = 0; t < n_new[b]; ++t) tokens[b * T + t] = prompts[b][offset + t];
   }
   return make_step(tokens, T, start, n_new, device, all_logits);
+}
+
+void build_rope_tables(Model& model) {
+  const ModelConfig& c = model.config;
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
+  at::Tensor inv_freq =
+      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
+  at::Tensor freqs = at::arange(c.context_length, i64).to(at::kFloat).unsqueeze(-1) * inv_freq;  // [ctx, D/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  model.rope_cos = emb.cos().to(model.dtype);
+  model.rope_sin = emb.sin().to(model.dtype);
 }
 
 LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
@@ -277,10 +288,13 @@ SlotAttention slot_attention(const Model& model, const KvCache& cache, const Slo
   a.write_slot = at::tensor(write_slot, i64).to(dev);
   a.write_pos = at::tensor(positions, i64).to(dev);
   if (!one_token.empty()) {
+    a.one_first = *std::min_element(one_slot.begin(), one_slot.end());
+    a.one_slots = *std::max_element(one_slot.begin(), one_slot.end()) - a.one_first + 1;
+    for (int64_t& s : one_slot) s -= a.one_first;
     a.one_token = at::tensor(one_token, i64).to(dev);
     a.one_slot = at::tensor(one_slot, i64).to(dev);
-    a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) <
-                  at::tensor(slot_len, i64).view({-1, 1, 1, 1})).to(dev);
+    std::vector<int64_t> lens(slot_len.begin() + a.one_first, slot_len.begin() + a.one_first + a.one_slots);
+    a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) < at::tensor(lens, i64).view({-1, 1, 1, 1})).to(dev);
   }
   return a;
 }

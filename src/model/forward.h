@@ -56,6 +56,10 @@ struct SlotStep {
 // Float32 logits [logits_rows, vocab]. `lora`, when given, is per token: its row_scale is [1, tokens, slots * rank].
 at::Tensor forward_slots(const Model& model, KvCache& cache, const SlotStep& step, const LoraBatch* lora = nullptr);
 
+// Fills model.rope_cos / rope_sin, as transformers computes them (float32 positions times float32 inverse
+// frequencies, then cos and sin, cast to the model's dtype). Loading calls it.
+void build_rope_tables(Model& model);
+
 // The pieces of the forward pass, for callers that run the layers one at a time (training with activation
 // checkpointing recomputes one layer at a time during the backward pass).
 

@@ -13,6 +13,7 @@
 #include "common/fs_util.h"
 #include "model/config.h"
 #include "model/dequantize.h"
+#include "model/forward.h"
 #include "common/gguf_file.h"
 #include "model/model.h"
 #include "model/safetensors_file.h"
@@ -99,6 +100,7 @@ void quantize_int8(ModelWeights& w) {
 void set_weights(Model& m, const WeightSource& src) {
   m.weights = build_weights(m.config, src);
   if (m.int8_weights) quantize_int8(m.weights);
+  build_rope_tables(m);
 }
 
 at::Device parse_device(const std::string& s) {

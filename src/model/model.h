@@ -47,6 +47,9 @@ struct Model {
   std::string source;  // the path it came from, or "random"
   std::string format;  // "safetensors", "gguf" or "random"
   std::vector<std::shared_ptr<MappedFile>> files;  // maps that weight views point into
+  // RoPE at every position of the context, [context_length, head_dim] in the model's dtype, built at load so
+  // that a step only gathers its positions' rows (model/forward.h: build_rope_tables).
+  at::Tensor rope_cos, rope_sin;
 };
 
 // Calls fn(name, tensor) for every defined weight tensor, with Hugging Face names.

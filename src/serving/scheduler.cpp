@@ -237,6 +237,7 @@ void Scheduler::loop() {
       const double dt = seconds_between(t0, Clock::now());
       serve_seconds_ += dt;
       metrics_->step_seconds->add(dt);
+      publish_stats();  // before a training job, which may take a while
     }
     run_jobs(running);
     // Shares decay so that the balance follows the last few seconds, not the whole uptime.

@@ -50,13 +50,37 @@ TrainerCallbacks Service::callbacks(const std::string& domain) {
 }
 
 DomainTrainer& Service::trainer(const std::string& domain) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (shut_down_) throw Error(ErrorKind::Busy, "the server is shutting down");
-  auto it = trainers_.find(domain);
-  if (it != trainers_.end()) return *it->second;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (shut_down_) throw Error(ErrorKind::Busy, "the server is shutting down");
+    auto it = trainers_.find(domain);
+    if (it != trainers_.end()) return *it->second;
+    if (!starting_.count(domain)) break;
+    started_.wait(lock);  // another request is starting this domain's trainer
+  }
   validate_adapter_name(domain);
-  auto t = std::make_unique<DomainTrainer>(*registry_, engine_.model, engine_.tokenizer, domain, options_.learning,
-                                           callbacks(domain));
+  starting_.insert(domain);
+  lock.unlock();
+  // Started outside the lock: recovery replays logged batches (engine-thread compute, seconds) and reports
+  // them through notify(), which takes mu_.
+  std::unique_ptr<DomainTrainer> t;
+  try {
+    t = std::make_unique<DomainTrainer>(*registry_, engine_.model, engine_.tokenizer, domain, options_.learning,
+                                        callbacks(domain));
+  } catch (...) {
+    lock.lock();
+    starting_.erase(domain);
+    started_.notify_all();
+    throw;
+  }
+  lock.lock();
+  starting_.erase(domain);
+  started_.notify_all();
+  if (shut_down_) {  // shutdown() has already stopped the trainers it found: this one stops here
+    lock.unlock();
+    t->stop();
+    throw Error(ErrorKind::Busy, "the server is shutting down");
+  }
   return *(trainers_[domain] = std::move(t));
 }
 
@@ -99,11 +123,15 @@ uint64_t Service::subscribe(const std::string& domain, std::function<void(const 
 }
 
 void Service::unsubscribe(uint64_t id) {
+  // Waits for a notification in progress: once this returns, the listener is never called again, so its
+  // owner may go away.
+  std::lock_guard<std::mutex> notifying(notify_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   listeners_.erase(id);
 }
 
 void Service::notify(const DomainEvent& event) {
+  std::lock_guard<std::mutex> notifying(notify_mu_);
   std::vector<std::function<void(const DomainEvent&)>> targets;
   {
     std::lock_guard<std::mutex> lock(mu_);

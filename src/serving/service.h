@@ -3,12 +3,14 @@
 // (Scheduler) and a trainer per domain that learns, whose compute runs on the engine thread between serving
 // steps. Transports (HTTP, WebSocket) call this and never touch the model. Torch-free header.
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -63,7 +65,8 @@ class Service {
   // Stops the domain's trainer if this server runs one (it checkpoints), so that rm and rollback may proceed.
   void stop_trainer(const std::string& domain);
 
-  // Listeners of learning events, of one domain or of all (""); they run on trainer threads and must not block.
+  // Listeners of learning events, of one domain or of all (""); they run on trainer threads, must not block,
+  // and must not subscribe or unsubscribe themselves.
   uint64_t subscribe(const std::string& domain, std::function<void(const DomainEvent&)> listener);
   void unsubscribe(uint64_t id);
 
@@ -82,7 +85,10 @@ class Service {
   MetricFamily *events_applied_ = nullptr, *train_loss_ = nullptr, *train_version_ = nullptr,
                *update_ms_ = nullptr, *queue_depth_ = nullptr;
 
-  std::mutex mu_;  // guards trainers_ and listeners_
+  std::mutex mu_;  // guards trainers_, starting_ and listeners_
+  std::condition_variable started_;  // a trainer in starting_ was started (or failed to start)
+  std::set<std::string> starting_;   // domains whose trainer is being started (outside mu_)
+  std::mutex notify_mu_;  // held while listeners run, and by unsubscribe()
   std::map<std::string, std::unique_ptr<DomainTrainer>> trainers_;
   std::map<uint64_t, std::pair<std::string, std::function<void(const DomainEvent&)>>> listeners_;
   uint64_t next_listener_ = 1;

@@ -34,6 +34,18 @@ def run_cli(*args, input_text=None, timeout=300):
                           timeout=timeout)
 
 
+def cli_ok(*args, **kw):
+    """run_cli that must succeed; returns the completed process."""
+    r = run_cli(*args, **kw)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def json_lines(text):
+    """The JSON objects of a command's output, one per line (other lines skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def run_probe(request: dict, tmp_path: Path, timeout=600):
     req = tmp_path / f"probe-{request['mode']}.json"
     req.write_text(json.dumps(request))
@@ -81,4 +93,4 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes of CPU training on the default model (CI runs them too)")
+    config.addinivalue_line("markers", "slow: CPU training on the default model, process kills and restarts; CI runs them too")

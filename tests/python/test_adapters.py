@@ -187,6 +187,7 @@ def test_mixed_batch_scaled_rows_match_peft_with_the_scaled_adapter(tiny, mixed_
     assert checked == {0.5, 2.0, -1.0}
 
 
+@pytest.mark.slow
 def test_adapter_files_refuse_damage_and_keep_previous_version(default_model_path, tmp_path):
     adir = tmp_path / "adapters"
     info = create_adapter(default_model_path, adir, "news", tmp_path, b_std=0.02)

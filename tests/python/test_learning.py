@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import CLI, run_cli
+from conftest import CLI, cli_ok, json_lines, run_cli
 from tiny_models import add_tiny_tokenizer, build_tiny_model
 
 WORDS = "the quick brown fox jumps over lazy dog online learning sparse adapters every event applied".split()
@@ -24,16 +24,6 @@ def tiny(tmp_path_factory):
     build_tiny_model("qwen3_tied_gqa", folder)
     add_tiny_tokenizer(folder)
     return folder
-
-
-def cli_ok(*args, **kw):
-    r = run_cli(*args, **kw)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
-def json_lines(text):
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def exported(adir, name, tmp_path, tag):
@@ -134,6 +124,7 @@ def start_train(tiny, adir, domain):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_loses_nothing_and_applies_everything_once(tiny, tmp_path):
     events = make_events(1000, 7)
     lines = [json.dumps(e) for e in events]

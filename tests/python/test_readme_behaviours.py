@@ -20,7 +20,7 @@ from gguf import GGUFWriter
 from safetensors.numpy import load_file
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from conftest import BUILD, CLI, run_cli, run_probe
+from conftest import BUILD, CLI, cli_ok, run_cli, run_probe
 from tiny_models import add_tiny_tokenizer, build_tiny_model
 
 SYNC_COUNTER = BUILD / "tests" / "libhyprstream-sync-counter.so"
@@ -32,12 +32,6 @@ def tiny(tmp_path_factory):
     build_tiny_model("llama_gqa", folder)
     add_tiny_tokenizer(folder)
     return folder
-
-
-def cli_ok(*args, **kw):
-    r = run_cli(*args, **kw)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def text_events(n, prefix="e"):
@@ -308,7 +302,7 @@ def test_codecs_export_version_and_show_json(tiny, tmp_path):
     assert not any(w.any() for k, w in load_file(str(v1)).items() if ".lora_B." in k)  # LoRA starts at B = 0
     assert any(w.any() for k, w in load_file(str(v3)).items() if ".lora_B." in k)
 
-    shown = json.loads(cli_ok("adapters", "show", "zip", "--json", "--adapter-dir", adir))
+    shown = json.loads(cli_ok("adapters", "show", "zip", "--json", "--adapter-dir", adir).stdout)
     assert shown == json.loads((adir / "zip" / "manifest.json").read_text())
     assert shown["current"] == 3
     versions = {v["version"]: v for v in shown["versions"]}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import CLI, run_cli
+from conftest import CLI, cli_ok, json_lines, run_cli
 from tiny_models import add_tiny_tokenizer, build_tiny_model
 
 
@@ -20,16 +20,6 @@ def tiny(tmp_path_factory):
     build_tiny_model("qwen3_tied_gqa", folder)
     add_tiny_tokenizer(folder)
     return folder
-
-
-def cli_ok(*args, **kw):
-    r = run_cli(*args, **kw)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
-def json_lines(text):
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def train(tiny, adir, domain, events, *flags, raw=None):
@@ -105,6 +95,7 @@ def test_a_batch_that_fails_to_apply_is_quarantined_and_the_domain_carries_on(ti
     assert manifest(adir, "q")["versions"][-1]["events"] == 3
 
 
+@pytest.mark.slow
 def test_a_batch_the_process_dies_on_twice_is_quarantined_at_the_next_start(default_model_path, tmp_path):
     """The process is killed while applying a long example (the CPU limit stands in for the kernel's OOM
     killer), then again while replaying it; the third start sets the batch aside instead of looping."""

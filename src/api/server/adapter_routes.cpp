@@ -1,11 +1,15 @@
 // /v1/adapters: listing, creating, inspecting, deleting and rolling back adapters, and learning over the API:
 // examples (train), raw learning events (events) and corrections of a conversation (feedback).
 #include <algorithm>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <chrono>
-#include <condition_variable>
+#include <mutex>
 #include <set>
 
 #include "api/server/routes.h"
+#include "api/server/views.h"
 #include "common/strict_json.h"
 #include "serving/service.h"
 
@@ -13,38 +17,15 @@ namespace hs::api {
 
 namespace {
 
-json manifest_json(const AdapterManifest& m) {
-  const AdapterVersionInfo* v = m.find(m.current);
-  std::vector<std::string> targets;
-  for (LoraModule t : m.config.targets) targets.push_back(lora_module_name(t));
-  json versions = json::array();
-  for (const auto& x : m.versions)
-    versions.push_back({{"version", x.version}, {"parent", x.parent}, {"created", x.created}, {"events", x.events},
-                        {"bytes", x.bytes}});
-  return {{"name", m.name},
-          {"version", m.current},
-          {"rank", m.config.rank},
-          {"alpha", m.config.alpha},
-          {"sparsity", m.config.sparsity},
-          {"targets", targets},
-          {"density", m.dense_values ? static_cast<double>(v->active_values) / static_cast<double>(m.dense_values) : 0},
-          {"bytes", v->bytes},
-          {"events", v->events},
-          {"versions", versions}};
-}
-
 json with_trainer(ApiContext& ctx, json j, const std::string& name) {
-  if (auto s = ctx.service.trainer_stats(name))
-    j["trainer"] = {{"version", s->version},          {"queue_depth", s->queue_depth},
-                    {"events_applied", s->totals.events_applied}, {"last_loss", s->last_loss},
-                    {"update_ms_p50", s->update_ms_p50}, {"quarantined_batches", s->quarantined_batches}};
+  if (auto s = ctx.service.trainer_stats(name)) j["trainer"] = trainer_stats_json(*s);
   return j;
 }
 
 void list(ApiContext& ctx, http::Request&, std::shared_ptr<http::Responder> r) {
   json out = json::array();
   for (const AdapterListing& a : ctx.service.registry().list())
-    out.push_back(a.manifest ? with_trainer(ctx, manifest_json(*a.manifest), a.name)
+    out.push_back(a.manifest ? with_trainer(ctx, adapter_json(*a.manifest), a.name)
                              : json{{"name", a.name}, {"error", a.error}});
   reply_json(*r, 200, {{"adapters", out}});
 }
@@ -68,13 +49,13 @@ void create(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Responder
     }
   }
   run_blocking(ctx, r, [&ctx, r, name = *name, c] {
-    reply_json(*r, 201, manifest_json(ctx.service.registry().create(name, c)));
+    reply_json(*r, 201, adapter_json(ctx.service.registry().create(name, c)));
   });
 }
 
 void show(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Responder> r) {
   const std::string& name = req.params.at("domain");
-  reply_json(*r, 200, with_trainer(ctx, manifest_json(ctx.service.registry().manifest(name)), name));
+  reply_json(*r, 200, with_trainer(ctx, adapter_json(ctx.service.registry().manifest(name)), name));
 }
 
 void remove(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Responder> r) {
@@ -92,19 +73,60 @@ void rollback(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
   if (!version) throw Error(ErrorKind::InvalidArgument, "'version' is required");
   run_blocking(ctx, r, [&ctx, r, name = req.params.at("domain"), v = static_cast<uint64_t>(*version)] {
     ctx.service.stop_trainer(name);  // the next event starts a trainer from the rolled-back version
-    reply_json(*r, 200, manifest_json(ctx.service.registry().rollback(name, v)));
+    reply_json(*r, 200, adapter_json(ctx.service.registry().rollback(name, v)));
   });
 }
 
-// Learning events of one request, submitted together, with what became of each.
-class Submission {
+// Learning events of one request, submitted together, with what became of each. The answer goes out after
+// the trainer's notification that the last accepted event is durable (in the write-ahead log: acknowledged)
+// or, with wait "applied", applied (or quarantined). No thread waits for it, so many clients waiting for their
+// versions never hold up the blocking pool (which creates adapters and takes the WebSocket's events). While
+// it waits, the timeout's handler on the blocking pool owns the submission; the service's listener only
+// refers to it.
+class Submission : public std::enable_shared_from_this<Submission> {
  public:
-  Submission(ApiContext& ctx, std::string domain) : ctx_(ctx), domain_(std::move(domain)) {
-    listener_ = ctx_.service.subscribe(domain_, [this](const DomainEvent& e) { heard(e); });
-  }
-  ~Submission() { ctx_.service.unsubscribe(listener_); }
+  static constexpr std::chrono::seconds kApplyTimeout{600};
 
-  // Queues each event; the answer lists them as accepted, duplicate or rejected (with the error).
+  Submission(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::string domain)
+      : ctx_(ctx), r_(std::move(r)), domain_(std::move(domain)) {}
+
+  // On the blocking pool: queues each event (listed as accepted, duplicate or rejected, with the error), then
+  // answers once every accepted event is durable, or applied (with the version that holds them).
+  void start(const std::vector<std::string>& events, bool wait_applied) {
+    wait_applied_ = wait_applied;
+    std::weak_ptr<Submission> weak = shared_from_this();
+    listener_ = ctx_.service.subscribe(domain_, [weak](const DomainEvent& e) {
+      if (auto self = weak.lock()) self->heard(e);
+    });
+    json results;
+    try {
+      results = submit(events);
+    } catch (...) {
+      stop_listening();
+      throw;  // Busy: the whole request is retried
+    }
+    out_ = {{"domain", domain_}, {"results", results}};
+    // All refused: an error answer naming the first problem; otherwise each event's fate is in the results.
+    if (std::all_of(results.begin(), results.end(), [](const json& x) { return x["status"] == "rejected"; })) {
+      stop_listening();
+      return reply_error(ctx_, *r_, 400, results[0]["error"].get<std::string>(), "invalid_event");
+    }
+    bool done = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // The timeout's handler owns the timer and this submission: they go with the pool's pending work.
+      auto timer = std::make_shared<boost::asio::steady_timer>(ctx_.blocking->get_executor(), kApplyTimeout);
+      timer->async_wait([self = shared_from_this(), timer](const boost::system::error_code& ec) {
+        if (!ec) self->finish(true);
+      });
+      timer_ = timer;
+      submitted_ = true;
+      done = pending_.empty();
+    }
+    if (done) finish(false);
+  }
+
+ private:
   json submit(const std::vector<std::string>& events) {
     DomainTrainer& trainer = ctx_.service.trainer(domain_);
     json results = json::array();
@@ -115,72 +137,94 @@ class Submission {
         results.push_back({{"id", id}, {"status", dup ? "duplicate" : "accepted"}});
         if (!dup) {
           std::lock_guard<std::mutex> lock(mu_);
-          if (!applied_.count(id)) pending_.insert(id);
+          if (!heard_.count(id)) pending_.insert(id);
         }
       } catch (const Error& e) {
-        if (e.kind() == ErrorKind::Busy) throw;  // the whole request is retried
+        if (e.kind() == ErrorKind::Busy) throw;
         results.push_back({{"id", id}, {"status", "rejected"}, {"error", e.what()}});
       }
     }
     return results;
   }
 
-  // Waits until every accepted event was applied (or quarantined); returns the version that holds them.
-  uint64_t wait_applied(std::chrono::seconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, timeout, [&] { return pending_.empty(); }))
-      throw Error(ErrorKind::Busy, "the events were accepted but not yet applied after " +
-                                       std::to_string(timeout.count()) + " s; they will be");
-    return version_;
-  }
-  json quarantined() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return quarantined_;
+  // On a trainer thread, inside the service's notification: must not block, nor unsubscribe.
+  void heard(const DomainEvent& e) {
+    bool done = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (e.kind == DomainEvent::Kind::Durable && wait_applied_) return;
+      for (const std::string& id : e.ids) {
+        heard_.insert(id);
+        if (pending_.erase(id) && e.kind == DomainEvent::Kind::Quarantined) quarantined_[id] = e.quarantine->reason;
+      }
+      if (e.kind == DomainEvent::Kind::Applied) version_ = std::max(version_, e.report->version);
+      done = submitted_ && pending_.empty();
+    }
+    if (done) finish(false);
   }
 
- private:
-  void heard(const DomainEvent& e) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (e.kind == DomainEvent::Kind::Durable) return;
-    for (const std::string& id : e.ids) {
-      applied_.insert(id);
-      if (pending_.erase(id) && e.kind == DomainEvent::Kind::Quarantined)
-        quarantined_[id] = e.quarantine->reason;
+  // Once: stops listening and answers, on the blocking pool (reading the manifest is file I/O, and a listener
+  // may not unsubscribe itself).
+  void finish(bool timed_out) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+      if (auto timer = timer_.lock()) timer->cancel();
     }
-    if (e.kind == DomainEvent::Kind::Applied) version_ = std::max(version_, e.report->version);
-    cv_.notify_all();
+    boost::asio::post(*ctx_.blocking, [self = shared_from_this(), timed_out] {
+      self->stop_listening();
+      try {
+        self->answer(timed_out);
+      } catch (const Error& e) {
+        reply_error(self->ctx_, *self->r_, e);
+      } catch (const std::exception& e) {
+        reply_error(self->ctx_, *self->r_, Error(ErrorKind::Internal, e.what()));
+      }
+    });
+  }
+
+  void answer(bool timed_out) {
+    if (timed_out)
+      throw Error(ErrorKind::Busy, std::string("the events were accepted but not yet ") +
+                                       (wait_applied_ ? "applied" : "logged") + " after " +
+                                       std::to_string(kApplyTimeout.count()) + " s");
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!wait_applied_) return reply_json(*r_, 200, out_);
+    out_["version"] = version_ > 0 ? json(version_) : json(ctx_.service.registry().manifest(domain_).current);
+    out_["applied"] = true;
+    out_["quarantined"] = quarantined_;
+    reply_json(*r_, 200, out_);
+  }
+
+  void stop_listening() {
+    uint64_t id = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::swap(id, listener_);
+    }
+    if (id) ctx_.service.unsubscribe(id);
   }
 
   ApiContext& ctx_;
+  std::shared_ptr<http::Responder> r_;
   std::string domain_;
-  uint64_t listener_ = 0;
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::set<std::string> pending_, applied_;
-  json quarantined_ = json::object();
+  uint64_t listener_ = 0;
+  std::weak_ptr<boost::asio::steady_timer> timer_;
+  std::set<std::string> pending_, heard_;  // accepted and not yet durable / applied; heard of
+  json out_, quarantined_ = json::object();
   uint64_t version_ = 0;
+  bool wait_applied_ = false, submitted_ = false, finished_ = false;
 };
 
-// Runs a submission on the blocking pool: answers once the events are acknowledged (wait "durable"), or
-// once they are applied ("applied", with the version holding them).
+// Runs a submission on the blocking pool (starting a trainer is file I/O): answers once the events are
+// acknowledged, in the log (wait "durable"), or once they are applied ("applied", with the version).
 void learn(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::string domain, std::vector<std::string> events,
            bool wait_applied) {
-  run_blocking(ctx, r, [&ctx, r, domain = std::move(domain), events = std::move(events), wait_applied] {
-    Submission s(ctx, domain);
-    json out = {{"domain", domain}, {"results", s.submit(events)}};
-    const json& results = out["results"];
-    const bool none =
-        std::all_of(results.begin(), results.end(), [](const json& x) { return x["status"] == "rejected"; });
-    if (wait_applied && !none) {
-      const uint64_t v = s.wait_applied(std::chrono::seconds(600));
-      out["version"] = v > 0 ? json(v) : json(ctx.service.registry().manifest(domain).current);
-      out["applied"] = true;
-      out["quarantined"] = s.quarantined();
-    }
-    // All refused: an error answer naming the first problem; otherwise each event's fate is in the results.
-    if (none)
-      return reply_error(ctx, *r, 400, results[0]["error"].get<std::string>(), "invalid_event");
-    reply_json(*r, 200, out);
+  auto submission = std::make_shared<Submission>(ctx, r, std::move(domain));
+  run_blocking(ctx, r, [submission, events = std::move(events), wait_applied] {
+    submission->start(events, wait_applied);
   });
 }
 

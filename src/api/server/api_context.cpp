@@ -6,6 +6,7 @@
 #include "common/metrics.h"
 #include "common/strict_json.h"
 #include "common/utf8.h"
+#include "serving/service.h"
 
 namespace hs::api {
 
@@ -64,9 +65,11 @@ void reply_error(ApiContext& ctx, http::Responder& r, int status, const std::str
 }
 
 void reply_error(ApiContext& ctx, http::Responder& r, const Error& e, const std::string& reason) {
-  // Busy refusals were counted where they were raised (the scheduler's queue, say).
+  // Busy refusals were counted where they were raised (the scheduler's queue, say). While the server drains
+  // they mean "go elsewhere", not "retry here".
   const std::string label = e.kind() == ErrorKind::Busy ? "" : reason.empty() ? reason_of(e) : reason;
-  reply_error(ctx, r, http_status(e.kind()), e.what(), label);
+  const int status = e.kind() == ErrorKind::Busy && ctx.service.draining() ? 503 : http_status(e.kind());
+  reply_error(ctx, r, status, e.what(), label);
 }
 
 json parse_body(const http::Request& req) {

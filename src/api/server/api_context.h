@@ -28,7 +28,7 @@ struct ApiContext {
   MetricFamily* rejected = nullptr;       // hyprstream_rejected_requests_total{reason}
   MetricFamily* http_requests = nullptr;  // hyprstream_http_requests_total{route, status}
   std::string model_name;                 // the base model's id in /v1/models and responses
-  boost::asio::thread_pool* blocking = nullptr;  // for handlers that wait (learning until applied)
+  boost::asio::thread_pool* blocking = nullptr;  // for handlers that block on file I/O (never to wait)
 };
 
 // A refusal of a request with the reason it is counted under (hyprstream_rejected_requests_total{reason}):

@@ -29,20 +29,22 @@ std::string model_id(const ServerConfig& c, const Engine& engine) {
 }
 
 // SIGTERM / SIGINT: stop accepting, drain the engine (running requests finish, waiting ones are refused),
-// stop the trainers (they checkpoint), then stop the I/O threads.
-void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, Service& service) {
+// stop the trainers (they checkpoint), then stop the I/O threads. The drain runs on `stopper`, which the
+// caller joins before anything it uses is destroyed.
+void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, Service& service,
+                std::thread& stopper) {
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
     if (ec) return;
     spdlog::info("signal {}: draining (running requests finish, trainers checkpoint)", signal);
     server.stop_accepting();
-    std::thread([&io, &service, &server] {
+    stopper = std::thread([&io, &service, &server] {
       service.shutdown();
       // The last tokens of the streams that just finished are still being written: give them time.
       for (int i = 0; i < 200 && server.pending_responses() > 0; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
       spdlog::info("stopped");
       io.stop();
-    }).detach();
+    });
   });
 }
 
@@ -60,11 +62,12 @@ int run_api_server(const ServerConfig& config) {
 
   net::io_context io;
   net::thread_pool blocking(4);
-  ApiContext ctx{service, metrics};
-  ctx.rejected = &metrics.counter("hyprstream_rejected_requests_total", "Requests refused before running, by reason");
-  ctx.http_requests = &metrics.counter("hyprstream_http_requests_total", "HTTP answers, by route and status");
-  ctx.model_name = model_id(config, service.engine());
-  ctx.blocking = &blocking;
+  ApiContext ctx{service,
+                 metrics,
+                 &metrics.counter("hyprstream_rejected_requests_total", "Requests refused before running, by reason"),
+                 &metrics.counter("hyprstream_http_requests_total", "HTTP answers, by route and status"),
+                 model_id(config, service.engine()),
+                 &blocking};
 
   http::Router router;
   add_openai_routes(ctx, router);
@@ -73,8 +76,12 @@ int run_api_server(const ServerConfig& config) {
   add_event_stream(ctx, router);
   http::Server server(io, config.host, config.port, config.limits, router,
                       [&ctx](const std::string& reason) { ctx.rejected->add(1, {{"reason", reason}}); });
+  // Without open connections io.run() would return as soon as the acceptor closes, while the drain still
+  // uses the service: the guard keeps it running until the drain's io.stop().
+  auto keep_running = net::make_work_guard(io);
+  std::thread stopper;
   net::signal_set signals(io, SIGINT, SIGTERM);
-  on_signals(signals, io, server, service);
+  on_signals(signals, io, server, service, stopper);
   spdlog::info("serving {} on http://{}:{} (adapters in {})", ctx.model_name, config.host, server.port(),
                options.adapters.root);
   std::cout << "hyprstream: listening on http://" << config.host << ":" << server.port() << std::endl;
@@ -83,6 +90,8 @@ int run_api_server(const ServerConfig& config) {
   for (int i = 1; i < config.threads; ++i) threads.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
+  if (stopper.joinable()) stopper.join();
+  blocking.stop();  // what is still queued could not answer now (a learning answer's timeout, say)
   blocking.join();
   return 0;
 }

@@ -1,7 +1,10 @@
 // Health, metrics, the OpenAPI document, the dashboard, server stats and native generation.
+#include <spdlog/spdlog.h>
+
 #include "api/server/assets.h"
 #include "api/server/generation_job.h"
 #include "api/server/routes.h"
+#include "api/server/views.h"
 #include "common/metrics.h"
 #include "serving/service.h"
 #include "tokenizer/tokenizer.h"
@@ -10,11 +13,12 @@ namespace hs::api {
 
 namespace {
 
-// Records the status of the first answer of a request.
+// Records the status of the first answer of a request, in the metrics and the log (with the request's id).
 class CountingResponder : public http::Responder {
  public:
-  CountingResponder(std::shared_ptr<http::Responder> inner, MetricFamily* metric, std::string route)
-      : inner_(std::move(inner)), metric_(metric), route_(std::move(route)) {}
+  CountingResponder(std::shared_ptr<http::Responder> inner, MetricFamily* metric, std::string route,
+                    const http::Request& req)
+      : inner_(std::move(inner)), metric_(metric), route_(std::move(route)), id_(req.id), method_(req.method) {}
   void send(int status, const std::string& type, std::string body, http::Headers headers) override {
     count(status);
     inner_->send(status, type, std::move(body), std::move(headers));
@@ -29,11 +33,14 @@ class CountingResponder : public http::Responder {
 
  private:
   void count(int status) {
-    if (metric_ && !counted_.exchange(true)) metric_->add(1, {{"route", route_}, {"status", std::to_string(status)}});
+    if (counted_.exchange(true)) return;
+    if (metric_) metric_->add(1, {{"route", route_}, {"status", std::to_string(status)}});
+    spdlog::log(status >= 500 ? spdlog::level::warn : spdlog::level::info, "request {} {} {} -> {}", id_, method_,
+                route_, status);
   }
   std::shared_ptr<http::Responder> inner_;
   MetricFamily* metric_;
-  std::string route_;
+  std::string route_, id_, method_;
   std::atomic<bool> counted_{false};
 };
 
@@ -59,22 +66,11 @@ void dashboard(ApiContext&, http::Request&, std::shared_ptr<http::Responder> r) 
   r->send(200, "text/html; charset=utf-8", std::string(dashboard_html()));
 }
 
-json trainer_json(const TrainerStats& s) {
-  json j = {{"version", s.version},         {"accepted", s.accepted},
-            {"duplicates", s.duplicates},   {"rejected", s.rejected},
-            {"queue_depth", s.queue_depth}, {"events_applied", s.totals.events_applied},
-            {"batches", s.totals.batches},  {"steps", s.totals.steps},
-            {"last_loss", s.last_loss},     {"recent_losses", s.recent_losses},
-            {"update_ms_p50", s.update_ms_p50}, {"update_ms_p99", s.update_ms_p99},
-            {"quarantined_batches", s.quarantined_batches}};
-  if (!s.failure.empty()) j["failure"] = s.failure;
-  return j;
-}
 
 void stats(ApiContext& ctx, http::Request&, std::shared_ptr<http::Responder> r) {
   const SchedulerStats s = ctx.service.scheduler().stats();
   json trainers = json::object();
-  for (const auto& [domain, t] : ctx.service.all_trainer_stats()) trainers[domain] = trainer_json(t);
+  for (const auto& [domain, t] : ctx.service.all_trainer_stats()) trainers[domain] = trainer_stats_json(t);
   reply_json(*r, 200, {{"model", ctx.model_name},
                        {"running", s.running},
                        {"waiting", s.waiting},
@@ -145,7 +141,7 @@ void generate(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
 void add_route(ApiContext& ctx, http::Router& router, const std::string& method, const std::string& pattern,
                RouteFn fn) {
   router.add(method, pattern, [&ctx, pattern, fn](http::Request& req, std::shared_ptr<http::Responder> r) {
-    auto counted = std::make_shared<CountingResponder>(std::move(r), ctx.http_requests, pattern);
+    auto counted = std::make_shared<CountingResponder>(std::move(r), ctx.http_requests, pattern, req);
     try {
       fn(ctx, req, counted);
     } catch (const Error& e) {

@@ -1,0 +1,56 @@
+#include "api/server/views.h"
+
+namespace hs::api {
+
+nlohmann::json adapter_json(const AdapterManifest& m) {
+  const AdapterVersionInfo* v = m.find(m.current);
+  std::vector<std::string> targets;
+  for (LoraModule t : m.config.targets) targets.push_back(lora_module_name(t));
+  nlohmann::json versions = nlohmann::json::array();
+  for (const auto& x : m.versions)
+    versions.push_back({{"version", x.version}, {"parent", x.parent}, {"created", x.created}, {"events", x.events},
+                        {"bytes", x.bytes}});
+  return {{"name", m.name},
+          {"version", m.current},
+          {"rank", m.config.rank},
+          {"alpha", m.config.alpha},
+          {"sparsity", m.config.sparsity},
+          {"targets", targets},
+          {"active_values", v->active_values},
+          {"density", m.dense_values ? static_cast<double>(v->active_values) / static_cast<double>(m.dense_values) : 0},
+          {"bytes", v->bytes},
+          {"events", v->events},
+          {"created", v->created},
+          {"base_model", m.base_fingerprint},
+          {"versions", versions}};
+}
+
+nlohmann::json trainer_stats_json(const TrainerStats& s) {
+  nlohmann::json j = {{"domain", s.domain},
+                      {"version", s.version},
+                      {"accepted", s.accepted},
+                      {"duplicates", s.duplicates},
+                      {"rejected", s.rejected},
+                      {"busy", s.busy},
+                      {"queue_depth", s.queue_depth},
+                      {"batches", s.totals.batches},
+                      {"events_applied", s.totals.events_applied},
+                      {"examples", s.totals.examples},
+                      {"gradients", s.totals.gradients},
+                      {"steps", s.totals.steps},
+                      {"tokens_trained", s.totals.tokens_trained},
+                      {"replayed_batches", s.replayed_batches},
+                      {"quarantined_batches", s.quarantined_batches},
+                      {"quarantined_events", s.quarantined_events},
+                      {"last_quarantine_reason", s.last_quarantine_reason},
+                      {"last_loss", s.last_loss},
+                      {"recent_losses", s.recent_losses},
+                      {"update_ms_p50", s.update_ms_p50},
+                      {"update_ms_p99", s.update_ms_p99},
+                      {"log_bytes", s.log_bytes}};
+  if (!s.failure.empty()) j["failure"] = s.failure;
+  if (s.epsilon > 0) j["privacy"] = {{"epsilon", s.epsilon}, {"delta", s.delta}};
+  return j;
+}
+
+}  // namespace hs::api
