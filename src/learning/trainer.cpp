@@ -237,6 +237,8 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (failure_) throw failure_error();
+  // Checked again under the lock that queues: the worker may have drained and exited since the first check.
+  if (stopping_) throw Error(ErrorKind::Busy, "the trainer of domain '" + domain_ + "' is shutting down");
   if (ids_.count(ev.id)) {
     duplicates_ += 1;
     return SubmitResult::Duplicate;
@@ -311,11 +313,13 @@ void DomainTrainer::run() {
     if (error) {
       // Logging or publishing failed (disk full, say). The log is the source of truth: whatever it holds is
       // applied on the next start. Stop here rather than skip a batch and diverge from it.
-      failure_ = std::move(error);
+      failure_ = error;
       for (const Pending& p : queue_) ids_.erase(p.event.id);
       queue_.clear();
       done_.notify_all();
-      break;
+      lock.unlock();
+      if (callbacks_.on_failed) callbacks_.on_failed(failure_error());
+      return;
     }
     done_.notify_all();
   }

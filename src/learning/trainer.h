@@ -96,6 +96,8 @@ struct TrainerCallbacks {
   std::function<void(const std::vector<std::string>& ids, uint64_t seq)> on_durable;  // in the log: acknowledged
   std::function<void(const BatchReport& report)> on_applied;
   std::function<void(const QuarantinedBatch& batch)> on_quarantined;  // set aside, not applied
+  // The worker stopped (a failed log append or publish): events not yet applied never will be in this run.
+  std::function<void(const Error& error)> on_failed;
 };
 
 struct TrainerStats {

@@ -57,12 +57,12 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
   o.max_seq_tokens = 2;
   for (const auto& r : requests)
     o.max_seq_tokens = std::max<int64_t>(o.max_seq_tokens, static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens);
-  Scheduler scheduler(engine, o);
-
   std::vector<GenerationResult> results(requests.size());
   std::mutex mu;
   std::condition_variable cv;
   size_t done = 0;
+  // Declared after what its callbacks touch: if a submit throws, it drains before they are destroyed.
+  Scheduler scheduler(engine, o);
   for (size_t row = 0; row < requests.size(); ++row) {
     auto handle = std::make_shared<std::shared_ptr<RequestHandle>>();
     RequestCallbacks cb;

@@ -8,8 +8,7 @@ namespace hs {
 
 namespace {
 
-// FNV-1a over 64 bits: blocks are verified token by token on a hit, so collisions cost a miss, never a
-// wrong reuse.
+// FNV-1a over 64 bits: a hash only finds the candidate; find() verifies it exactly.
 uint64_t mix(uint64_t h, const void* data, size_t n) {
   const auto* p = static_cast<const unsigned char*>(data);
   for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
@@ -30,30 +29,34 @@ PrefixCache::PrefixCache(const Model& model, int64_t block_tokens, int64_t capac
   for (int64_t i = capacity_ - 1; i >= 0; --i) free_.push_back(i);
 }
 
-const PrefixCache::Entry* PrefixCache::find(uint64_t parent, const int32_t* tokens, uint64_t* key) {
-  *key = mix(parent, tokens, static_cast<size_t>(block_) * sizeof(int32_t));
+const PrefixCache::Entry* PrefixCache::find(const std::string& seed, const Cursor& at, const int32_t* tokens,
+                                            uint64_t* key) {
+  *key = mix(at.hash, tokens, static_cast<size_t>(block_) * sizeof(int32_t));
   auto it = entries_.find(*key);
-  if (it == entries_.end() || it->second.parent != parent ||
-      !std::equal(it->second.tokens.begin(), it->second.tokens.end(), tokens))
+  if (it == entries_.end()) return nullptr;
+  const Entry& e = it->second;
+  if (e.parent_id != at.parent_id || (e.parent_id == 0 && e.seed != seed) ||
+      !std::equal(e.tokens.begin(), e.tokens.end(), tokens))
     return nullptr;
   lru_.splice(lru_.begin(), lru_, it->second.lru);
-  return &it->second;
+  return &e;
 }
 
 int64_t PrefixCache::load(const std::string& seed, const std::vector<int32_t>& prompt, KvCache& cache,
                           int64_t slot) {
   if (capacity_ == 0) return 0;
   const int64_t blocks = (static_cast<int64_t>(prompt.size()) - 1) / block_;
-  uint64_t parent = seed_key(seed), key = 0;
+  Cursor at{seed_key(seed), 0};
   int64_t n = 0;
   for (; n < blocks; ++n) {
-    const Entry* e = find(parent, prompt.data() + n * block_, &key);
+    uint64_t key = 0;
+    const Entry* e = find(seed, at, prompt.data() + n * block_, &key);
     if (!e) break;
     for (int64_t l = 0; l < static_cast<int64_t>(cache.k.size()); ++l) {
       cache.k[l][slot].narrow(0, n * block_, block_).copy_(k_[e->index][l]);
       cache.v[l][slot].narrow(0, n * block_, block_).copy_(v_[e->index][l]);
     }
-    parent = key;
+    at = {key, e->id};
   }
   return n * block_;
 }
@@ -75,13 +78,17 @@ void PrefixCache::store(const std::string& seed, const std::vector<int32_t>& pro
                         const KvCache& cache, int64_t slot) {
   if (capacity_ == 0) return;
   const int64_t blocks = std::min<int64_t>(computed, static_cast<int64_t>(prompt.size())) / block_;
-  uint64_t parent = seed_key(seed), key = 0;
+  Cursor at{seed_key(seed), 0};
   for (int64_t n = 0; n < blocks; ++n) {
     const int32_t* tokens = prompt.data() + n * block_;
-    if (!find(parent, tokens, &key)) {
-      if (entries_.count(key)) break;  // a hash collision with another block: keep that one
+    uint64_t key = 0;
+    const Entry* found = find(seed, at, tokens, &key);
+    if (!found) {
+      if (entries_.count(key)) break;  // another block holds this hash: keep that one
       Entry e;
-      e.parent = parent;
+      e.id = next_id_++;
+      e.parent_id = at.parent_id;
+      if (at.parent_id == 0) e.seed = seed;
       e.tokens.assign(tokens, tokens + block_);
       e.index = take_index();
       for (int64_t l = 0; l < static_cast<int64_t>(cache.k.size()); ++l) {
@@ -90,9 +97,9 @@ void PrefixCache::store(const std::string& seed, const std::vector<int32_t>& pro
       }
       lru_.push_front(key);
       e.lru = lru_.begin();
-      entries_[key] = std::move(e);
+      found = &(entries_[key] = std::move(e));
     }
-    parent = key;
+    at = {key, found->id};
   }
 }
 

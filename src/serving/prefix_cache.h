@@ -2,10 +2,12 @@
 // Keys and values of prompt prefixes, kept by whole blocks, so that requests sharing a prefix (a system
 // prompt, a few-shot header) copy its KV instead of computing it again.
 //
-// A block's key chains the previous block's key with its own tokens, starting from a seed that names what
-// the KV depends on besides the tokens: the adapter's exact values (name@version#crc) and its scale. KV is
-// therefore never reused across adapter versions. Blocks live in one pool allocated at start and are evicted
-// least recently used first. Owned by the engine thread; not thread-safe.
+// A block's hash chains the previous block's hash with its own tokens, starting from a seed that names what
+// the KV depends on besides the tokens: the adapter's exact values (name@version#crc) and its scale. A hit
+// is verified exactly, not by hash: the block's tokens, its parent entry's id (ids are never reused), and for
+// a first block the seed itself. KV is therefore never reused across adapter versions, even when hashes
+// collide. Blocks live in one pool allocated at start and are evicted least recently used first; a block
+// whose parent was evicted is no longer reachable and ages out. Owned by the engine thread; not thread-safe.
 #include <cstdint>
 #include <list>
 #include <string>
@@ -34,12 +36,18 @@ class PrefixCache {
 
  private:
   struct Entry {
-    uint64_t parent = 0;
+    uint64_t id = 0;         // unique for the cache's life
+    uint64_t parent_id = 0;  // 0: a first block, whose seed is kept
+    std::string seed;
     std::vector<int32_t> tokens;
     int64_t index = 0;  // in the pool
     std::list<uint64_t>::iterator lru;
   };
-  const Entry* find(uint64_t parent, const int32_t* tokens, uint64_t* key);
+  // Where the walk along a prompt stands: the chained hash and the id of the block matched last.
+  struct Cursor {
+    uint64_t hash = 0, parent_id = 0;
+  };
+  const Entry* find(const std::string& seed, const Cursor& at, const int32_t* tokens, uint64_t* key);
   int64_t take_index();
 
   int64_t block_ = 0, capacity_ = 0;
@@ -47,6 +55,7 @@ class PrefixCache {
   std::unordered_map<uint64_t, Entry> entries_;
   std::list<uint64_t> lru_;      // most recently used first
   std::vector<int64_t> free_;    // unused pool indices
+  uint64_t next_id_ = 1;
 };
 
 }  // namespace hs

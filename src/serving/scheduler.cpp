@@ -19,6 +19,10 @@ namespace hs {
 
 namespace {
 
+// A request passed over this many times for its adapter stops later ones from passing it: it takes the next
+// free slot once the running adapters drain, so a stream of requests for busy adapters cannot starve it.
+constexpr int kMaxSkips = 16;
+
 using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
@@ -40,6 +44,7 @@ struct Scheduler::Sequence {
   int64_t computed = 0;          // positions of the slot holding this request's keys and values
   uint64_t order = 0;            // admission order: prefill is first come, first served
   int32_t pending = -1;          // sampled, not yet in the KV cache
+  int skips = 0;                 // times a later request was admitted first (its adapter did not fit)
   bool prompt_done = false;
   Clock::time_point submitted, admitted, last_token;
 };
@@ -87,7 +92,9 @@ void validate_scheduler_options(const SchedulerOptions& o) {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
   if (o.max_seqs < 1 || o.max_seqs > 4096) bad("max_seqs must lie in [1, 4096]");
   if (o.max_seq_tokens < 2) bad("max_seq_tokens must be at least 2");
-  if (o.max_step_tokens < 1) bad("max_step_tokens must be at least 1");
+  if (o.max_step_tokens < o.max_seqs)  // else the slots beyond the budget would never decode
+    bad("max_step_tokens (" + std::to_string(o.max_step_tokens) + ") must be at least max_seqs (" +
+        std::to_string(o.max_seqs) + "): every running request decodes a token per step");
   if (o.queue_capacity < 1) bad("the request queue needs room for at least one request");
   if (o.max_adapters < 1) bad("max_adapters must be at least 1");
   if (o.prefix_cache_tokens < 0 || o.prefix_block_tokens < 1) bad("prefix cache sizes must be positive");
@@ -195,9 +202,13 @@ SchedulerStats Scheduler::stats() const {
 
 // Waits for something to do; false when the thread should end. Moves new submissions to the waiting queue
 // and fails them while draining.
+bool Scheduler::any_running() const {
+  return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
+}
+
 bool Scheduler::wait_for_work() {
   std::deque<std::unique_ptr<Sequence>> refused;
-  const bool running = std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
+  const bool running = any_running();
   {
     std::unique_lock<std::mutex> lock(mu_);
     wake_.wait(lock, [&] {
@@ -205,6 +216,7 @@ bool Scheduler::wait_for_work() {
     });
     for (auto& s : inbox_) (draining_ ? refused : waiting_).push_back(std::move(s));
     inbox_.clear();
+    stats_.waiting = static_cast<int64_t>(waiting_.size());  // drain() must see them before the next step
     if (draining_) {
       for (auto& s : waiting_) refused.push_back(std::move(s));
       waiting_.clear();
@@ -223,17 +235,20 @@ bool Scheduler::wait_for_work() {
 
 void Scheduler::loop() {
   while (wait_for_work()) {
-    admit();
-    const bool running = std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
+    const auto t0 = Clock::now();
+    // A failure (a device copy while admitting, a forward) ends the running requests with its error; nothing
+    // may leave the engine thread, which would end the process.
+    bool running = false;
+    try {
+      admit();
+      running = any_running();
+      if (running) step();
+    } catch (const Error& e) {
+      fail_running(e);
+    } catch (const std::exception& e) {
+      fail_running(Error(ErrorKind::Internal, e.what()));
+    }
     if (running) {
-      const auto t0 = Clock::now();
-      try {
-        step();
-      } catch (const Error& e) {
-        fail_running(e);
-      } catch (const std::exception& e) {
-        fail_running(Error(ErrorKind::Internal, e.what()));
-      }
       const double dt = seconds_between(t0, Clock::now());
       serve_seconds_ += dt;
       metrics_->step_seconds->add(dt);
@@ -305,7 +320,7 @@ void Scheduler::run_jobs(bool serving) {
 }
 
 // Cancelled waiting requests end; then free slots take waiting requests in arrival order, skipping one
-// whose adapter would exceed the distinct adapters a step may hold.
+// whose adapter would exceed the distinct adapters a step may hold (a bounded number of times).
 void Scheduler::admit() {
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     if ((*it)->handle->cancelled()) {
@@ -321,30 +336,38 @@ void Scheduler::admit() {
   for (const auto& s : slots_)
     if (s && s->req.adapter && std::find(adapters.begin(), adapters.end(), s->req.adapter.get()) == adapters.end())
       adapters.push_back(s->req.adapter.get());
+  auto fits = [&](const Sequence& s) {
+    const LoraWeights* a = s.req.adapter.get();
+    return !a || std::find(adapters.begin(), adapters.end(), a) != adapters.end() ||
+           static_cast<int64_t>(adapters.size()) < options_.max_adapters;
+  };
   for (int64_t slot = 0; slot < static_cast<int64_t>(slots_.size()) && !waiting_.empty(); ++slot) {
     if (slots_[slot]) continue;
-    auto it = std::find_if(waiting_.begin(), waiting_.end(), [&](const std::unique_ptr<Sequence>& s) {
-      const LoraWeights* a = s->req.adapter.get();
-      return !a || std::find(adapters.begin(), adapters.end(), a) != adapters.end() ||
-             static_cast<int64_t>(adapters.size()) < options_.max_adapters;
-    });
-    if (it == waiting_.end()) break;
+    auto it = waiting_.begin();
+    while (it != waiting_.end() && !fits(**it) && (*it)->skips < kMaxSkips) ++it;
+    if (it == waiting_.end() || !fits(**it)) break;
+    for (auto passed = waiting_.begin(); passed != it; ++passed) ++(*passed)->skips;
     if ((*it)->req.adapter && std::find(adapters.begin(), adapters.end(), (*it)->req.adapter.get()) == adapters.end())
       adapters.push_back((*it)->req.adapter.get());
     std::unique_ptr<Sequence> seq = std::move(*it);
     waiting_.erase(it);
-    seq->slot = slot;
-    seq->order = admitted_++;
-    seq->admitted = Clock::now();
-    metrics_->queue->observe(seconds_between(seq->submitted, seq->admitted));
-    metrics_->prompt_tokens->add(static_cast<double>(seq->req.prompt.size()));
-    // A cached prefix of the prompt (same adapter values and scale) is copied instead of computed.
-    seq->computed = prefix_->load(seq->prefix_seed, seq->req.prompt, *cache_, slot);
-    seq->result.cached_tokens = seq->computed;
-    metrics_->prefix_queried->add(static_cast<double>(seq->req.prompt.size()));
-    metrics_->prefix_hit->add(static_cast<double>(seq->computed));
-    slots_[slot] = std::move(seq);
+    start(std::move(seq), slot);
   }
+}
+
+// Puts an admitted request in its slot and copies the cached prefix of its prompt (same adapter values and
+// scale) instead of computing it.
+void Scheduler::start(std::unique_ptr<Sequence> seq, int64_t slot) {
+  seq->slot = slot;
+  seq->order = admitted_++;
+  seq->admitted = Clock::now();
+  metrics_->queue->observe(seconds_between(seq->submitted, seq->admitted));
+  metrics_->prompt_tokens->add(static_cast<double>(seq->req.prompt.size()));
+  Sequence& s = *(slots_[slot] = std::move(seq));  // in its slot first: a failed copy below finishes it
+  s.computed = prefix_->load(s.prefix_seed, s.req.prompt, *cache_, slot);
+  s.result.cached_tokens = s.computed;
+  metrics_->prefix_queried->add(static_cast<double>(s.req.prompt.size()));
+  metrics_->prefix_hit->add(static_cast<double>(s.computed));
 }
 
 // One forward: a token for every decoding request first (running streams never wait for a prompt), then
@@ -466,7 +489,13 @@ void Scheduler::emit(Sequence& s, std::vector<float>& logits) {
   s.result.ids.push_back(id);
   s.result.logprobs.push_back(ev.logprob);
   s.history.push_back(id);
-  if (s.cb.on_token) s.cb.on_token(ev);
+  if (s.cb.on_token) {
+    try {
+      s.cb.on_token(ev);
+    } catch (const std::exception& e) {  // ends this request only
+      return finish(s, "error", Error(ErrorKind::Internal, std::string("streaming the token failed: ") + e.what()));
+    }
+  }
   if (hit_stop || s.handle->cancelled()) return finish(s, hit_stop ? "stop" : "cancelled");
   if (static_cast<int32_t>(s.result.ids.size()) >= p.max_tokens || s.computed + 1 >= options_.max_seq_tokens)
     return finish(s, "length");
@@ -489,7 +518,12 @@ void Scheduler::finish(Sequence& s, const std::string& reason, std::optional<Err
   r.queue_seconds = s.slot >= 0 ? seconds_between(s.submitted, s.admitted) : r.total_seconds;
   metrics_->requests->add(1, {{"finish_reason", reason}});
   metrics_->e2e->observe(r.total_seconds);
-  if (s.cb.on_finish) s.cb.on_finish(r);
+  if (s.cb.on_finish) {
+    try {
+      s.cb.on_finish(r);
+    } catch (...) {  // the listener's own failure: it has the result or is gone; the slot must still be freed
+    }
+  }
   if (s.slot >= 0) slots_[s.slot].reset();  // destroys s
 }
 

@@ -109,8 +109,10 @@ class Scheduler {
   struct Job;
   struct Metrics;
   void loop();
+  bool any_running() const;
   bool wait_for_work();
   void admit();
+  void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);
   void emit(Sequence& seq, std::vector<float>& logits);

@@ -1,5 +1,8 @@
 #include "serving/service.h"
 
+#include <exception>
+#include <thread>
+
 #include "adapters/lora_weights.h"
 #include "common/metrics.h"
 #include "tokenizer/tokenizer.h"
@@ -22,7 +25,12 @@ Service::Service(ServiceOptions options, MetricsRegistry* metrics) : options_(st
   }
 }
 
-Service::~Service() { shutdown(); }
+Service::~Service() {
+  try {
+    shutdown();
+  } catch (...) {  // a failed checkpoint, already reported by an explicit shutdown(); the log keeps the events
+  }
+}
 
 std::shared_ptr<const LoraWeights> Service::adapter(const std::string& name, uint64_t version) {
   return registry_->weights(*registry_->acquire(name, version));
@@ -31,7 +39,7 @@ std::shared_ptr<const LoraWeights> Service::adapter(const std::string& name, uin
 TrainerCallbacks Service::callbacks(const std::string& domain) {
   TrainerCallbacks cb;
   cb.on_durable = [this, domain](const std::vector<std::string>& ids, uint64_t seq) {
-    notify(DomainEvent{DomainEvent::Kind::Durable, domain, seq, ids, std::nullopt, std::nullopt});
+    notify(DomainEvent{DomainEvent::Kind::Durable, domain, seq, ids, std::nullopt, std::nullopt, std::nullopt});
   };
   cb.on_applied = [this, domain](const BatchReport& r) {
     if (events_applied_) {
@@ -41,20 +49,23 @@ TrainerCallbacks Service::callbacks(const std::string& domain) {
       train_version_->set(static_cast<double>(r.version), l);
       update_ms_->set(r.update_ms, l);
     }
-    notify(DomainEvent{DomainEvent::Kind::Applied, domain, r.seq, r.ids, r, std::nullopt});
+    notify(DomainEvent{DomainEvent::Kind::Applied, domain, r.seq, r.ids, r, std::nullopt, std::nullopt});
   };
   cb.on_quarantined = [this, domain](const QuarantinedBatch& q) {
-    notify(DomainEvent{DomainEvent::Kind::Quarantined, domain, q.seq, q.ids, std::nullopt, q});
+    notify(DomainEvent{DomainEvent::Kind::Quarantined, domain, q.seq, q.ids, std::nullopt, q, std::nullopt});
+  };
+  cb.on_failed = [this, domain](const Error& e) {
+    notify(DomainEvent{DomainEvent::Kind::Failed, domain, 0, {}, std::nullopt, std::nullopt, e});
   };
   return cb;
 }
 
-DomainTrainer& Service::trainer(const std::string& domain) {
+std::shared_ptr<DomainTrainer> Service::trainer(const std::string& domain) {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     if (shut_down_) throw Error(ErrorKind::Busy, "the server is shutting down");
     auto it = trainers_.find(domain);
-    if (it != trainers_.end()) return *it->second;
+    if (it != trainers_.end()) return it->second;
     if (!starting_.count(domain)) break;
     started_.wait(lock);  // another request is starting this domain's trainer
   }
@@ -63,9 +74,9 @@ DomainTrainer& Service::trainer(const std::string& domain) {
   lock.unlock();
   // Started outside the lock: recovery replays logged batches (engine-thread compute, seconds) and reports
   // them through notify(), which takes mu_.
-  std::unique_ptr<DomainTrainer> t;
+  std::shared_ptr<DomainTrainer> t;
   try {
-    t = std::make_unique<DomainTrainer>(*registry_, engine_.model, engine_.tokenizer, domain, options_.learning,
+    t = std::make_shared<DomainTrainer>(*registry_, engine_.model, engine_.tokenizer, domain, options_.learning,
                                         callbacks(domain));
   } catch (...) {
     lock.lock();
@@ -81,7 +92,7 @@ DomainTrainer& Service::trainer(const std::string& domain) {
     t->stop();
     throw Error(ErrorKind::Busy, "the server is shutting down");
   }
-  return *(trainers_[domain] = std::move(t));
+  return trainers_[domain] = std::move(t);
 }
 
 std::optional<TrainerStats> Service::trainer_stats(const std::string& domain) {
@@ -105,9 +116,11 @@ void Service::refresh_trainer_metrics() {
 }
 
 void Service::stop_trainer(const std::string& domain) {
-  std::unique_ptr<DomainTrainer> t;
+  std::shared_ptr<DomainTrainer> t;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    // A trainer being started would otherwise appear after rm or rollback, on a deleted or old version.
+    started_.wait(lock, [&] { return !starting_.count(domain); });
     auto it = trainers_.find(domain);
     if (it == trainers_.end()) return;
     t = std::move(it->second);
@@ -142,20 +155,34 @@ void Service::notify(const DomainEvent& event) {
 }
 
 void Service::shutdown() {
-  std::map<std::string, std::unique_ptr<DomainTrainer>> trainers;
+  std::map<std::string, std::shared_ptr<DomainTrainer>> trainers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
     shut_down_ = true;
   }
   draining_ = true;
-  scheduler_->drain();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    started_.wait(lock, [&] { return starting_.empty(); });
     trainers.swap(trainers_);
   }
-  for (auto& [domain, t] : trainers) t->stop();  // the engine thread still runs their last steps
+  // The trainers apply their queues and checkpoint while running requests finish (the engine thread
+  // interleaves both), so a long stream does not push the checkpoint past a supervisor's grace period.
+  std::exception_ptr failed;  // a checkpoint that could not be written, reported once all has stopped
+  std::thread stopper([&trainers, &failed] {
+    for (auto& [domain, t] : trainers) {
+      try {
+        t->stop();
+      } catch (...) {
+        if (!failed) failed = std::current_exception();
+      }
+    }
+  });
+  scheduler_->drain();
+  stopper.join();
   scheduler_->stop();
+  if (failed) std::rethrow_exception(failed);
 }
 
 }  // namespace hs

@@ -33,12 +33,13 @@ struct ServiceOptions {
 
 // What subscribers hear about a domain's learning.
 struct DomainEvent {
-  enum class Kind { Durable, Applied, Quarantined } kind = Kind::Applied;
+  enum class Kind { Durable, Applied, Quarantined, Failed } kind = Kind::Applied;
   std::string domain;
   uint64_t seq = 0;
   std::vector<std::string> ids;
   std::optional<BatchReport> report;         // Applied
   std::optional<QuarantinedBatch> quarantine;  // Quarantined
+  std::optional<Error> failure;              // Failed: the trainer stopped; what waits will not be applied
 };
 
 class Service {
@@ -56,8 +57,9 @@ class Service {
   // The adapter version a request runs with: `version`, or the current one (0). Throws NotFound.
   std::shared_ptr<const LoraWeights> adapter(const std::string& name, uint64_t version = 0);
 
-  // The domain's trainer, started on first use (which creates the adapter when the domain has none).
-  DomainTrainer& trainer(const std::string& domain);
+  // The domain's trainer, started on first use (which creates the adapter when the domain has none). Shared:
+  // stop_trainer() may stop it while a caller still submits, which then gets Busy instead of a freed object.
+  std::shared_ptr<DomainTrainer> trainer(const std::string& domain);
   std::optional<TrainerStats> trainer_stats(const std::string& domain);
   std::map<std::string, TrainerStats> all_trainer_stats();
   // Per-domain gauges (queue depth) as of now, before /metrics is read.
@@ -89,7 +91,7 @@ class Service {
   std::condition_variable started_;  // a trainer in starting_ was started (or failed to start)
   std::set<std::string> starting_;   // domains whose trainer is being started (outside mu_)
   std::mutex notify_mu_;  // held while listeners run, and by unsubscribe()
-  std::map<std::string, std::unique_ptr<DomainTrainer>> trainers_;
+  std::map<std::string, std::shared_ptr<DomainTrainer>> trainers_;
   std::map<uint64_t, std::pair<std::string, std::function<void(const DomainEvent&)>>> listeners_;
   uint64_t next_listener_ = 1;
   bool shut_down_ = false;

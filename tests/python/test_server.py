@@ -222,6 +222,11 @@ BAD = [
     ("a duplicate key", "/v1/completions", b'{"prompt": "a", "prompt": "b"}', 400, "twice", "malformed_json"),
     ("an unknown field", "/v1/completions", b'{"prompt": "a", "temprature": 0}', 400, "unknown field 'temprature'",
      "unknown_field"),
+    ("a token id beyond 32 bits", "/v1/completions", b'{"prompt": [1, 4294967301]}', 400,
+     "'prompt' must hold token ids", "wrong_type"),
+    ("a content part's type that is not a string", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": [{"type": 5, "text": "hi"}]}]}', 400, "only text content parts",
+     "unsupported"),
 ]
 
 
@@ -252,6 +257,9 @@ def test_bad_input_gets_a_clear_json_error_counted_by_reason_and_the_server_stay
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413") and b"exceeds" in reply, reply
     assert srv.metric("hyprstream_rejected_requests_total", reason="body_too_large") == 1
+    # A known path with another method: 405 naming the allowed ones.
+    got, body, headers = srv.request("GET", "/v1/completions")
+    assert got == 405 and headers.get("Allow") == "POST" and "allowed: POST" in body["error"]["message"], body
     assert srv.request("GET", "/health")[0] == 200
 
 
@@ -288,7 +296,7 @@ def test_overload_gets_429_with_retry_after_and_accepted_requests_complete(defau
         for t in threads:
             t.join(timeout=600)
         statuses = sorted(r[0] for r in results)
-        assert statuses.count(429) >= 1 and statuses.count(200) >= 3, statuses
+        assert statuses.count(429) >= 1 and statuses.count(200) >= 2, statuses  # the queue holds 2
         assert set(statuses) == {200, 429}
         for status, body, headers in results:
             if status == 429:

@@ -453,6 +453,8 @@ def test_print_config_without_a_file_equals_the_documented_default_file():
     ("scheduler", "training_share", 1.5, "'scheduler.training_share' must lie in"),
     ("model", "dtype", "float8", "'model.dtype' must be one of"),
     ("learning", "batch_events", 0, "'learning.batch_events' must lie in"),
+    ("scheduler", "max_step_tokens", 8, "max_step_tokens (8) must be at least max_seqs (16)"),
+    ("server", "idle_timeout_ms", 10**12, "'server.idle_timeout_ms' must be an integer of milliseconds"),
 ])
 def test_a_bad_config_is_refused_at_start_naming_the_key(tmp_path, section, key, value, needle):
     config = write_config(tmp_path / "bad.toml", **{section: {key: value}})

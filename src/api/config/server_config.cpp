@@ -85,7 +85,9 @@ Binding text(const std::string& key, std::string& field, std::set<std::string> a
 Binding milliseconds(const std::string& key, std::chrono::milliseconds& field) {
   return {key,
           [key, &field](const toml::node& n) {
-            if (!n.is_integer() || n.as_integer()->get() < 1) bad_key(key, "must be a positive integer (milliseconds)");
+            // At most a day: a timer beyond that is a mistake, and far larger values overflow nanoseconds.
+            if (!n.is_integer() || n.as_integer()->get() < 1 || n.as_integer()->get() > 86'400'000)
+              bad_key(key, "must be an integer of milliseconds in [1, 86400000]");
             field = std::chrono::milliseconds(n.as_integer()->get());
           },
           [key, &field](toml::table& root) {
@@ -189,6 +191,8 @@ void validate_server_config(const ServerConfig& c) {
     validate_adapter_config(c.service.learning.create);
   });
   if (c.host.empty()) throw Error(ErrorKind::InvalidArgument, "config key 'server.host' must not be empty");
+  if (c.threads < 1 || c.threads > 256)  // --threads bypasses the file's check
+    throw Error(ErrorKind::InvalidArgument, "config key 'server.threads' (--threads) must lie in [1, 256]");
 }
 
 std::string config_to_toml(const ServerConfig& config) {

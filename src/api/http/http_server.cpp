@@ -72,17 +72,15 @@ std::string new_request_id() {
   return buf;
 }
 
-const char* status_reason(int status) { return bhttp::obsolete_reason(static_cast<bhttp::status>(status)).data(); }
-
 void Router::add(const std::string& method, const std::string& pattern, Handler handler) {
   routes_.push_back({method, split_path(pattern), std::move(handler)});
 }
 
 void Router::add_websocket(const std::string& path, WebSocketHandler handler) { websockets_[path] = std::move(handler); }
 
-const Handler* Router::match(Request& request, bool* path_known) const {
+const Handler* Router::match(Request& request, std::string* allowed) const {
   const std::vector<std::string> segments = split_path(request.path);
-  *path_known = false;
+  allowed->clear();
   for (const Route& r : routes_) {
     if (r.segments.size() != segments.size()) continue;
     std::map<std::string, std::string> params;
@@ -96,8 +94,10 @@ const Handler* Router::match(Request& request, bool* path_known) const {
       }
     }
     if (!ok) continue;
-    *path_known = true;
-    if (r.method != request.method) continue;
+    if (r.method != request.method) {
+      *allowed += (allowed->empty() ? "" : ", ") + r.method;
+      continue;
+    }
     request.params = std::move(params);
     return &r.handler;
   }

@@ -76,8 +76,9 @@ class Router {
   // Patterns are paths whose segments may be {name}: "/v1/adapters/{domain}/train".
   void add(const std::string& method, const std::string& pattern, Handler handler);
   void add_websocket(const std::string& path, WebSocketHandler handler);
-  // The handler for a request (params filled), or null; *path_known tells a 405 from a 404.
-  const Handler* match(Request& request, bool* path_known) const;
+  // The handler for a request (params filled), or null; then *allowed lists the methods the path has (a 405)
+  // or is empty (a 404).
+  const Handler* match(Request& request, std::string* allowed) const;
   const WebSocketHandler* websocket(const std::string& path) const;
 
  private:
@@ -113,6 +114,5 @@ std::map<std::string, std::string> parse_query(const std::string& query);
 
 // A fresh request id: 16 hex digits.
 std::string new_request_id();
-const char* status_reason(int status);
 
 }  // namespace hs::http

@@ -255,14 +255,15 @@ class Session : public std::enable_shared_from_this<Session> {
     set_pending(true);
     auto responder = std::make_shared<SessionResponder>(shared_from_this());
     watch();
-    bool known = false;
-    const Handler* handler = router_.match(req, &known);
-    if (!handler) {
-      const int status = known ? 405 : 404;
-      return queue_whole(status, "application/json",
-                         error_body(std::string(known ? "method " + req.method + " is not allowed on " : "no route ") +
-                                        req.path, known ? "invalid_request_error" : "not_found_error"), {});
-    }
+    std::string allowed;  // the path's methods, when it has routes for others
+    const Handler* handler = router_.match(req, &allowed);
+    if (!handler && !allowed.empty())
+      return queue_whole(405, "application/json",
+                         error_body("method " + req.method + " is not allowed on " + req.path + " (allowed: " +
+                                        allowed + ")", "invalid_request_error"),
+                         {{"Allow", allowed}});
+    if (!handler)
+      return queue_whole(404, "application/json", error_body("no route " + req.path, "not_found_error"), {});
     try {
       (*handler)(req, responder);
     } catch (const std::exception& e) {
@@ -292,8 +293,10 @@ class Session : public std::enable_shared_from_this<Session> {
       self->watching_ = false;
       if (!ec) {
         self->buffer_.commit(n);  // the client's next request, pipelined: parsed later
+        // The answer finished while this read completed, so its cancel() found nothing to abort.
+        if (self->read_after_watch_ && !self->closed_) self->next_request();
       } else if (ec == net::error::operation_aborted) {
-        if (self->read_after_watch_) self->next_request();
+        if (self->read_after_watch_ && !self->closed_) self->next_request();
       } else {
         self->client_gone();
       }

@@ -121,19 +121,19 @@ class Submission : public std::enable_shared_from_this<Submission> {
       });
       timer_ = timer;
       submitted_ = true;
-      done = pending_.empty();
+      done = pending_.empty() || failure_;
     }
     if (done) finish(false);
   }
 
  private:
   json submit(const std::vector<std::string>& events) {
-    DomainTrainer& trainer = ctx_.service.trainer(domain_);
+    const std::shared_ptr<DomainTrainer> trainer = ctx_.service.trainer(domain_);
     json results = json::array();
     for (const std::string& text : events) {
       const std::string id = event_id(text).value_or("");
       try {
-        const bool dup = trainer.submit(text) == SubmitResult::Duplicate;
+        const bool dup = trainer->submit(text) == SubmitResult::Duplicate;
         results.push_back({{"id", id}, {"status", dup ? "duplicate" : "accepted"}});
         if (!dup) {
           std::lock_guard<std::mutex> lock(mu_);
@@ -153,12 +153,13 @@ class Submission : public std::enable_shared_from_this<Submission> {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (e.kind == DomainEvent::Kind::Durable && wait_applied_) return;
+      if (e.kind == DomainEvent::Kind::Failed) failure_ = e.failure;  // what still waits never comes
       for (const std::string& id : e.ids) {
         heard_.insert(id);
         if (pending_.erase(id) && e.kind == DomainEvent::Kind::Quarantined) quarantined_[id] = e.quarantine->reason;
       }
       if (e.kind == DomainEvent::Kind::Applied) version_ = std::max(version_, e.report->version);
-      done = submitted_ && pending_.empty();
+      done = submitted_ && (pending_.empty() || failure_);
     }
     if (done) finish(false);
   }
@@ -190,6 +191,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
                                        (wait_applied_ ? "applied" : "logged") + " after " +
                                        std::to_string(kApplyTimeout.count()) + " s");
     std::lock_guard<std::mutex> lock(mu_);
+    if (failure_ && !pending_.empty()) throw *failure_;
     if (!wait_applied_) return reply_json(*r_, 200, out_);
     out_["version"] = version_ > 0 ? json(version_) : json(ctx_.service.registry().manifest(domain_).current);
     out_["applied"] = true;
@@ -214,6 +216,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
   std::weak_ptr<boost::asio::steady_timer> timer_;
   std::set<std::string> pending_, heard_;  // accepted and not yet durable / applied; heard of
   json out_, quarantined_ = json::object();
+  std::optional<Error> failure_;  // the trainer stopped before every event was applied
   uint64_t version_ = 0;
   bool wait_applied_ = false, submitted_ = false, finished_ = false;
 };
@@ -281,7 +284,8 @@ void feedback(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     throw Error(ErrorKind::InvalidArgument, "'messages' must be the conversation being corrected");
   json messages = body["messages"];
-  if (messages.back().is_object() && messages.back().value("role", "") == "assistant") messages.erase(messages.size() - 1);
+  if (messages.back().is_object() && messages.back().value("role", json()) == "assistant")
+    messages.erase(messages.size() - 1);
   messages.push_back({{"role", "assistant"}, {"content", *correction}});
   const json event = {{"id", get_string(body, "id").value_or("feedback-" + req.id)}, {"messages", messages}};
   learn(ctx, r, req.params.at("domain"), {event.dump()}, wait_mode(body));
@@ -290,9 +294,9 @@ void feedback(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
 }  // namespace
 
 void add_adapter_routes(ApiContext& ctx, http::Router& router) {
-  add_route(ctx, router, "GET", "/v1/adapters", list);
+  add_route(ctx, router, "GET", "/v1/adapters", list, Runs::OnBlockingPool);
   add_route(ctx, router, "POST", "/v1/adapters", create);
-  add_route(ctx, router, "GET", "/v1/adapters/{domain}", show);
+  add_route(ctx, router, "GET", "/v1/adapters/{domain}", show, Runs::OnBlockingPool);
   add_route(ctx, router, "DELETE", "/v1/adapters/{domain}", remove);
   add_route(ctx, router, "POST", "/v1/adapters/{domain}/rollback", rollback);
   add_route(ctx, router, "POST", "/v1/adapters/{domain}/train", train);

@@ -51,25 +51,31 @@ void reply_json(http::Responder& r, int status, const json& body) {
   r.send(status, "application/json", body.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
+int http_status(const ApiContext& ctx, const Error& e) {
+  // While the server drains, Busy means "go elsewhere", not "retry here".
+  return e.kind() == ErrorKind::Busy && ctx.service.draining() ? 503 : http_status(e.kind());
+}
+
+json error_json(int status, const std::string& message, const std::string& reason, const std::string& param) {
+  return {{"error",
+           {{"message", utf8_escape_invalid(message)},
+            {"type", error_type(status)},
+            {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", status == 400 && reason == "context_overflow" ? json("context_length_exceeded") : json(nullptr)}}}};
+}
+
 void reply_error(ApiContext& ctx, http::Responder& r, int status, const std::string& message,
                  const std::string& reason, const std::string& param) {
   if (ctx.rejected && !reason.empty()) ctx.rejected->add(1, {{"reason", reason}});
-  json body = {{"error",
-                {{"message", utf8_escape_invalid(message)},
-                 {"type", error_type(status)},
-                 {"param", param.empty() ? json(nullptr) : json(param)},
-                 {"code", status == 400 && reason == "context_overflow" ? json("context_length_exceeded") : json(nullptr)}}}};
   http::Headers headers;
   if (status == 429) headers.push_back({"Retry-After", "1"});
-  r.send(status, "application/json", body.dump(), headers);
+  r.send(status, "application/json", error_json(status, message, reason, param).dump(), headers);
 }
 
 void reply_error(ApiContext& ctx, http::Responder& r, const Error& e, const std::string& reason) {
-  // Busy refusals were counted where they were raised (the scheduler's queue, say). While the server drains
-  // they mean "go elsewhere", not "retry here".
+  // Busy refusals were counted where they were raised (the scheduler's queue, say).
   const std::string label = e.kind() == ErrorKind::Busy ? "" : reason.empty() ? reason_of(e) : reason;
-  const int status = e.kind() == ErrorKind::Busy && ctx.service.draining() ? 503 : http_status(e.kind());
-  reply_error(ctx, r, status, e.what(), label);
+  reply_error(ctx, r, http_status(ctx, e), e.what(), label);
 }
 
 json parse_body(const http::Request& req) {

@@ -43,9 +43,12 @@ class RequestError : public Error {
   std::string reason_;
 };
 
-// An hs::Error as an HTTP status and OpenAI error type; Busy is 429 (retry).
+// An hs::Error as an HTTP status and OpenAI error type; Busy is 429 (retry), or 503 while the server drains.
 int http_status(ErrorKind kind);
+int http_status(const ApiContext& ctx, const Error& e);
 const char* error_type(int status);
+// OpenAI's error shape: {"error": {"message", "type", "param", "code"}}.
+json error_json(int status, const std::string& message, const std::string& reason, const std::string& param = "");
 
 // Answers with OpenAI's error shape and counts the rejection under `reason` (a metric label).
 void reply_error(ApiContext& ctx, http::Responder& r, int status, const std::string& message,

@@ -32,13 +32,18 @@ std::string model_id(const ServerConfig& c, const Engine& engine) {
 // stop the trainers (they checkpoint), then stop the I/O threads. The drain runs on `stopper`, which the
 // caller joins before anything it uses is destroyed.
 void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, Service& service,
-                std::thread& stopper) {
+                std::thread& stopper, int& exit_code) {
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
     if (ec) return;
     spdlog::info("signal {}: draining (running requests finish, trainers checkpoint)", signal);
     server.stop_accepting();
-    stopper = std::thread([&io, &service, &server] {
-      service.shutdown();
+    stopper = std::thread([&io, &service, &server, &exit_code] {
+      try {
+        service.shutdown();
+      } catch (const std::exception& e) {  // a checkpoint not written: the log still holds acknowledged events
+        spdlog::error("stopping: {}", e.what());
+        exit_code = 1;
+      }
       // The last tokens of the streams that just finished are still being written: give them time.
       for (int i = 0; i < 200 && server.pending_responses() > 0; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
@@ -80,8 +85,9 @@ int run_api_server(const ServerConfig& config) {
   // uses the service: the guard keeps it running until the drain's io.stop().
   auto keep_running = net::make_work_guard(io);
   std::thread stopper;
+  int exit_code = 0;  // written by the stopper, read after it is joined
   net::signal_set signals(io, SIGINT, SIGTERM);
-  on_signals(signals, io, server, service, stopper);
+  on_signals(signals, io, server, service, stopper, exit_code);
   spdlog::info("serving {} on http://{}:{} (adapters in {})", ctx.model_name, config.host, server.port(),
                options.adapters.root);
   std::cout << "hyprstream: listening on http://" << config.host << ":" << server.port() << std::endl;
@@ -93,7 +99,7 @@ int run_api_server(const ServerConfig& config) {
   if (stopper.joinable()) stopper.join();
   blocking.stop();  // what is still queued could not answer now (a learning answer's timeout, say)
   blocking.join();
-  return 0;
+  return exit_code;
 }
 
 }  // namespace hs::api

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <spdlog/spdlog.h>
 
 #include "api/server/routes.h"
 #include "common/metrics.h"
@@ -27,6 +28,10 @@ json event_json(const DomainEvent& e) {
   if (e.kind == DomainEvent::Kind::Quarantined) {
     j["type"] = "quarantined";
     j["reason"] = e.quarantine->reason;
+  }
+  if (e.kind == DomainEvent::Kind::Failed) {
+    j["type"] = "failed";
+    j["error"] = utf8_escape_invalid(e.failure->what());
   }
   if (e.kind == DomainEvent::Kind::Applied) {
     const BatchReport& r = *e.report;
@@ -122,10 +127,14 @@ class EventStream {
       const std::string id = event_id(text).value_or("");
       json reply = {{"id", id}, {"domain", domain}};
       try {
-        reply["type"] = ctx_.service.trainer(domain).submit(text) == SubmitResult::Duplicate ? "duplicate" : "accepted";
+        reply["type"] = ctx_.service.trainer(domain)->submit(text) == SubmitResult::Duplicate ? "duplicate" : "accepted";
       } catch (const Error& e) {
         if (ctx_.rejected) ctx_.rejected->add(1, {{"reason", "invalid_event"}});
         reply["type"] = e.kind() == ErrorKind::Busy ? "busy" : "rejected";
+        reply["error"] = utf8_escape_invalid(e.what());
+      } catch (const std::exception& e) {  // an escape would end the process from a pool thread
+        spdlog::error("event for domain '{}' failed: {}", domain, e.what());
+        reply["type"] = "error";
         reply["error"] = utf8_escape_invalid(e.what());
       }
       ws->send(reply.dump());

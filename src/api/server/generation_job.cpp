@@ -64,13 +64,12 @@ void GenerationJob::token(size_t choice, const TokenEvent& ev) {
 void GenerationJob::finish(size_t choice, const GenerationResult& r) {
   std::lock_guard<std::mutex> lock(mu_);
   choices_[choice].result = r;
-  choices_[choice].done = true;
   ++finished_;
   if (cancelled_) return;
   if (stream_) {
     if (r.error) {
       const Error& e = *r.error;
-      send_events({json{{"error", {{"message", utf8_escape_invalid(e.what())}, {"type", error_type(http_status(e.kind()))}}}}});
+      send_events({error_json(http_status(ctx_, e), e.what(), reason_of(e))});
     } else {
       send_events(format_->on_finish(choice, r));
     }

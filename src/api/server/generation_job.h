@@ -15,7 +15,6 @@ namespace hs::api {
 struct Choice {
   std::vector<TokenEvent> tokens;
   GenerationResult result;
-  bool done = false;
 };
 
 class Format {

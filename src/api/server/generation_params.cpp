@@ -94,13 +94,7 @@ GenerationParams read_generation_params(const json& body, const SamplingParams& 
   if (auto v = get_integer(body, "seed", INT64_MIN, INT64_MAX)) p.seed = *v < 0 ? -1 : *v;
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   p.stop = read_stop(body);
-  if (const json* ids = present(body, "stop_token_ids")) {
-    if (!ids->is_array()) bad("stop_token_ids", "must be an array of token ids");
-    for (const json& id : *ids) {
-      if (!id.is_number_integer()) bad("stop_token_ids", "must hold integers");
-      p.stop_token_ids.push_back(id.get<int32_t>());
-    }
-  }
+  if (const json* ids = present(body, "stop_token_ids")) p.stop_token_ids = read_token_ids(*ids, "stop_token_ids");
   const int64_t limit = int64_t{1} << 31;
   g.max_tokens = get_integer(body, "max_completion_tokens", 1, limit);
   if (!g.max_tokens) g.max_tokens = get_integer(body, "max_tokens", 1, limit);
@@ -119,6 +113,18 @@ GenerationParams read_generation_params(const json& body, const SamplingParams& 
     throw RequestError(e.kind(), e.what(), "invalid_value");
   }
   return g;
+}
+
+std::vector<int32_t> read_token_ids(const json& ids, const std::string& key) {
+  if (!ids.is_array()) bad(key, "must be an array of token ids");
+  std::vector<int32_t> out;
+  for (const json& id : ids) {
+    if (!id.is_number_integer() || (id.is_number_unsigned() && id.get<uint64_t>() > INT32_MAX) ||
+        id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+      bad(key, "must hold token ids: integers from 0 to 2147483647");
+    out.push_back(static_cast<int32_t>(id.get<int64_t>()));
+  }
+  return out;
 }
 
 void prepare_request(ApiContext& ctx, const GenerationParams& params, GenerationRequest& request,

@@ -125,10 +125,7 @@ void generate(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
   if (p.is_string()) {
     request.prompt = encode(tok, p.get<std::string>(), true);
   } else if (p.is_array()) {
-    for (const json& id : p) {
-      if (!id.is_number_integer()) throw Error(ErrorKind::InvalidArgument, "'prompt' token ids must be integers");
-      request.prompt.push_back(id.get<int32_t>());
-    }
+    request.prompt = read_token_ids(p, "prompt");
   } else {
     throw Error(ErrorKind::InvalidArgument, "'prompt' must be a string or an array of token ids");
   }
@@ -139,13 +136,19 @@ void generate(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
 }  // namespace
 
 void add_route(ApiContext& ctx, http::Router& router, const std::string& method, const std::string& pattern,
-               RouteFn fn) {
-  router.add(method, pattern, [&ctx, pattern, fn](http::Request& req, std::shared_ptr<http::Responder> r) {
+               RouteFn fn, Runs runs) {
+  router.add(method, pattern, [&ctx, pattern, fn, runs](http::Request& req, std::shared_ptr<http::Responder> r) {
     auto counted = std::make_shared<CountingResponder>(std::move(r), ctx.http_requests, pattern, req);
+    if (runs == Runs::OnBlockingPool)
+      return run_blocking(ctx, counted, [&ctx, counted, fn, req = std::make_shared<http::Request>(std::move(req))] {
+        fn(ctx, *req, counted);
+      });
     try {
       fn(ctx, req, counted);
     } catch (const Error& e) {
       reply_error(ctx, *counted, e);
+    } catch (const std::exception& e) {
+      reply_error(ctx, *counted, Error(ErrorKind::Internal, e.what()));
     }
   });
 }
@@ -157,7 +160,7 @@ void add_native_routes(ApiContext& ctx, http::Router& router) {
   add_route(ctx, router, "GET", "/openapi.json", openapi);
   add_route(ctx, router, "GET", "/", dashboard);
   add_route(ctx, router, "GET", "/v1/stats", stats);
-  add_route(ctx, router, "POST", "/v1/generate", generate);
+  add_route(ctx, router, "POST", "/v1/generate", generate, Runs::OnBlockingPool);
 }
 
 }  // namespace hs::api

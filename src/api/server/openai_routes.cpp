@@ -168,7 +168,8 @@ std::vector<ChatMessage> read_messages(const json& body) {
       content = c.get<std::string>();
     } else if (c.is_array()) {  // content parts: text only
       for (const json& part : c) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+        if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
+            !part["text"].is_string())
           throw Error(ErrorKind::Unsupported, "only text content parts are supported");
         content += part["text"].get<std::string>();
       }
@@ -183,7 +184,8 @@ std::vector<ChatMessage> read_messages(const json& body) {
 std::vector<GenerationRequest> choices_of(const GenerationRequest& base, const GenerationParams& g) {
   std::vector<GenerationRequest> out(static_cast<size_t>(g.n), base);
   for (size_t i = 0; i < out.size(); ++i)
-    if (base.sampling.seed >= 0) out[i].sampling.seed = base.sampling.seed + static_cast<int64_t>(i);
+    if (base.sampling.seed >= 0)  // wraps within [0, INT64_MAX] instead of overflowing
+      out[i].sampling.seed = static_cast<int64_t>((static_cast<uint64_t>(base.sampling.seed) + i) & INT64_MAX);
   return out;
 }
 
@@ -230,10 +232,7 @@ void completions(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Resp
   if (p.is_string()) {
     base.prompt = encode(tok, p.get<std::string>(), true);
   } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-    for (const json& id : p) {
-      if (!id.is_number_integer()) throw Error(ErrorKind::InvalidArgument, "'prompt' token ids must be integers");
-      base.prompt.push_back(id.get<int32_t>());
-    }
+    base.prompt = read_token_ids(p, "prompt");
   } else {
     throw Error(ErrorKind::InvalidArgument, "'prompt' must be a string or an array of token ids");
   }
@@ -259,9 +258,9 @@ void models(ApiContext& ctx, http::Request&, std::shared_ptr<http::Responder> r)
 }  // namespace
 
 void add_openai_routes(ApiContext& ctx, http::Router& router) {
-  add_route(ctx, router, "POST", "/v1/chat/completions", chat_completions);
-  add_route(ctx, router, "POST", "/v1/completions", completions);
-  add_route(ctx, router, "GET", "/v1/models", models);
+  add_route(ctx, router, "POST", "/v1/chat/completions", chat_completions, Runs::OnBlockingPool);
+  add_route(ctx, router, "POST", "/v1/completions", completions, Runs::OnBlockingPool);
+  add_route(ctx, router, "GET", "/v1/models", models, Runs::OnBlockingPool);
 }
 
 }  // namespace hs::api

@@ -10,10 +10,14 @@ namespace hs::api {
 
 using RouteFn = void (*)(ApiContext& ctx, http::Request& request, std::shared_ptr<http::Responder> responder);
 
+// Where a route's handler runs: on the connection's I/O thread (it must not block), or on the blocking pool
+// (it may read files: manifests, a cold adapter's weights), so that other connections' streams never wait.
+enum class Runs { OnIoThread, OnBlockingPool };
+
 // Registers a route whose answers are counted by status in hyprstream_http_requests_total{route, status}, and
 // whose hs::Error thrown before the answer becomes the error reply.
 void add_route(ApiContext& ctx, http::Router& router, const std::string& method, const std::string& pattern,
-               RouteFn fn);
+               RouteFn fn, Runs runs = Runs::OnIoThread);
 
 void add_openai_routes(ApiContext& ctx, http::Router& router);
 // /health, /ready, /metrics, /openapi.json, the dashboard at /, /v1/stats and /v1/generate.
