@@ -249,9 +249,17 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
     image = current->image->clone();
     image->set_values(values.data());
   }
+  std::vector<AdapterVersionInfo> before = m.versions;
   AdapterVersionInfo v = write_version_locked(m, *image, m.current, events.value_or(current->version.events));
   auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image});
   std::lock_guard<std::mutex> lock(mu_);
+  // Versions pruned from the folder leave the caches too: a domain that keeps learning would otherwise fill
+  // them with versions no request can name any more (requests holding one keep it alive).
+  for (const AdapterVersionInfo& old : before)
+    if (std::none_of(m.versions.begin(), m.versions.end(), [&](const auto& k) { return k.version == old.version; })) {
+      resident_.erase_prefixed(key(name, old), [&](const auto& gone) { resident_bytes_ -= gone->image->image_bytes(); });
+      hot_.erase_prefixed(key(name, old), [](const auto&) {});
+    }
   remember_locked(snap);
   return v;
 }

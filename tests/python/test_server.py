@@ -137,7 +137,7 @@ def mixed_requests():
                "Step 1: open the box. Step 2:", "Q: What is 12 times 12?\nA:", "Dear friend,",
                "The meaning of life is"]
     adapters = [None, "alpha", "beta", "gamma", "delta"]
-    return [{"prompt": p, "max_tokens": 8 + (i * 5) % 17, "temperature": 0, "ignore_eos": True,
+    return [{"prompt": p, "max_tokens": 4 + (i * 5) % 11, "temperature": 0, "ignore_eos": True,
              **({"adapter": adapters[i % 5]} if adapters[i % 5] else {})} for i, p in enumerate(prompts)]
 
 

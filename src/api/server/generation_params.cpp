@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "serving/service.h"
+#include "tokenizer/tokenizer.h"
 
 namespace hs::api {
 
@@ -125,6 +126,13 @@ std::vector<int32_t> read_token_ids(const json& ids, const std::string& key) {
     out.push_back(static_cast<int32_t>(id.get<int64_t>()));
   }
   return out;
+}
+
+std::vector<int32_t> read_prompt(const json& body, const Tokenizer& tokenizer) {
+  const json* p = present(body, "prompt");
+  if (p && p->is_string()) return encode(tokenizer, p->get<std::string>(), true);
+  if (p && p->is_array()) return read_token_ids(*p, "prompt");
+  throw RequestError(ErrorKind::InvalidArgument, "'prompt' must be a string or an array of token ids", "wrong_type");
 }
 
 void prepare_request(ApiContext& ctx, const GenerationParams& params, GenerationRequest& request,

@@ -41,6 +41,8 @@ std::optional<bool> get_bool(const json& body, const std::string& key);
 std::optional<std::string> get_string(const json& body, const std::string& key);
 // An array of token ids, each an integer in [0, 2^31): a larger one is refused, not wrapped into a valid id.
 std::vector<int32_t> read_token_ids(const json& ids, const std::string& key);
+// "prompt": a string (encoded with the model's BOS when it wants one) or an array of token ids.
+std::vector<int32_t> read_prompt(const json& body, const Tokenizer& tokenizer);
 
 // The adapter a request names ("model" equal to an adapter, or "adapter"), pinned now, and the prompt
 // length check against the scheduler's limit, with OpenAI's message. Fills request.adapter and max_tokens.

@@ -121,14 +121,7 @@ void generate(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
   const Tokenizer& tok = *ctx.service.engine().tokenizer;
   GenerationRequest request;
   request.id = req.id;
-  const json& p = body.contains("prompt") ? body["prompt"] : json();
-  if (p.is_string()) {
-    request.prompt = encode(tok, p.get<std::string>(), true);
-  } else if (p.is_array()) {
-    request.prompt = read_token_ids(p, "prompt");
-  } else {
-    throw Error(ErrorKind::InvalidArgument, "'prompt' must be a string or an array of token ids");
-  }
+  request.prompt = read_prompt(body, tok);
   prepare_request(ctx, g, request, ctx.service.scheduler().max_request_tokens());
   std::make_shared<GenerationJob>(ctx, r, std::make_unique<NativeFormat>(tok), g.stream)->run({request});
 }

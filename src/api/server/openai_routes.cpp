@@ -228,14 +228,7 @@ void completions(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Resp
   const Tokenizer& tok = *ctx.service.engine().tokenizer;
   GenerationRequest base;
   base.id = req.id;
-  const json& p = body.contains("prompt") ? body["prompt"] : json();
-  if (p.is_string()) {
-    base.prompt = encode(tok, p.get<std::string>(), true);
-  } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-    base.prompt = read_token_ids(p, "prompt");
-  } else {
-    throw Error(ErrorKind::InvalidArgument, "'prompt' must be a string or an array of token ids");
-  }
+  base.prompt = read_prompt(body, tok);
   prepare_request(ctx, g, base, 16);  // OpenAI's default max_tokens for completions
   auto format = std::make_unique<CompletionFormat>(tok, "cmpl-" + req.id, "text_completion",
                                                    get_string(body, "model").value_or(ctx.model_name),
