@@ -200,12 +200,12 @@ SchedulerStats Scheduler::stats() const {
   return s;
 }
 
-// Waits for something to do; false when the thread should end. Moves new submissions to the waiting queue
-// and fails them while draining.
 bool Scheduler::any_running() const {
   return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
 }
 
+// Waits for something to do; false when the thread should end. Moves new submissions to the waiting queue
+// and fails them while draining.
 bool Scheduler::wait_for_work() {
   std::deque<std::unique_ptr<Sequence>> refused;
   const bool running = any_running();
