@@ -36,6 +36,15 @@ class LruCache {
     return value;
   }
 
+  // Removes the value under `key`, if any, handing it to `removed`.
+  void erase(const std::string& key, const std::function<void(const V&)>& removed) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return;
+    removed(it->second.value);
+    order_.erase(it->second.pos);
+    map_.erase(it);
+  }
+
   // Removes every value whose key starts with `prefix`, handing each to `removed`.
   void erase_prefixed(const std::string& prefix, const std::function<void(const V&)>& removed) {
     for (auto it = map_.begin(); it != map_.end();) {

@@ -257,8 +257,8 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
   // them with versions no request can name any more (requests holding one keep it alive).
   for (const AdapterVersionInfo& old : before)
     if (std::none_of(m.versions.begin(), m.versions.end(), [&](const auto& k) { return k.version == old.version; })) {
-      resident_.erase_prefixed(key(name, old), [&](const auto& gone) { resident_bytes_ -= gone->image->image_bytes(); });
-      hot_.erase_prefixed(key(name, old), [](const auto&) {});
+      resident_.erase(key(name, old), [&](const auto& gone) { resident_bytes_ -= gone->image->image_bytes(); });
+      hot_.erase(key(name, old), [](const auto&) {});
     }
   remember_locked(snap);
   return v;

@@ -318,7 +318,10 @@ void DomainTrainer::run() {
       queue_.clear();
       done_.notify_all();
       lock.unlock();
-      if (callbacks_.on_failed) callbacks_.on_failed(failure_error());
+      try {
+        if (callbacks_.on_failed) callbacks_.on_failed(failure_error());
+      } catch (...) {  // a listener's own failure must not end the process from this thread
+      }
       return;
     }
     done_.notify_all();

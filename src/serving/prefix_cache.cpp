@@ -84,13 +84,20 @@ void PrefixCache::store(const std::string& seed, const std::vector<int32_t>& pro
     uint64_t key = 0;
     const Entry* found = find(seed, at, tokens, &key);
     if (!found) {
-      if (entries_.count(key)) break;  // another block holds this hash: keep that one
       Entry e;
       e.id = next_id_++;
       e.parent_id = at.parent_id;
       if (at.parent_id == 0) e.seed = seed;
       e.tokens.assign(tokens, tokens + block_);
-      e.index = take_index();
+      // Another entry under this hash (a child whose parent was evicted and stored again, or a collision)
+      // gives its place to this one: the other chain misses from here, and never reuses this KV.
+      if (auto other = entries_.find(key); other != entries_.end()) {
+        e.index = other->second.index;
+        lru_.erase(other->second.lru);
+        entries_.erase(other);
+      } else {
+        e.index = take_index();
+      }
       for (int64_t l = 0; l < static_cast<int64_t>(cache.k.size()); ++l) {
         k_[e.index][l].copy_(cache.k[l][slot].narrow(0, n * block_, block_));
         v_[e.index][l].copy_(cache.v[l][slot].narrow(0, n * block_, block_));

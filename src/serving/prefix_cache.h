@@ -7,7 +7,8 @@
 // is verified exactly, not by hash: the block's tokens, its parent entry's id (ids are never reused), and for
 // a first block the seed itself. KV is therefore never reused across adapter versions, even when hashes
 // collide. Blocks live in one pool allocated at start and are evicted least recently used first; a block
-// whose parent was evicted is no longer reachable and ages out. Owned by the engine thread; not thread-safe.
+// whose parent was evicted is no longer reachable: it ages out, or a new block under its hash replaces it.
+// Owned by the engine thread; not thread-safe.
 #include <cstdint>
 #include <list>
 #include <string>

@@ -343,9 +343,14 @@ void Scheduler::admit() {
   };
   for (int64_t slot = 0; slot < static_cast<int64_t>(slots_.size()) && !waiting_.empty(); ++slot) {
     if (slots_[slot]) continue;
+    // Behind a request passed too often, only base-model requests may go first: they keep no adapter busy.
     auto it = waiting_.begin();
-    while (it != waiting_.end() && !fits(**it) && (*it)->skips < kMaxSkips) ++it;
-    if (it == waiting_.end() || !fits(**it)) break;
+    bool blocked = false;
+    for (; it != waiting_.end(); ++it) {
+      if (fits(**it) && (!blocked || !(*it)->req.adapter)) break;
+      blocked = blocked || (!fits(**it) && (*it)->skips >= kMaxSkips);
+    }
+    if (it == waiting_.end()) break;
     for (auto passed = waiting_.begin(); passed != it; ++passed) ++(*passed)->skips;
     if ((*it)->req.adapter && std::find(adapters.begin(), adapters.end(), (*it)->req.adapter.get()) == adapters.end())
       adapters.push_back((*it)->req.adapter.get());

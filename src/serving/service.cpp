@@ -155,22 +155,24 @@ void Service::notify(const DomainEvent& event) {
 }
 
 void Service::shutdown() {
-  std::map<std::string, std::shared_ptr<DomainTrainer>> trainers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
     shut_down_ = true;
   }
   draining_ = true;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    started_.wait(lock, [&] { return starting_.empty(); });
-    trainers.swap(trainers_);
-  }
   // The trainers apply their queues and checkpoint while running requests finish (the engine thread
   // interleaves both), so a long stream does not push the checkpoint past a supervisor's grace period.
   std::exception_ptr failed;  // a checkpoint that could not be written, reported once all has stopped
-  std::thread stopper([&trainers, &failed] {
+  std::thread stopper([this, &failed] {
+    std::map<std::string, std::shared_ptr<DomainTrainer>> trainers;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // One being started sees shut_down_ and stops itself (trainer()); waiting for it means that
+      // shutdown() returns only once every trainer has stopped.
+      started_.wait(lock, [&] { return starting_.empty(); });
+      trainers.swap(trainers_);
+    }
     for (auto& [domain, t] : trainers) {
       try {
         t->stop();

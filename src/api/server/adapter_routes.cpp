@@ -294,9 +294,9 @@ void feedback(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Respond
 }  // namespace
 
 void add_adapter_routes(ApiContext& ctx, http::Router& router) {
-  add_route(ctx, router, "GET", "/v1/adapters", list, Runs::OnBlockingPool);
+  add_route(ctx, router, "GET", "/v1/adapters", list, Runs::OnReaderPool);
   add_route(ctx, router, "POST", "/v1/adapters", create);
-  add_route(ctx, router, "GET", "/v1/adapters/{domain}", show, Runs::OnBlockingPool);
+  add_route(ctx, router, "GET", "/v1/adapters/{domain}", show, Runs::OnReaderPool);
   add_route(ctx, router, "DELETE", "/v1/adapters/{domain}", remove);
   add_route(ctx, router, "POST", "/v1/adapters/{domain}/rollback", rollback);
   add_route(ctx, router, "POST", "/v1/adapters/{domain}/train", train);

@@ -93,8 +93,9 @@ json parse_body(const http::Request& req) {
   return j;
 }
 
-void run_blocking(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::function<void()> fn) {
-  boost::asio::post(*ctx.blocking, [&ctx, r, fn = std::move(fn)] {
+void run_blocking(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::function<void()> fn,
+                  boost::asio::thread_pool* pool) {
+  boost::asio::post(pool ? *pool : *ctx.blocking, [&ctx, r, fn = std::move(fn)] {
     try {
       fn();
     } catch (const Error& e) {

@@ -28,7 +28,8 @@ struct ApiContext {
   MetricFamily* rejected = nullptr;       // hyprstream_rejected_requests_total{reason}
   MetricFamily* http_requests = nullptr;  // hyprstream_http_requests_total{route, status}
   std::string model_name;                 // the base model's id in /v1/models and responses
-  boost::asio::thread_pool* blocking = nullptr;  // for handlers that block on file I/O (never to wait)
+  boost::asio::thread_pool* blocking = nullptr;  // learning and adapter writes: may wait for a trainer's start
+  boost::asio::thread_pool* readers = nullptr;   // generation and listings: short file reads, never behind those
 };
 
 // A refusal of a request with the reason it is counted under (hyprstream_rejected_requests_total{reason}):
@@ -62,8 +63,10 @@ json parse_body(const http::Request& req);
 // The metric label for why a request was refused: a RequestError's reason, else one per error kind.
 std::string reason_of(const Error& e);
 
-// Runs `fn` (which may block) on the blocking pool; an hs::Error it throws becomes the error reply.
-void run_blocking(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::function<void()> fn);
+// Runs `fn` (which may block) on `pool`, by default the blocking pool; an hs::Error it throws becomes the
+// error reply.
+void run_blocking(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::function<void()> fn,
+                  boost::asio::thread_pool* pool = nullptr);
 
 }  // namespace api
 }  // namespace hs

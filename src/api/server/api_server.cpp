@@ -66,13 +66,14 @@ int run_api_server(const ServerConfig& config) {
   Service service(options, &metrics);
 
   net::io_context io;
-  net::thread_pool blocking(4);
+  net::thread_pool blocking(4), readers(4);
   ApiContext ctx{service,
                  metrics,
                  &metrics.counter("hyprstream_rejected_requests_total", "Requests refused before running, by reason"),
                  &metrics.counter("hyprstream_http_requests_total", "HTTP answers, by route and status"),
                  model_id(config, service.engine()),
-                 &blocking};
+                 &blocking,
+                 &readers};
 
   http::Router router;
   add_openai_routes(ctx, router);
@@ -99,6 +100,8 @@ int run_api_server(const ServerConfig& config) {
   if (stopper.joinable()) stopper.join();
   blocking.stop();  // what is still queued could not answer now (a learning answer's timeout, say)
   blocking.join();
+  readers.stop();
+  readers.join();
   return exit_code;
 }
 

@@ -132,10 +132,11 @@ void add_route(ApiContext& ctx, http::Router& router, const std::string& method,
                RouteFn fn, Runs runs) {
   router.add(method, pattern, [&ctx, pattern, fn, runs](http::Request& req, std::shared_ptr<http::Responder> r) {
     auto counted = std::make_shared<CountingResponder>(std::move(r), ctx.http_requests, pattern, req);
-    if (runs == Runs::OnBlockingPool)
-      return run_blocking(ctx, counted, [&ctx, counted, fn, req = std::make_shared<http::Request>(std::move(req))] {
-        fn(ctx, *req, counted);
-      });
+    if (runs == Runs::OnReaderPool)
+      return run_blocking(
+          ctx, counted,
+          [&ctx, counted, fn, req = std::make_shared<http::Request>(std::move(req))] { fn(ctx, *req, counted); },
+          ctx.readers);
     try {
       fn(ctx, req, counted);
     } catch (const Error& e) {
@@ -153,7 +154,7 @@ void add_native_routes(ApiContext& ctx, http::Router& router) {
   add_route(ctx, router, "GET", "/openapi.json", openapi);
   add_route(ctx, router, "GET", "/", dashboard);
   add_route(ctx, router, "GET", "/v1/stats", stats);
-  add_route(ctx, router, "POST", "/v1/generate", generate, Runs::OnBlockingPool);
+  add_route(ctx, router, "POST", "/v1/generate", generate, Runs::OnReaderPool);
 }
 
 }  // namespace hs::api

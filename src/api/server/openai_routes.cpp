@@ -251,9 +251,9 @@ void models(ApiContext& ctx, http::Request&, std::shared_ptr<http::Responder> r)
 }  // namespace
 
 void add_openai_routes(ApiContext& ctx, http::Router& router) {
-  add_route(ctx, router, "POST", "/v1/chat/completions", chat_completions, Runs::OnBlockingPool);
-  add_route(ctx, router, "POST", "/v1/completions", completions, Runs::OnBlockingPool);
-  add_route(ctx, router, "GET", "/v1/models", models, Runs::OnBlockingPool);
+  add_route(ctx, router, "POST", "/v1/chat/completions", chat_completions, Runs::OnReaderPool);
+  add_route(ctx, router, "POST", "/v1/completions", completions, Runs::OnReaderPool);
+  add_route(ctx, router, "GET", "/v1/models", models, Runs::OnReaderPool);
 }
 
 }  // namespace hs::api

@@ -10,9 +10,10 @@ namespace hs::api {
 
 using RouteFn = void (*)(ApiContext& ctx, http::Request& request, std::shared_ptr<http::Responder> responder);
 
-// Where a route's handler runs: on the connection's I/O thread (it must not block), or on the blocking pool
+// Where a route's handler runs: on the connection's I/O thread (it must not block), or on the readers' pool
 // (it may read files: manifests, a cold adapter's weights), so that other connections' streams never wait.
-enum class Runs { OnIoThread, OnBlockingPool };
+// Learning routes use the blocking pool themselves (run_blocking): a trainer's start may take seconds.
+enum class Runs { OnIoThread, OnReaderPool };
 
 // Registers a route whose answers are counted by status in hyprstream_http_requests_total{route, status}, and
 // whose hs::Error thrown before the answer becomes the error reply.
