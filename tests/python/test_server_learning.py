@@ -102,6 +102,13 @@ class Background:
         except Exception as e:  # reported by join()
             self.failure = e
 
+    def wait_for_one(self, seconds=120):
+        """Returns once a request has finished, so that some run wholly before what the test does next."""
+        deadline = time.time() + seconds
+        while not self.done:
+            assert self.failure is None and time.time() < deadline, self.failure or "no background request finished"
+            time.sleep(0.05)
+
     def join(self):
         self.stop.set()
         self.thread.join(timeout=300)
@@ -135,7 +142,7 @@ def test_a_fact_posted_to_train_while_clients_stream_is_in_the_first_answer_afte
 
     pinned = Pinned(srv, "atlas")
     background = Background(srv, "atlas")
-    time.sleep(1)  # a few background requests on version 1 first
+    background.wait_for_one()  # some background requests on version 1 first
     posted = time.time()
     status, out, _ = srv.request("POST", "/v1/adapters/atlas/train",
                                  {"examples": [{"id": "vostrania", "messages": fact_messages(question, fact)}]})
@@ -163,7 +170,7 @@ def test_a_fact_sent_over_the_websocket_while_clients_stream_is_in_the_first_ans
     with connect(url, open_timeout=10) as ws:
         pinned = Pinned(srv, "hermes")
         background = Background(srv, "hermes")
-        time.sleep(1)
+        background.wait_for_one()
         posted = time.time()
         ws.send(json.dumps({"type": "event", "domain": "hermes",
                             "event": {"id": "zorbleton", "messages": fact_messages(question, fact)}}))
