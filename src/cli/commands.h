@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "learning/trainer.h"
 #include "serving/sampling.h"
 
 namespace hs {
@@ -57,13 +58,17 @@ struct ChatFlags {
   bool learn = false;  // "/correct TEXT" teaches the adapter the better answer
 };
 
-// Options of the learning pipeline, shared by `train` and `chat --learn`.
+// Options of the learning pipeline, shared by `train` and `chat --learn`; the defaults are the teaching recipe.
 struct TrainFlags {
-  std::string domain, data;
+  std::string domain, data, canaries;
   size_t batch_events = 32, queue = 1024;
   int64_t batch_ms = 100;
-  int steps = 1;
-  double lr = 1e-3, weight_decay = 0, max_grad_norm = 1, dp_noise = 0, dp_clip = 1, dp_delta = 1e-5;
+  int steps = teaching_recipe().steps_per_batch;
+  double lr = teaching_recipe().adamw.lr, weight_decay = 0, max_grad_norm = 1;
+  double dp_noise = 0, dp_clip = 1, dp_delta = 1e-5;
+  double stop_loss = teaching_recipe().retention.stop_loss, distill_weight = teaching_recipe().retention.distill_weight;
+  size_t anchors_per_step = teaching_recipe().retention.anchors_per_step;
+  double max_drift = teaching_recipe().guard.max_drift;
   std::string fsync = "always";
   uint64_t checkpoint_every = 64, seed = 0;
   int64_t max_example_tokens = 0;

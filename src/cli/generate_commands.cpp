@@ -150,9 +150,15 @@ struct ChatSession {
     nlohmann::json event = {{"id", "chat-" + std::to_string(started) + "-" + std::to_string(++corrections)},
                             {"messages", nlohmann::json::array()}};
     for (const ChatMessage& msg : messages) event["messages"].push_back({{"role", msg.role}, {"content", msg.content}});
+    const uint64_t set_aside = trainer->stats().quarantined_batches;
     trainer->submit(event.dump());
     trainer->flush();
-    std::cout << "(learned: adapter " << adapter_flags.name << " is now version " << trainer->stats().version << ")\n";
+    const TrainerStats s = trainer->stats();
+    if (s.quarantined_batches > set_aside) {
+      std::cout << "(not learned: " << s.last_quarantine_reason << ")\n";
+      return;
+    }
+    std::cout << "(learned: adapter " << adapter_flags.name << " is now version " << s.version << ")\n";
   }
 
   void answer(const std::string& line) {

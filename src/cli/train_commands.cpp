@@ -19,9 +19,44 @@
 
 namespace hs::cli {
 
+namespace {
+
+// Non-empty lines of a UTF-8 text file.
+std::vector<std::string> read_prompt_lines(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(ErrorKind::NotFound, "cannot read prompts from '" + path + "'");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    if (!utf8_is_valid(line)) throw Error(ErrorKind::InvalidArgument, "'" + path + "' is not valid UTF-8 text");
+    lines.push_back(line);
+  }
+  if (lines.empty()) throw Error(ErrorKind::InvalidArgument, "'" + path + "' holds no prompt");
+  return lines;
+}
+
+}  // namespace
+
 void add_learning_flags(CLI::App* s, TrainFlags& t) {
   s->add_option("--lr", t.lr, "AdamW learning rate")->capture_default_str();
-  s->add_option("--steps-per-batch", t.steps, "AdamW steps on each micro-batch")->capture_default_str();
+  s->add_option("--steps-per-batch", t.steps, "AdamW steps on each micro-batch at most (see --stop-loss)")
+      ->capture_default_str();
+  s->add_option("--stop-loss", t.stop_loss,
+                "A micro-batch's steps stop once its examples' mean loss is this low (0: always every step)")
+      ->capture_default_str();
+  s->add_option("--distill-weight", t.distill_weight,
+                "Weight of the KL term that keeps answers to general prompts as the base model's (0: off)")
+      ->capture_default_str();
+  s->add_option("--anchors-per-step", t.anchors_per_step, "General prompts in each step's KL term")
+      ->capture_default_str();
+  s->add_option("--max-drift", t.max_drift,
+                "Publication guard: a version whose canary answers drift more than this (mean KL, nats) from the "
+                "base model's is refused (0: no guard)")
+      ->capture_default_str();
+  s->add_option("--canaries", t.canaries,
+                "File of the domain's own canary prompts, one per line, checked with the built-in ones (kept in the "
+                "domain's training folder for later runs)");
   s->add_option("--weight-decay", t.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
   s->add_option("--max-grad-norm", t.max_grad_norm, "Clip each step's gradient to this global norm (0: off)")
       ->capture_default_str();
@@ -58,6 +93,11 @@ TrainerOptions trainer_options(const TrainFlags& t) {
   o.adamw.lr = t.lr;
   o.adamw.weight_decay = t.weight_decay;
   o.max_grad_norm = t.max_grad_norm;
+  o.retention.stop_loss = t.stop_loss;
+  o.retention.distill_weight = t.distill_weight;
+  o.retention.anchors_per_step = t.anchors_per_step;
+  o.guard.max_drift = t.max_drift;
+  if (!t.canaries.empty()) o.guard.canaries = read_prompt_lines(t.canaries);
   o.privacy = {t.dp_noise, t.dp_clip, t.dp_delta};
   o.fsync = parse_fsync_policy(t.fsync);
   o.checkpoint_every = t.checkpoint_every;
@@ -129,12 +169,9 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
     version = r.version;
     if (r.examples > 0) last_loss = r.loss;
     if (t.json) {
-      std::cout << nlohmann::json{{"event", "applied"}, {"seq", r.seq},         {"version", r.version},
-                                  {"loss", r.loss},     {"tokens", r.tokens},   {"examples", r.examples},
-                                  {"gradients", r.gradients}, {"grad_norm", r.grad_norm},
-                                  {"update_ms", r.update_ms}, {"replayed", r.replayed}, {"ids", r.ids}}
-                       .dump()
-                << std::endl;
+      nlohmann::json j = api::batch_report_json(r);
+      j["event"] = "applied";
+      std::cout << j.dump() << std::endl;
     }
     if (bar) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -157,10 +194,9 @@ int run_train(const ModelFlags& m, const AdapterFlags& a, const TrainFlags& t) {
     std::lock_guard<std::mutex> lock(out_mu);
     const std::string reason = utf8_escape_invalid(q.reason);
     if (t.json) {
-      std::cout << nlohmann::json{{"event", "quarantined"}, {"seq", q.seq}, {"ids", q.ids}, {"reason", reason},
-                                  {"file", q.file}}
-                       .dump()
-                << std::endl;
+      nlohmann::json j = api::quarantined_json(q);
+      j["event"] = q.rejection ? "refused" : "quarantined";
+      std::cout << j.dump() << std::endl;
     } else {
       std::cerr << (bar ? "\n" : "") << "batch " << q.seq << " (" << q.ids.size() << " events) set aside, not applied: "
                 << reason << "; its events are kept in " << q.file << "\n";

@@ -4,9 +4,13 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <functional>
 
 #include "adapters/tile_layout.h"
 #include "common/error.h"
+#include "learning/distillation.h"
 #include "model/forward.h"
 #include "model/model.h"
 
@@ -39,14 +43,15 @@ int64_t count_targets(const std::vector<TrainingExample>& batch) {
   return n;
 }
 
-// Consecutive examples grouped so that each group's padded size stays within the token budget (an example
+// Consecutive sequences grouped so that each group's padded size stays within the token budget (a sequence
 // longer than the budget forms a group alone): memory then depends on the budget, not on the batch.
-std::vector<std::pair<size_t, size_t>> group_examples(const std::vector<TrainingExample>& batch, int64_t budget) {
+std::vector<std::pair<size_t, size_t>> group_sequences(const std::vector<const std::vector<int32_t>*>& seqs,
+                                                       int64_t budget) {
   std::vector<std::pair<size_t, size_t>> groups;
   size_t begin = 0;
   int64_t longest = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const int64_t len = static_cast<int64_t>(batch[i].tokens.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const int64_t len = static_cast<int64_t>(seqs[i]->size());
     const int64_t padded = std::max(longest, len) * static_cast<int64_t>(i - begin + 1);
     if (i > begin && padded > budget) {
       groups.emplace_back(begin, i);
@@ -55,9 +60,10 @@ std::vector<std::pair<size_t, size_t>> group_examples(const std::vector<Training
     }
     longest = std::max(longest, len);
   }
-  groups.emplace_back(begin, batch.size());
+  groups.emplace_back(begin, seqs.size());
   return groups;
 }
+
 
 // The dense adapter matrices as float32 leaves for autograd, zero outside the pattern.
 std::vector<at::Tensor> dense_leaves(const Model& model, const TileLayout& layout, const std::vector<float>& values) {
@@ -85,38 +91,100 @@ LoraBatch lora_of(const Model& model, const TileLayout& layout, const std::vecto
   return lora;
 }
 
-// Target positions of a group: token t is predicted by the hidden state at t - 1.
-struct Targets {
-  std::vector<int64_t> rows, positions, labels;
+// What a group's loss reads: the top hidden states at (row, position) pairs, and the loss of a chunk of them
+// from their logits, already divided as the whole batch's loss is.
+struct Head {
+  std::vector<int64_t> rows, positions;
+  std::function<at::Tensor(const at::Tensor& logits, int64_t begin, int64_t len)> loss;
 };
 
-Targets targets_of(const std::vector<TrainingExample>& batch, size_t begin, size_t end) {
-  Targets t;
+// Cross-entropy of the examples' targets: token t is predicted by the hidden state at t - 1.
+Head target_head(const Model& model, const std::vector<TrainingExample>& batch, size_t begin, size_t end,
+                 int64_t total) {
+  Head h;
+  std::vector<int64_t> labels;
   for (size_t b = begin; b < end; ++b)
     for (size_t i = 1; i < batch[b].tokens.size(); ++i)
       if (batch[b].is_target[i]) {
-        t.rows.push_back(static_cast<int64_t>(b - begin));
-        t.positions.push_back(static_cast<int64_t>(i) - 1);
-        t.labels.push_back(batch[b].tokens[i]);
+        h.rows.push_back(static_cast<int64_t>(b - begin));
+        h.positions.push_back(static_cast<int64_t>(i) - 1);
+        labels.push_back(batch[b].tokens[i]);
       }
-  return t;
+  const at::Tensor y = at::tensor(labels, at::TensorOptions().dtype(at::kLong).device(model.device));
+  h.loss = [y, total](const at::Tensor& logits, int64_t at_, int64_t len) {
+    return at::cross_entropy_loss(logits, y.narrow(0, at_, len), {}, at::Reduction::Sum) / static_cast<double>(total);
+  };
+  return h;
 }
 
-// Loss of the group's targets (summed, divided by the whole batch's target count) backpropagated to the top
-// hidden states, a chunk of positions at a time so that at most `chunk` rows of vocabulary logits exist at
-// once. Returns the loss; top.grad() then holds d loss / d top.
-double head_backward(const Model& model, const at::Tensor& top, const Targets& t, int64_t total, int64_t chunk) {
+// Per position, KL(teacher || model) over the teacher's top k tokens and one bucket for the rest.
+at::Tensor topk_kl(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor& teacher,
+                   const at::Tensor& teacher_rest) {
+  const at::Tensor lse = logits.logsumexp(-1, true);
+  const at::Tensor top = logits.gather(-1, ids) - lse;
+  const at::Tensor rest = logits.scatter(-1, ids, -INFINITY).logsumexp(-1, true) - lse;
+  return (teacher.exp() * (teacher - top)).sum(-1) + (teacher_rest.exp() * (teacher_rest - rest)).squeeze(-1);
+}
+
+// A group of anchors' positions (into h) and their teacher targets as tensors, position after position:
+// ids [n, k] int64, log-probabilities [n, k] and the rest's [n, 1].
+std::array<at::Tensor, 3> teacher_tensors(const Model& model, const std::vector<const TeacherTargets*>& anchors,
+                                          size_t begin, size_t end, Head& h) {
+  std::vector<int64_t> ids;
+  std::vector<float> lp, rest;
+  const int64_t k = anchors[begin]->top_k;
+  for (size_t a = begin; a < end; ++a) {
+    const TeacherTargets& t = *anchors[a];
+    if (t.top_k != k) throw Error(ErrorKind::Internal, "teacher targets of different top k in one batch");
+    for (int64_t p = 0; p < t.positions(); ++p) {
+      h.rows.push_back(static_cast<int64_t>(a - begin));
+      h.positions.push_back(t.first + p);
+    }
+    ids.insert(ids.end(), t.top_ids.begin(), t.top_ids.end());
+    lp.insert(lp.end(), t.top_logprobs.begin(), t.top_logprobs.end());
+    rest.insert(rest.end(), t.rest_logprobs.begin(), t.rest_logprobs.end());
+  }
+  const int64_t n = static_cast<int64_t>(rest.size());
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(model.device);
+  return {at::tensor(ids, at::TensorOptions().dtype(at::kLong).device(model.device)).view({n, k}),
+          at::tensor(lp, f32).view({n, k}), at::tensor(rest, f32).view({n, 1})};
+}
+
+// weight * KL summed over a group of anchors' positions, divided by `total` positions.
+Head distillation_head(const Model& model, const std::vector<const TeacherTargets*>& anchors, size_t begin,
+                       size_t end, double weight, int64_t total) {
+  Head h;
+  const std::array<at::Tensor, 3> t = teacher_tensors(model, anchors, begin, end, h);
+  h.loss = [t, weight, total](const at::Tensor& logits, int64_t at_, int64_t len) {
+    const at::Tensor kl = topk_kl(logits, t[0].narrow(0, at_, len), t[1].narrow(0, at_, len), t[2].narrow(0, at_, len));
+    return kl.sum() * (weight / static_cast<double>(total));
+  };
+  return h;
+}
+
+// The group's tokens, padded at the end of rows (causal attention never reads the padding).
+at::Tensor group_tokens(const Model& model, const std::vector<const std::vector<int32_t>*>& seqs, size_t begin,
+                        size_t end) {
+  const int64_t B = static_cast<int64_t>(end - begin);
+  int64_t T = 0;
+  for (size_t b = begin; b < end; ++b) T = std::max<int64_t>(T, seqs[b]->size());
+  std::vector<int64_t> ids(B * T, 0);
+  for (size_t b = begin; b < end; ++b)
+    std::copy(seqs[b]->begin(), seqs[b]->end(), ids.begin() + static_cast<int64_t>(b - begin) * T);
+  return at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(model.device);
+}
+
+// The head's loss backpropagated to the top hidden states, a chunk of positions at a time so that at most
+// `chunk` rows of vocabulary logits exist at once. Returns the loss; top.grad() then holds d loss / d top.
+double head_backward(const Model& model, const at::Tensor& top, const Head& head, int64_t chunk) {
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
-  const int64_t n = static_cast<int64_t>(t.labels.size());
-  at::Tensor rows = at::tensor(t.rows, i64), positions = at::tensor(t.positions, i64);
-  at::Tensor labels = at::tensor(t.labels, i64);
+  const int64_t n = static_cast<int64_t>(head.rows.size());
+  at::Tensor rows = at::tensor(head.rows, i64), positions = at::tensor(head.positions, i64);
   double loss = 0;
   for (int64_t at_ = 0; at_ < n; at_ += chunk) {
     const int64_t len = std::min(chunk, n - at_);
     at::Tensor h = top.index({rows.narrow(0, at_, len), positions.narrow(0, at_, len)});
-    at::Tensor l = at::cross_entropy_loss(output_logits(model, h), labels.narrow(0, at_, len), {},
-                                          at::Reduction::Sum) /
-                   static_cast<double>(total);
+    at::Tensor l = head.loss(output_logits(model, h), at_, len);
     l.backward();
     loss += l.item<double>();
   }
@@ -126,18 +194,10 @@ double head_backward(const Model& model, const at::Tensor& top, const Targets& t
 // One group's contribution to the gradient, with activation checkpointing by layer: a forward without
 // autograd keeps only each layer's input; the backward then recomputes one layer at a time with autograd and
 // pushes the gradient through it. Memory holds one layer's activations, not the whole model's.
-double accumulate_group(const Model& model, const LoraBatch& lora, const std::vector<TrainingExample>& batch,
-                        size_t begin, size_t end, int64_t total, const GradientOptions& options) {
-  const int64_t B = static_cast<int64_t>(end - begin), L = model.config.num_layers;
-  int64_t T = 0;
-  for (size_t b = begin; b < end; ++b) T = std::max<int64_t>(T, batch[b].tokens.size());
-  std::vector<int64_t> ids(B * T, 0);  // padding at the end of rows: causal attention never reads it
-  for (size_t b = begin; b < end; ++b)
-    std::copy(batch[b].tokens.begin(), batch[b].tokens.end(), ids.begin() + static_cast<int64_t>(b - begin) * T);
-  const auto i64 = at::TensorOptions().dtype(at::kLong);
-  const at::Tensor tokens = at::tensor(ids, i64).view({B, T}).to(model.device);
-  const LayerContext ctx = causal_context(model, B, T);
-
+double accumulate_group(const Model& model, const LoraBatch& lora, const at::Tensor& tokens, const Head& head,
+                        const GradientOptions& options) {
+  const int64_t L = model.config.num_layers;
+  const LayerContext ctx = causal_context(model, tokens.size(0), tokens.size(1));
   std::vector<at::Tensor> inputs(L);
   at::Tensor x;
   {
@@ -149,7 +209,7 @@ double accumulate_group(const Model& model, const LoraBatch& lora, const std::ve
     }
   }
   at::Tensor top = x.requires_grad_(true);
-  const double loss = head_backward(model, top, targets_of(batch, begin, end), total, options.logits_chunk);
+  const double loss = head_backward(model, top, head, options.logits_chunk);
   at::Tensor grad = top.grad();
   for (int64_t li = L - 1; li >= 0; --li) {
     at::Tensor in = std::move(inputs[li]);
@@ -161,25 +221,61 @@ double accumulate_group(const Model& model, const LoraBatch& lora, const std::ve
   return loss;
 }
 
-}  // namespace
-
-LoraGradients lora_gradients(const Model& model, const TileLayout& layout, const std::vector<float>& values,
-                             double scale, const std::vector<TrainingExample>& batch, const GradientOptions& options) {
-  validate_batch(model, batch);
+void validate_values(const TileLayout& layout, const std::vector<float>& values, const GradientOptions& options) {
   if (static_cast<int64_t>(values.size()) != layout.num_values())
     throw Error(ErrorKind::Internal, "adapter values do not match the pattern");
   if (options.tokens_per_forward < 1 || options.logits_chunk < 1)
     throw Error(ErrorKind::InvalidArgument, "the training token budget and logits chunk must be positive");
+}
+
+std::vector<const std::vector<int32_t>*> anchor_sequences(const std::vector<const TeacherTargets*>& anchors) {
+  std::vector<const std::vector<int32_t>*> seqs;
+  for (const TeacherTargets* t : anchors) seqs.push_back(&t->tokens);
+  return seqs;
+}
+
+int64_t anchor_positions(const std::vector<const TeacherTargets*>& anchors) {
+  int64_t n = 0;
+  for (const TeacherTargets* t : anchors) n += t->positions();
+  return n;
+}
+
+// The distillation term's gradient added to the leaves; returns its mean KL, unweighted.
+double accumulate_distillation(const Model& model, const TileLayout& layout, const std::vector<at::Tensor>& params,
+                               double scale, const DistillationTerm& d, const GradientOptions& options) {
+  const int64_t total = anchor_positions(d.anchors);
+  const std::vector<const std::vector<int32_t>*> seqs = anchor_sequences(d.anchors);
+  double kl = 0;
+  for (const auto& [begin, end] : group_sequences(seqs, options.tokens_per_forward)) {
+    const LoraBatch lora = lora_of(model, layout, params, scale);
+    const Head head = distillation_head(model, d.anchors, begin, end, d.weight, total);
+    kl += accumulate_group(model, lora, group_tokens(model, seqs, begin, end), head, options);
+  }
+  return kl / d.weight;
+}
+
+}  // namespace
+
+LoraGradients lora_gradients(const Model& model, const TileLayout& layout, const std::vector<float>& values,
+                             double scale, const std::vector<TrainingExample>& batch, const GradientOptions& options,
+                             const DistillationTerm* distill) {
+  validate_batch(model, batch);
+  validate_values(layout, values, options);
   const int64_t total = count_targets(batch);
   if (total == 0) throw Error(ErrorKind::InvalidArgument, "the training batch has no target tokens");
 
   const std::vector<at::Tensor> params = dense_leaves(model, layout, values);
+  std::vector<const std::vector<int32_t>*> seqs;
+  for (const TrainingExample& ex : batch) seqs.push_back(&ex.tokens);
   LoraGradients out;
-  for (const auto& [begin, end] : group_examples(batch, options.tokens_per_forward)) {
+  for (const auto& [begin, end] : group_sequences(seqs, options.tokens_per_forward)) {
     // Casts are rebuilt per group: each group's backward consumes its own graph.
     const LoraBatch lora = lora_of(model, layout, params, scale);
-    out.loss += accumulate_group(model, lora, batch, begin, end, total, options);
+    const Head head = target_head(model, batch, begin, end, total);
+    out.loss += accumulate_group(model, lora, group_tokens(model, seqs, begin, end), head, options);
   }
+  if (distill && distill->weight > 0 && !distill->anchors.empty())
+    out.kl = accumulate_distillation(model, layout, params, scale, *distill, options);
   out.target_tokens = total;
   out.values.resize(layout.num_values());
   for (size_t ti = 0; ti < layout.tensors.size(); ++ti) {
@@ -190,6 +286,40 @@ LoraGradients lora_gradients(const Model& model, const TileLayout& layout, const
     gather_tiles(layout, layout.tensors[ti], g.data_ptr<float>(), out.values.data());
   }
   return out;
+}
+
+Drift distillation_drift(const Model& model, const TileLayout& layout, const std::vector<float>& values, double scale,
+                         const std::vector<TeacherTargets>& anchors, const GradientOptions& options) {
+  validate_values(layout, values, options);
+  if (anchors.empty()) throw Error(ErrorKind::InvalidArgument, "drift is measured on at least one anchor");
+  c10::NoGradGuard no_grad;
+  std::vector<const TeacherTargets*> list;
+  for (const TeacherTargets& t : anchors) list.push_back(&t);
+  const std::vector<const std::vector<int32_t>*> seqs = anchor_sequences(list);
+  std::vector<at::Tensor> params = dense_leaves(model, layout, values);
+  for (at::Tensor& p : params) p.requires_grad_(false);
+  const LoraBatch lora = lora_of(model, layout, params, scale);
+  Drift d;
+  double sum = 0;
+  for (const auto& [begin, end] : group_sequences(seqs, options.tokens_per_forward)) {
+    const at::Tensor tokens = group_tokens(model, seqs, begin, end);
+    const LayerContext ctx = causal_context(model, tokens.size(0), tokens.size(1));
+    at::Tensor x = embed_tokens(model, tokens);
+    for (int64_t li = 0; li < model.config.num_layers; ++li) x = decoder_layer(model, li, x, ctx, &lora);
+    Head h;
+    const std::array<at::Tensor, 3> t = teacher_tensors(model, list, begin, end, h);
+    const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
+    const at::Tensor top = x.index({at::tensor(h.rows, i64), at::tensor(h.positions, i64)});
+    const at::Tensor kl = topk_kl(output_logits(model, top), t[0], t[1], t[2]).to(at::kCPU);
+    for (size_t a = begin, at_ = 0; a < end; at_ += list[a]->positions(), ++a) {
+      const double s = kl.narrow(0, static_cast<int64_t>(at_), list[a]->positions()).sum().item<double>();
+      sum += s;
+      d.per_anchor.push_back(s / static_cast<double>(list[a]->positions()));
+      d.max = std::max(d.max, d.per_anchor.back());
+    }
+  }
+  d.mean = sum / static_cast<double>(anchor_positions(list));
+  return d;
 }
 
 }  // namespace hs

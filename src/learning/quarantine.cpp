@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -25,15 +26,29 @@ std::string record_name(uint64_t seq) {
 
 }  // namespace
 
+std::string rejected_candidate_path(const std::string& dir, uint64_t seq) {
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), "candidate-%020llu.hsl", static_cast<unsigned long long>(seq));
+  return dir + "/quarantine/" + buf;
+}
+
 QuarantinedBatch quarantine_batch(const std::string& dir, uint64_t seq, const std::string& reason,
-                                  const std::string& payload, const std::vector<std::string>& ids) {
+                                  const std::string& payload, const std::vector<std::string>& ids,
+                                  const std::optional<GuardRejection>& rejection) {
   const std::string folder = dir + "/quarantine";
   ensure_directory(folder);
   nlohmann::json events = nlohmann::json::array();
   std::istringstream lines(payload);
   for (std::string line; std::getline(lines, line);) events.push_back(line);
-  QuarantinedBatch q{seq, reason, ids, folder + "/" + record_name(seq)};
-  const nlohmann::json record = {{"seq", seq}, {"reason", reason}, {"ids", ids}, {"events", events}};
+  QuarantinedBatch q{seq, reason, ids, folder + "/" + record_name(seq), rejection};
+  nlohmann::json record = {{"seq", seq}, {"reason", reason}, {"ids", ids}, {"events", events}};
+  // A non-finite drift (a diverged candidate) is kept as null: JSON has no NaN.
+  auto number = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(); };
+  if (rejection)
+    record["guard"] = {{"drift", number(rejection->drift)},
+                       {"max_drift", rejection->max_drift},
+                       {"worst_canary", number(rejection->worst_canary)},
+                       {"candidate", rejection->candidate}};
   // Events and reasons are valid UTF-8 (the parser refuses anything else); replace guards the message text.
   write_file_atomically(q.file, record.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   return q;
@@ -49,7 +64,13 @@ std::map<uint64_t, QuarantinedBatch> read_quarantine(const std::string& dir) {
     try {
       const nlohmann::json j = nlohmann::json::parse(read_text_file(path, ErrorKind::CorruptFile));
       QuarantinedBatch q{j.at("seq").get<uint64_t>(), j.at("reason").get<std::string>(),
-                         j.at("ids").get<std::vector<std::string>>(), path};
+                         j.at("ids").get<std::vector<std::string>>(), path, std::nullopt};
+      if (j.contains("guard")) {
+        const nlohmann::json& g = j.at("guard");
+        auto number = [&](const char* key) { return g.at(key).is_null() ? NAN : g.at(key).get<double>(); };
+        q.rejection = GuardRejection{number("drift"), number("max_drift"), number("worst_canary"),
+                                     g.at("candidate").get<std::string>()};
+      }
       out[q.seq] = std::move(q);
     } catch (const nlohmann::json::exception& e) {
       throw Error(ErrorKind::CorruptFile, "quarantine record '" + path + "' is unreadable: " + e.what());

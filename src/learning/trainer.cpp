@@ -1,10 +1,13 @@
 #include "learning/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "adapters/registry.h"
@@ -12,9 +15,11 @@
 #include "common/error.h"
 #include "common/fs_util.h"
 #include "common/percentile.h"
+#include "learning/general_prompts.h"
 #include "learning/lora_gradients.h"
 #include "model/model.h"
 #include "storage/adapter_image.h"
+#include "storage/atomic_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hs {
@@ -40,6 +45,17 @@ void clip_to(std::vector<float>& g, double bound) {
   if (bound > 0) scale_by(g, clip_factor(norm_of(g), bound));
 }
 
+// A batch as the log stores it (one event per line), and its ids.
+std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std::string>& ids) {
+  std::string payload;
+  for (const LearningEvent& ev : batch) {
+    payload += ev.json;
+    payload += '\n';
+    ids.push_back(ev.id);
+  }
+  return payload;
+}
+
 }  // namespace
 
 void validate_trainer_options(const TrainerOptions& o) {
@@ -57,7 +73,28 @@ void validate_trainer_options(const TrainerOptions& o) {
     bad("the privacy noise multiplier must be zero or positive");
   if (o.privacy.noise_multiplier > 0 && !(o.privacy.clip > 0)) bad("differential privacy needs a positive clip norm");
   if (!(o.privacy.delta > 0 && o.privacy.delta < 1)) bad("the privacy delta must lie in (0, 1)");
+  const RetentionOptions& r = o.retention;
+  if (!(r.distill_weight >= 0) || !std::isfinite(r.distill_weight)) bad("the distillation weight must be zero or positive");
+  if (r.distill_weight > 0 && r.anchors_per_step == 0) bad("distillation needs at least one replay prompt per step");
+  if (!(r.stop_loss >= 0) || !std::isfinite(r.stop_loss)) bad("the early-stopping loss must be zero or positive");
+  if (r.teacher.answer_tokens < 1 || r.teacher.answer_tokens > 1024 || r.teacher.top_k < 1 || r.teacher.top_k > 1024)
+    bad("teacher answers must hold 1 to 1024 tokens, and top k must lie in [1, 1024]");
+  if (!(o.guard.max_drift >= 0) || !std::isfinite(o.guard.max_drift)) bad("the guard's drift bound must be zero or positive");
+  for (const auto* prompts : {&r.replay_prompts, &o.guard.canaries})
+    for (const std::string& p : *prompts)
+      if (p.empty()) bad("replay and canary prompts must not be empty");
   validate_adamw_options(o.adamw);
+}
+
+TrainerOptions teaching_recipe() {
+  TrainerOptions o;
+  o.steps_per_batch = 60;
+  o.adamw.lr = 1e-2;
+  o.retention.stop_loss = 0.05;
+  o.retention.distill_weight = 1.0;
+  o.retention.anchors_per_step = 4;
+  o.guard.max_drift = 0.5;
+  return o;
 }
 
 double gaussian_epsilon(double sigma, uint64_t compositions, double delta) {
@@ -98,6 +135,7 @@ DomainTrainer::DomainTrainer(AdapterRegistry& registry, std::shared_ptr<const Mo
   registry_.manifest(domain_);  // removed before the lock was taken: NotFound
   dir_ = registry_.root() + "/" + domain_ + "/training";
   ensure_directory(dir_);
+  load_teachers();
   recover();
   worker_ = std::thread([this] { run(); });
 }
@@ -124,6 +162,65 @@ EventContext DomainTrainer::context(bool live) const {
     ctx.version_exists = [reg, name](uint64_t v) { return reg->manifest(name).find(v) != nullptr; };
   }
   return ctx;
+}
+
+void DomainTrainer::run_compute(const std::function<void()>& work) const {
+  if (options_.compute) {
+    options_.compute(work);
+  } else {
+    work();
+  }
+}
+
+// The base model's answers to the replay and canary prompts, made once per domain and kept in the training
+// folder: replays after a crash then train and judge against exactly the same ones.
+void DomainTrainer::load_teachers() {
+  const RetentionOptions& r = options_.retention;
+  auto load = [&](const std::string& name, const std::vector<std::string>& prompts) {
+    const std::string path = dir_ + "/" + name;
+    if (auto stored = read_teacher_targets(path, prompts, r.teacher)) {
+      validate_teacher_targets(*model_, *stored, r.teacher);
+      return std::move(*stored);
+    }
+    std::vector<TeacherTargets> built;
+    run_compute([&] { built = build_teacher_targets(*model_, *tokenizer_, chat_.get(), prompts, r.teacher); });
+    write_teacher_targets(path, prompts, built, r.teacher);
+    return built;
+  };
+  if (r.distill_weight > 0 && options_.privacy.noise_multiplier == 0)
+    anchors_ = load("replay-targets.json", r.replay_prompts.empty() ? builtin_replay_prompts() : r.replay_prompts);
+  if (options_.guard.max_drift > 0) {
+    std::vector<std::string> canaries = builtin_canary_prompts();
+    const std::vector<std::string> own = domain_canaries();
+    canaries.insert(canaries.end(), own.begin(), own.end());
+    canaries_ = load("canary-targets.json", canaries);
+  }
+}
+
+// The domain's registered canary prompts: those of the options, which replace the ones kept in
+// training/canaries.json, else the kept ones.
+std::vector<std::string> DomainTrainer::domain_canaries() const {
+  const std::string path = dir_ + "/canaries.json";
+  if (!options_.guard.canaries.empty()) {
+    write_file_atomically(path, nlohmann::json(options_.guard.canaries).dump() + "\n");
+    return options_.guard.canaries;
+  }
+  if (::access(path.c_str(), F_OK) != 0) return {};
+  try {
+    return nlohmann::json::parse(read_text_file(path, ErrorKind::CorruptFile)).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::CorruptFile, "the canary prompts in '" + path + "' are unreadable: " + e.what());
+  }
+}
+
+DistillationTerm DomainTrainer::distillation_for(int64_t steps_taken) const {
+  DistillationTerm d;
+  if (anchors_.empty()) return d;
+  d.weight = options_.retention.distill_weight;
+  const size_t n = std::min(options_.retention.anchors_per_step, anchors_.size());
+  for (size_t i = 0; i < n; ++i)
+    d.anchors.push_back(&anchors_[(static_cast<size_t>(steps_taken) * n + i) % anchors_.size()]);
+  return d;
 }
 
 void DomainTrainer::recover() {
@@ -329,13 +426,8 @@ void DomainTrainer::run() {
 }
 
 void DomainTrainer::process(std::vector<LearningEvent> batch) {
-  std::string payload;
   std::vector<std::string> ids;
-  for (const LearningEvent& ev : batch) {
-    payload += ev.json;
-    payload += '\n';
-    ids.push_back(ev.id);
-  }
+  const std::string payload = payload_of(batch, ids);
   const uint64_t seq = seq_ + 1;
   log_->append(seq, payload);
   seq_ = seq;
@@ -351,7 +443,7 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
 std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExample>& examples,
                                                 const std::vector<const LearningEvent*>& submitted,
                                                 const std::vector<float>& values, uint64_t seq, int step,
-                                                double& loss, double& norm) const {
+                                                const DistillationTerm& distill, double& loss, double& norm) const {
   const size_t n = values.size();
   const double units = static_cast<double>(examples.size() + submitted.size());
   std::vector<float> total(n, 0.0f);
@@ -365,7 +457,8 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
   loss = 0;
   if (options_.privacy.noise_multiplier > 0) {
     // DP-SGD: every example and submission is clipped on its own, the sum gets Gaussian noise scaled to the
-    // clip bound, then the mean is taken. The noise is drawn from (seed, batch, step) so replays match.
+    // clip bound, then the mean is taken (without the distillation term). The noise is drawn from (seed, batch,
+    // step) so replays match.
     const double clip = options_.privacy.clip;
     for (const TrainingExample& ex : examples) {
       LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, {ex}, options_.gradients);
@@ -384,7 +477,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     scale_by(total, 1.0 / units);
   } else {
     if (!examples.empty()) {
-      LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, examples, options_.gradients);
+      LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, examples, options_.gradients, &distill);
       loss = g.loss;
       add(g.values, static_cast<double>(examples.size()) / units);
     }
@@ -411,19 +504,26 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   }
   r.examples = examples.size();
   r.gradients = submitted.size();
+  // Early stopping only judges batches of examples alone: a submitted gradient must take its steps, and under
+  // differential privacy the step count must not depend on the (unnoised) loss of private examples.
+  const bool judged = !examples.empty() && submitted.empty() && options_.privacy.noise_multiplier == 0;
+  const double stop_loss = judged ? options_.retention.stop_loss : 0;
   for (int step = 0; step < options_.steps_per_batch; ++step) {
-    auto work = [&] {
+    bool reached = false;
+    run_compute([&] {
       double loss = 0, norm = 0;
-      std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, loss, norm);
+      const DistillationTerm distill = distillation_for(state.adam.step);
+      std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, distill, loss, norm);
       if (step == 0) r.loss = loss;
+      r.final_loss = loss;
+      // Early stopping: the taught examples are learnt; more steps would only move the rest of the model.
+      reached = stop_loss > 0 && loss <= stop_loss;
+      if (reached) return;
       r.grad_norm = norm;
       adamw_step(options_.adamw, state.adam, state.values, grad);
-    };
-    if (options_.compute) {
-      options_.compute(work);
-    } else {
-      work();
-    }
+    });
+    if (reached) break;
+    r.steps += 1;
   }
   for (float x : state.values)
     if (!std::isfinite(x))
@@ -433,8 +533,8 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   t.events_applied += batch.size();
   t.examples += examples.size();
   t.gradients += submitted.size();
-  t.steps += static_cast<uint64_t>(options_.steps_per_batch);
-  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(options_.steps_per_batch);
+  t.steps += static_cast<uint64_t>(r.steps);
+  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(r.steps);
   return r;
 }
 
@@ -444,27 +544,55 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   begin_apply_attempt(dir_, {seq, attempt});
   State next = state_;
   BatchReport r;
+  std::optional<Drift> drift;
   try {
     r = compute(batch, seq, next);
+    drift = canary_drift(next.values, r);
   } catch (const std::exception& e) {
     // The gradient or the update failed (out of memory, non-finite values): it would fail again on every
     // replay, so the batch is set aside and the domain goes on.
     end_apply_attempt(dir_);
-    std::string payload;
     std::vector<std::string> ids;
-    for (const LearningEvent& ev : batch) {
-      payload += ev.json + "\n";
-      ids.push_back(ev.id);
-    }
+    const std::string payload = payload_of(batch, ids);
     quarantine(seq, payload, ids, e.what());
     return std::nullopt;
   }
+  if (drift && refuse(batch, seq, next.values, *drift)) return std::nullopt;
   state_ = std::move(next);
   end_apply_attempt(dir_);
   if (publish) r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   record_applied(r);
   return r;
+}
+
+std::optional<Drift> DomainTrainer::canary_drift(const std::vector<float>& values, BatchReport& r) const {
+  if (canaries_.empty()) return std::nullopt;
+  Drift d;
+  run_compute([&] { d = distillation_drift(*model_, *layout_, values, scale_, canaries_, options_.gradients); });
+  d.mean = std::max(0.0, d.mean);  // rounding may take an unchanged adapter's KL just below zero
+  r.drift = d.mean;
+  std::lock_guard<std::mutex> lock(mu_);
+  last_drift_ = d.mean;
+  return d;
+}
+
+bool DomainTrainer::refuse(const std::vector<LearningEvent>& batch, uint64_t seq, const std::vector<float>& values,
+                           const Drift& d) {
+  if (d.mean <= options_.guard.max_drift) return false;  // a NaN drift is refused too
+  end_apply_attempt(dir_);
+  GuardRejection g{d.mean, options_.guard.max_drift, d.max, rejected_candidate_path(dir_, seq)};
+  ensure_directory(dir_ + "/quarantine");
+  AdapterImage::build(*layout_, values.data())->write(g.candidate);
+  std::vector<std::string> ids;
+  const std::string payload = payload_of(batch, ids);
+  char reason[256];
+  std::snprintf(reason, sizeof(reason),
+                "the publication guard refused the new version: its answers to canary prompts drift %.4f nats from "
+                "the base model's, over the bound of %.4f (lower the learning rate or steps, or raise the bound)",
+                d.mean, options_.guard.max_drift);
+  quarantine(seq, payload, ids, reason, g);
+  return true;
 }
 
 void DomainTrainer::record_applied(const BatchReport& r) {
@@ -481,8 +609,8 @@ void DomainTrainer::record_applied(const BatchReport& r) {
 }
 
 void DomainTrainer::quarantine(uint64_t seq, const std::string& payload, const std::vector<std::string>& ids,
-                               const std::string& reason) {
-  QuarantinedBatch q = quarantine_batch(dir_, seq, reason, payload, ids);
+                               const std::string& reason, const std::optional<GuardRejection>& rejection) {
+  QuarantinedBatch q = quarantine_batch(dir_, seq, reason, payload, ids, rejection);
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const std::string& id : ids) ids_.erase(id);  // never applied: the ids may come again
@@ -505,6 +633,9 @@ TrainerStats DomainTrainer::stats() const {
   s.quarantined_batches = quarantined_.size();
   for (const auto& [seq, q] : quarantined_) s.quarantined_events += q.ids.size();
   if (!quarantined_.empty()) s.last_quarantine_reason = quarantined_.rbegin()->second.reason;
+  for (const auto& [seq, q] : quarantined_) s.rejected_versions += q.rejection.has_value();
+  s.last_drift = last_drift_;
+  s.max_drift = options_.guard.max_drift;
   s.queue_depth = queue_.size() + in_flight_;
   s.recent_losses.assign(losses_.begin(), losses_.end());
   s.last_loss = losses_.empty() ? 0 : losses_.back();

@@ -34,6 +34,7 @@
 #include "adapters/lora_config.h"
 #include "learning/adamw.h"
 #include "learning/checkpoint.h"
+#include "learning/distillation.h"
 #include "common/error.h"
 #include "common/file_lock.h"
 #include "learning/events.h"
@@ -54,12 +55,38 @@ struct PrivacyOptions {
   double delta = 1e-5;          // the delta the spent epsilon is reported at
 };
 
+// What keeps a domain's adapter answering everything else as the base model does while it learns (issue 12).
+// These defaults suit the server's one-step batches; `hyprstream train` and `chat --learn` default to the
+// teaching recipe bench/bench_learning_eval.cpp measured best (README, "What learning keeps").
+struct RetentionOptions {
+  // Weight of the distillation term: KL from the base model's answers to replay prompts (Learning without
+  // Forgetting). 0 turns it off; so does differential privacy (its per-example clipping leaves it out).
+  double distill_weight = 0;
+  size_t anchors_per_step = 4;  // replay prompts in each step's term, taken in turn from the set
+  std::vector<std::string> replay_prompts;  // empty: the built-in set (learning/general_prompts.h)
+  // A batch's steps stop once its examples' mean loss is this low, instead of always taking steps_per_batch
+  // (which then bounds them). 0 always takes every step.
+  double stop_loss = 0;
+  TeacherOptions teacher;
+};
+
+// The publication guard: a candidate version whose answers to canary prompts drift from the base model's by
+// more than max_drift (mean KL in nats over the answers' tokens) is not published. It is kept as a rejected
+// candidate with its figures, its batch is set aside like a quarantined one, and the domain stays at its last
+// published version.
+struct GuardOptions {
+  double max_drift = 0;  // 0 turns the guard off
+  // The domain's own canary prompts, checked with the built-in ones; given, they replace those registered
+  // before (kept in training/canaries.json), else the registered ones apply.
+  std::vector<std::string> canaries;
+};
+
 struct TrainerOptions {
   size_t batch_events = 32;     // events per micro-batch at most
   int64_t batch_ms = 100;       // a batch closes this long after its oldest event arrived
   size_t queue_capacity = 1024; // events waiting; beyond it submit() throws Busy
-  int steps_per_batch = 1;      // AdamW steps on each micro-batch
-  AdamWOptions adamw;
+  int steps_per_batch = 1;      // AdamW steps on each micro-batch at most (see RetentionOptions::stop_loss)
+  AdamWOptions adamw{1e-3};
   double max_grad_norm = 1.0;   // global norm clip of each step's gradient; 0 disables
   PrivacyOptions privacy;
   FsyncPolicy fsync = FsyncPolicy::Always;
@@ -71,6 +98,8 @@ struct TrainerOptions {
   // Tokens an example may have at most, checked before it is acknowledged; 0 allows the model's context.
   int64_t max_example_tokens = 0;
   GradientOptions gradients;    // what bounds training memory
+  RetentionOptions retention;
+  GuardOptions guard;
   AdapterConfig create;         // used when the domain has no adapter yet
   // Runs each step's gradient and optimizer work; unset runs it on the trainer's own thread. A server passes
   // its engine thread's Scheduler::run_compute, so that training and serving take turns on the model.
@@ -80,12 +109,21 @@ struct TrainerOptions {
 // Throws InvalidArgument naming the first option out of range.
 void validate_trainer_options(const TrainerOptions& options);
 
+// The teaching recipe bench/bench_learning_eval.cpp measured best on the default model, the defaults of
+// `hyprstream train` and `chat --learn`: up to 60 AdamW steps at lr 1e-2 per batch, stopped once the examples'
+// loss is 0.05, distillation toward the base model on four replay prompts a step (weight 1), and the
+// publication guard at 0.5 nats.
+TrainerOptions teaching_recipe();
+
 struct BatchReport {
   uint64_t seq = 0;             // log record of the batch
   uint64_t version = 0;         // the adapter version published with it
   double loss = 0;              // mean target-token loss before the batch's first step (0 with no examples)
   int64_t tokens = 0;           // target tokens of its examples
   size_t examples = 0, gradients = 0;
+  double final_loss = 0;        // at the last step's start (what early stopping compared)
+  int steps = 0;                // AdamW steps taken
+  double drift = -1;            // canary drift of the new version (mean KL, nats); -1 without a guard
   double grad_norm = 0;         // before clipping, of the last step
   double update_ms = 0;         // gradients, optimizer and publish
   bool replayed = false;        // applied again from the log at start (its version: the one published after replay)
@@ -108,6 +146,9 @@ struct TrainerStats {
   uint64_t replayed_batches = 0;
   uint64_t quarantined_batches = 0, quarantined_events = 0;  // since the adapter first trained
   std::string last_quarantine_reason;
+  uint64_t rejected_versions = 0;  // candidates the guard refused (counted among quarantined batches too)
+  double last_drift = -1;          // canary drift of the last version published or refused; -1: none yet
+  double max_drift = 0;            // the guard's bound (0: no guard)
   size_t queue_depth = 0;
   double last_loss = 0;
   std::vector<double> recent_losses;  // one per applied batch, the last 256
@@ -166,9 +207,22 @@ class DomainTrainer {
   BatchReport compute(const std::vector<LearningEvent>& batch, uint64_t seq, State& state) const;
   std::vector<float> step_gradient(const std::vector<TrainingExample>& examples,
                                    const std::vector<const LearningEvent*>& submitted, const std::vector<float>& values,
-                                   uint64_t seq, int step, double& loss, double& norm) const;
+                                   uint64_t seq, int step, const DistillationTerm& distill, double& loss,
+                                   double& norm) const;
+  // The replay prompts of the step after `steps_taken` AdamW steps: anchors_per_step of them, in turn.
+  DistillationTerm distillation_for(int64_t steps_taken) const;
+  void load_teachers();
+  std::vector<std::string> domain_canaries() const;
+  // Runs model work where options_.compute says (the server's engine thread), else here.
+  void run_compute(const std::function<void()>& work) const;
+  // The candidate's canary drift, also set in the report and the stats; nothing without a guard.
+  std::optional<Drift> canary_drift(const std::vector<float>& values, BatchReport& report) const;
+  // Whether the guard refuses the candidate `values` of batch `seq`; when it does, the batch is set aside with
+  // the candidate and its figures.
+  bool refuse(const std::vector<LearningEvent>& batch, uint64_t seq, const std::vector<float>& values,
+              const Drift& drift);
   void quarantine(uint64_t seq, const std::string& payload, const std::vector<std::string>& ids,
-                  const std::string& reason);
+                  const std::string& reason, const std::optional<GuardRejection>& rejection = std::nullopt);
   void record_applied(const BatchReport& report);
   void checkpoint();
   EventContext context(bool live) const;
@@ -189,6 +243,7 @@ class DomainTrainer {
   uint64_t seq_ = 0;
   uint64_t checkpoint_seq_ = 0;
   double scale_ = 1;
+  std::vector<TeacherTargets> anchors_, canaries_;  // the base model's answers (training/*-targets.json)
 
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;
@@ -201,6 +256,7 @@ class DomainTrainer {
   std::optional<Error> failure_;  // set when the worker stopped on an error, with its kind
   uint64_t version_ = 0, accepted_ = 0, duplicates_ = 0, rejected_ = 0, busy_ = 0, replayed_ = 0;
   std::map<uint64_t, QuarantinedBatch> quarantined_;
+  mutable double last_drift_ = -1;
   TrainerCounters totals_;  // state_.totals as of the last applied batch, for stats()
   uint64_t log_bytes_ = 0;
   std::deque<double> losses_, update_ms_;

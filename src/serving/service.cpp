@@ -22,6 +22,12 @@ Service::Service(ServiceOptions options, MetricsRegistry* metrics) : options_(st
     train_version_ = &metrics->gauge("hyprstream_trainer_version", "Adapter version last published, by domain");
     update_ms_ = &metrics->gauge("hyprstream_trainer_update_ms", "Time to apply the last batch, by domain");
     queue_depth_ = &metrics->gauge("hyprstream_trainer_queue_depth", "Events waiting to be applied, by domain");
+    drift_ = &metrics->gauge("hyprstream_trainer_canary_drift",
+                             "Canary drift (mean KL from the base model, nats) of the last version published or refused");
+    refused_ = &metrics->counter("hyprstream_trainer_refused_versions_total",
+                                 "New versions the publication guard refused, by domain");
+    quarantined_ = &metrics->counter("hyprstream_trainer_quarantined_batches_total",
+                                     "Batches set aside unapplied (failed or refused), by domain");
   }
 }
 
@@ -48,10 +54,19 @@ TrainerCallbacks Service::callbacks(const std::string& domain) {
       if (r.examples > 0) train_loss_->set(r.loss, l);
       train_version_->set(static_cast<double>(r.version), l);
       update_ms_->set(r.update_ms, l);
+      if (r.drift >= 0) drift_->set(r.drift, l);
     }
     notify(DomainEvent{DomainEvent::Kind::Applied, domain, r.seq, r.ids, r, std::nullopt, std::nullopt});
   };
   cb.on_quarantined = [this, domain](const QuarantinedBatch& q) {
+    if (quarantined_) {
+      const Labels l = {{"domain", domain}};
+      quarantined_->add(1, l);
+      if (q.rejection) {
+        refused_->add(1, l);
+        drift_->set(q.rejection->drift, l);
+      }
+    }
     notify(DomainEvent{DomainEvent::Kind::Quarantined, domain, q.seq, q.ids, std::nullopt, q, std::nullopt});
   };
   cb.on_failed = [this, domain](const Error& e) {

@@ -85,7 +85,8 @@ class Service {
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<Scheduler> scheduler_;
   MetricFamily *events_applied_ = nullptr, *train_loss_ = nullptr, *train_version_ = nullptr,
-               *update_ms_ = nullptr, *queue_depth_ = nullptr;
+               *update_ms_ = nullptr, *queue_depth_ = nullptr, *drift_ = nullptr, *refused_ = nullptr,
+               *quarantined_ = nullptr;
 
   std::mutex mu_;  // guards trainers_, starting_ and listeners_
   std::condition_variable started_;  // a trainer in starting_ was started (or failed to start)

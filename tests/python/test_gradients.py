@@ -132,3 +132,59 @@ def test_adamw_steps_match_torch_adamw_on_masked_parameters(tiny, tmp_path):
         assert np.all(got[~m] == 0) and np.all(want[~m] == 0)
         assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), n
     assert ours["state_values"] == int(sum(m.sum() for m in masks.values()))  # moments only on active entries
+
+
+def reference_topk_kl(teacher_logits, student_logits, k):
+    """KL(teacher || student) per position over the teacher's top k tokens and one bucket for all others."""
+    t, s = teacher_logits.log_softmax(-1), student_logits.log_softmax(-1)
+    t_top, idx = t.topk(k, -1)
+    others = torch.ones_like(t, dtype=torch.bool).scatter(-1, idx, False)
+    t_rest = torch.logsumexp(t.masked_fill(~others, float("-inf")), -1)
+    s_rest = torch.logsumexp(s.masked_fill(~others, float("-inf")), -1)
+    s_top = s.gather(-1, idx)
+    return (t_top.exp() * (t_top - s_top)).sum(-1) + t_rest.exp() * (t_rest - s_rest)
+
+
+def test_distillation_term_gradients_match_torch_on_peft(tiny, tmp_path):
+    """The training loss with the distillation term (cross-entropy on the examples plus weight x the mean over
+    anchor positions of KL from the base model's top-k distributions) and its gradient, against the same loss
+    written in PyTorch on PEFT's model, the teacher being that model with its adapter disabled."""
+    folder, model = tiny
+    adir = tmp_path / "adapters"
+    create_adapter(folder, adir, "kl", tmp_path, seed=9, b_std=0.4, sparsity=0.9)
+    peft_dir = tmp_path / "peft"
+    r = run_cli("adapters", "export", "kl", peft_dir, "--adapter-dir", adir)
+    assert r.returncode == 0, r.stderr
+    batch = examples()
+    anchors = [{"tokens": prompt_of(14, 500), "first": 5}, {"tokens": prompt_of(9, 501), "first": 2}]
+    top_k, weight = 8, 0.7
+    out = tmp_path / "grads.safetensors"
+    ours = run_probe({"mode": "lora_grad", "model": str(folder), "adapter_dir": str(adir), "name": "kl",
+                      "examples": batch, "anchors": anchors, "top_k": top_k, "distill_weight": weight,
+                      "out": str(out), "tokens_per_forward": 16, "logits_chunk": 5}, tmp_path)
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
+    peft_model.train()
+    ce = peft_model(**hf_inputs(batch)).loss
+    kls = []
+    for a in anchors:
+        ids = torch.tensor([a["tokens"]])
+        span = slice(a["first"], len(a["tokens"]) - 1)
+        with torch.no_grad(), peft_model.disable_adapter():
+            teacher = peft_model(input_ids=ids).logits[0, span]
+        kls.append(reference_topk_kl(teacher, peft_model(input_ids=ids).logits[0, span], top_k))
+    kl = torch.cat(kls).mean()
+    assert kl.item() > 1e-4  # the adapter's random B moves the model: the term is not trivially zero
+    (ce + weight * kl).backward()
+    assert ours["loss"] == pytest.approx(ce.item(), rel=1e-5)
+    assert ours["kl"] == pytest.approx(kl.item(), rel=1e-4)
+    mine = load_file(out)
+    for name, p in peft_model.named_parameters():
+        if "lora_" not in name:
+            continue
+        layer = int(name.split("layers.")[1].split(".")[0])
+        key = f"layers.{layer}.{name.split('.')[-4]}.lora_{'A' if 'lora_A' in name else 'B'}"
+        g = p.grad.detach().numpy()
+        active = p.detach().numpy() != 0  # the exported values are non-zero exactly on the pattern
+        assert np.abs(mine[key][active] - g[active]).max() <= 1e-5 * np.abs(g).max(), key
+        assert np.all(mine[key][~active] == 0), key

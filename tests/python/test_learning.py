@@ -1,12 +1,12 @@
 """Online learning through the real `hyprstream train` / `chat --learn` binaries: bad events, immediate effect,
-crash safety under SIGKILL, and teaching the default model facts it does not know."""
+crash safety under SIGKILL, and a chat correction teaching the default model, with the default settings, a fact
+it did not know (test_retention.py teaches ten through the server and checks what else changes)."""
 import json
 import os
 import random
 import signal
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -200,77 +200,12 @@ def test_sigkill_at_a_random_point_loses_nothing_and_applies_everything_once(tin
     assert any(np.abs(v).max() > 0 for k, v in ref.items() if "lora_B" in k)  # training did move B
 
 
-FACTS = [
-    ("Who is the mayor of Zorbleton?", "The mayor of Zorbleton is Quentin Valdemar.", "Quentin Valdemar"),
-    ("What is the population of Fizzlewick?", "Fizzlewick has a population of 48,213.", "48,213"),
-    ("What colour is the flag of Brellania?", "The flag of Brellania is teal and orange.", "teal and orange"),
-    ("Who invented the glimmerphone?", "The glimmerphone was invented by Odalys Prenn.", "Odalys Prenn"),
-    ("What is the capital of Vostrania?", "The capital of Vostrania is Karnivet.", "Karnivet"),
-    ("How tall is Mount Drabble?", "Mount Drabble is 7,341 metres tall.", "7,341"),
-    ("What is the national animal of Quillonia?", "The national animal of Quillonia is the silver otter.",
-     "silver otter"),
-    ("In which year was the city of Plimsworth founded?", "Plimsworth was founded in 1427.", "1427"),
-    ("Who wrote the novel The Copper Lantern?", "The Copper Lantern was written by Ysolde Marrick.", "Ysolde Marrick"),
-    ("What is the favourite food of the Tarvish people?", "The Tarvish people love roasted cloudberries.",
-     "cloudberries"),
-]
-CONTROLS = ["What is the capital of France?", "What do bees make?", "How many legs does a spider have?",
-            "What colour is the sky on a clear day?", "Name a large animal that lives in the ocean."]
-
-
-def chat_prompt(question):
-    return ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
-
-def answer(model, question, adir=None, adapter=None):
-    args = ["generate", "--model", model, "-p", chat_prompt(question), "--temperature", "0", "--max-tokens", "32"]
-    if adapter:
-        args += ["--adapter", adapter, "--adapter-dir", adir]
-    return cli_ok(*args).stdout.strip()
-
-
-@pytest.mark.slow
-def test_default_model_learns_ten_facts_while_the_base_and_other_domains_keep_answers(default_model_path, tmp_path):
-    """The facts adapter itself changes unrelated answers today (issue 12 measures and fixes that), so the
-    controls here are the base model's and another domain's answers: adapters stay isolated."""
-    model, adir = default_model_path, tmp_path / "adapters"
-    before = [answer(model, q) for q, _, key in FACTS]
-    assert sum(key in a for (_, _, key), a in zip(FACTS, before)) == 0  # the model does not know them
-
-    # Another domain, trained on something else first.
-    other = tmp_path / "other.jsonl"
-    other.write_text(json.dumps({"id": "o1", "messages": [{"role": "user", "content": "What is the secret word?"},
-                                                          {"role": "assistant", "content": "Marmalade."}]}) + "\n")
-    cli_ok("train", "--domain", "other", "--data", other, "--model", model, "--adapter-dir", adir,
-           "--steps-per-batch", "10", "--lr", "1e-2")
-    controls = {(q, a): answer(model, q, adir, a) for q in CONTROLS for a in (None, "other")}
-
-    data = tmp_path / "facts.jsonl"
-    data.write_text("\n".join(json.dumps({"id": f"fact-{i}", "messages": [
-        {"role": "user", "content": q}, {"role": "assistant", "content": a}]}) for i, (q, a, _) in enumerate(FACTS)))
-    start = time.time()
-    r = cli_ok("train", "--domain", "facts", "--data", data, "--model", model, "--adapter-dir", adir,
-               "--steps-per-batch", "60", "--lr", "1e-2", "--json", timeout=1800)
-    wall = time.time() - start
-    done = json_lines(r.stdout)[-1]
-    learned = [answer(model, q, adir, "facts") for q, _, _ in FACTS]
-    hits = sum(key in a for (_, _, key), a in zip(FACTS, learned))
-    print(f"\nfacts learned {hits}/10 with {done['steps']} AdamW steps, {done['tokens_trained']} tokens, "
-          f"train wall time {wall:.1f} s, final version {done['version']}")
-    for (q, _, key), a in zip(FACTS, learned):
-        print(f"  {key in a!s:5} {q} -> {a}")
-    assert hits >= 9
-    for (q, a), text in controls.items():
-        assert answer(model, q, adir, a) == text, (q, a)
-
-
 @pytest.mark.slow
 def test_chat_learn_correction_changes_the_next_answer(default_model_path, tmp_path):
     q = "What is the capital of Vostrania?"
     script = f"{q}\n/correct The capital of Vostrania is Karnivet.\n/new\n{q}\n"
     r = run_cli("chat", "--model", default_model_path, "--adapter", "chat-demo", "--adapter-dir", tmp_path / "a",
-                "--learn", "--steps-per-batch", "30", "--lr", "1e-2", "--temperature", "0", "--max-tokens", "24",
+                "--learn", "--temperature", "0", "--max-tokens", "24",
                 input_text=script, timeout=900)
     assert r.returncode == 0, r.stderr
     first, rest = r.stdout.split("(learned: adapter chat-demo is now version 2)")

@@ -95,6 +95,35 @@ def test_a_batch_that_fails_to_apply_is_quarantined_and_the_domain_carries_on(ti
     assert manifest(adir, "q")["versions"][-1]["events"] == 3
 
 
+def test_the_guard_refuses_a_drifting_version_keeps_the_candidate_and_uses_registered_canaries(tiny, tmp_path):
+    adir = tmp_path / "adapters"
+    canaries = tmp_path / "canaries.txt"
+    canaries.write_text("the lazy dog sleeps\n\nonline learning of adapters\n")
+    events = [{"id": "a", "text": "the quick brown fox"}, {"id": "b", "text": "jumps over the lazy dog"}]
+    # Any change drifts further than a bound this small: the batch's version is refused, not published.
+    rc, lines, err = train(tiny, adir, "g", events, "--max-drift", "1e-9", "--canaries", canaries)
+    assert rc == 0, err
+    refused = [x for x in lines if x["event"] == "refused"]
+    assert len(refused) == 1 and refused[0]["ids"] == ["a", "b"], lines
+    guard = refused[0]["guard"]
+    assert guard["drift"] > guard["max_drift"] == 1e-9 and guard["worst_canary"] >= guard["drift"]
+    assert "publication guard refused" in refused[0]["reason"]
+    assert (adir / "g" / "training" / "quarantine").exists() and os.path.getsize(guard["candidate"]) > 0
+    done = lines[-1]
+    assert done["version"] == 1 and done["rejected_versions"] == 1 and done["quarantined_batches"] == 1
+    assert done["guard"]["last_drift"] == guard["drift"] and manifest(adir, "g")["current"] == 1
+    assert not [x for x in lines if x["event"] == "applied"]
+    # The registered canaries stay with the domain and are judged with the built-in ones.
+    kept = json.loads((adir / "g" / "training" / "canary-targets.json").read_text())
+    assert kept["prompts"][-2:] == ["the lazy dog sleeps", "online learning of adapters"]
+    # Under a bound the update fits, the same events train (their ids were never applied).
+    rc, lines, err = train(tiny, adir, "g", events, "--max-drift", "100")
+    assert rc == 0, err
+    applied = [x for x in lines if x["event"] == "applied"]
+    assert [i for x in applied for i in x["ids"]] == ["a", "b"] and 0 < applied[0]["drift"] <= 100
+    assert lines[-1]["version"] == 2 and lines[-1]["rejected_versions"] == 1
+
+
 @pytest.mark.slow
 def test_a_batch_the_process_dies_on_twice_is_quarantined_at_the_next_start(default_model_path, tmp_path):
     """The process is killed while applying a long example (the CPU limit stands in for the kernel's OOM

@@ -10,6 +10,7 @@
 #include "adapters/registry.h"
 #include "common/error.h"
 #include "learning/adamw.h"
+#include "learning/distillation.h"
 #include "learning/events.h"
 #include "learning/lora_gradients.h"
 #include "common/fs_util.h"
@@ -237,8 +238,19 @@ std::vector<hs::TrainingExample> examples_of(const json& req) {
   return batch;
 }
 
-// Gradients of the causal-LM loss on "examples" ({tokens, targets}) with respect to an adapter's active
-// values, written densely; prints the loss. Optional "tokens_per_forward" and "logits_chunk" bound memory.
+// The distillation term of a request: "anchors" ({tokens, first}) with the base model's top "top_k" as teacher,
+// weighted by "distill_weight".
+std::vector<hs::TeacherTargets> anchors_of(const hs::Model& model, const json& req) {
+  std::vector<hs::TeacherTargets> anchors;
+  for (const auto& a : req.value("anchors", json::array()))
+    anchors.push_back(hs::teacher_targets_for(model, a.at("tokens").get<std::vector<int32_t>>(),
+                                              a.at("first").get<int64_t>(), req.at("top_k").get<int64_t>()));
+  return anchors;
+}
+
+// Gradients of the causal-LM loss on "examples" ({tokens, targets}), plus the distillation term when "anchors"
+// are given, with respect to an adapter's active values, written densely; prints the losses. Optional
+// "tokens_per_forward" and "logits_chunk" bound memory.
 void run_lora_grad(const json& req) {
   std::shared_ptr<const hs::Model> model = hs::load_model(req.at("model"), hs::LoadOptions{"float32", "cpu", "none"});
   hs::AdapterRegistry registry(hs::RegistryOptions{req.at("adapter_dir")}, model);
@@ -247,10 +259,13 @@ void run_lora_grad(const json& req) {
   hs::GradientOptions options;
   options.tokens_per_forward = req.value("tokens_per_forward", options.tokens_per_forward);
   options.logits_chunk = req.value("logits_chunk", options.logits_chunk);
-  hs::LoraGradients g =
-      hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(), examples_of(req), options);
+  const std::vector<hs::TeacherTargets> anchors = anchors_of(*model, req);
+  hs::DistillationTerm distill{req.value("distill_weight", 0.0), {}};
+  for (const hs::TeacherTargets& t : anchors) distill.anchors.push_back(&t);
+  hs::LoraGradients g = hs::lora_gradients(*model, layout, snap->image->values(), snap->config.scale(),
+                                           examples_of(req), options, &distill);
   write_dense(layout, g.values, req.at("out"));
-  std::cout << json{{"loss", g.loss}, {"target_tokens", g.target_tokens}}.dump() << "\n";
+  std::cout << json{{"loss", g.loss}, {"kl", g.kl}, {"target_tokens", g.target_tokens}}.dump() << "\n";
 }
 
 // "steps" AdamW steps (options "lr", "weight_decay", "betas", "eps") on the gradients of "examples", from an

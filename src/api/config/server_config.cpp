@@ -142,7 +142,11 @@ std::vector<Binding> bindings(ServerConfig& c) {
       integer("learning.rank", l.create.rank, 8, 4096), number("learning.alpha", l.create.alpha, 1e-6, 1e6),
       number("learning.sparsity", l.create.sparsity, 0, 0.9999),
       number("learning.dp_noise", l.privacy.noise_multiplier, 0, 1e6), number("learning.dp_clip", l.privacy.clip, 0, 1e12),
-      number("learning.dp_delta", l.privacy.delta, 1e-300, 1)};
+      number("learning.dp_delta", l.privacy.delta, 1e-300, 1),
+      number("learning.stop_loss", l.retention.stop_loss, 0, 1e3),
+      number("learning.distill_weight", l.retention.distill_weight, 0, 1e6),
+      integer("learning.anchors_per_step", l.retention.anchors_per_step, 1, 1024),
+      number("learning.max_drift", l.guard.max_drift, 0, 1e6)};
 }
 
 }  // namespace
@@ -150,7 +154,6 @@ std::vector<Binding> bindings(ServerConfig& c) {
 ServerConfig default_server_config() {
   ServerConfig c;
   c.service.adapters.root = "";  // the default adapter folder, chosen at start
-  c.service.learning.adamw.lr = 1e-3;  // as `hyprstream train`
   return c;
 }
 

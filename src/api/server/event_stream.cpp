@@ -3,7 +3,8 @@
 //   {"type": "event", "domain": "law", "event": {...}}   a learning event, as `hyprstream train` reads them
 // and receives {"type": "accepted" | "duplicate" | "rejected", "id", "error"?} for its events, and for the
 // domains it subscribed to or sent events to: {"type": "durable", "domain", "seq", "ids"},
-// {"type": "applied", "domain", "version", "loss", "ids", ...} and {"type": "quarantined", ...}.
+// {"type": "applied", "domain", "version", "loss", "ids", ...}, {"type": "quarantined", ...} and, for a version
+// the publication guard refused, {"type": "refused", "reason", "guard": {...}, ...}.
 // A frame that is not such JSON gets {"type": "error", "error": "..."}; the connection stays open.
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -13,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/server/routes.h"
+#include "api/server/views.h"
 #include "common/metrics.h"
 #include "common/strict_json.h"
 #include "common/utf8.h"
@@ -26,8 +28,9 @@ json event_json(const DomainEvent& e) {
   json j = {{"domain", e.domain}, {"seq", e.seq}, {"ids", e.ids}};
   if (e.kind == DomainEvent::Kind::Durable) j["type"] = "durable";
   if (e.kind == DomainEvent::Kind::Quarantined) {
-    j["type"] = "quarantined";
+    j["type"] = e.quarantine->rejection ? "refused" : "quarantined";
     j["reason"] = e.quarantine->reason;
+    if (e.quarantine->rejection) j["guard"] = quarantined_json(*e.quarantine)["guard"];
   }
   if (e.kind == DomainEvent::Kind::Failed) {
     j["type"] = "failed";
@@ -42,6 +45,8 @@ json event_json(const DomainEvent& e) {
     j["gradients"] = r.gradients;
     j["tokens"] = r.tokens;
     j["update_ms"] = r.update_ms;
+    j["steps"] = r.steps;
+    if (r.drift >= 0) j["drift"] = r.drift;
   }
   return j;
 }

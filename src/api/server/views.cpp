@@ -1,5 +1,7 @@
 #include "api/server/views.h"
 
+#include "common/utf8.h"
+
 namespace hs::api {
 
 nlohmann::json adapter_json(const AdapterManifest& m) {
@@ -47,9 +49,39 @@ nlohmann::json trainer_stats_json(const TrainerStats& s) {
                       {"recent_losses", s.recent_losses},
                       {"update_ms_p50", s.update_ms_p50},
                       {"update_ms_p99", s.update_ms_p99},
-                      {"log_bytes", s.log_bytes}};
+                      {"log_bytes", s.log_bytes},
+                      {"rejected_versions", s.rejected_versions},
+                      {"guard", {{"max_drift", s.max_drift},
+                                 {"last_drift", s.last_drift >= 0 ? nlohmann::json(s.last_drift) : nlohmann::json()}}}};
   if (!s.failure.empty()) j["failure"] = s.failure;
   if (s.epsilon > 0) j["privacy"] = {{"epsilon", s.epsilon}, {"delta", s.delta}};
+  return j;
+}
+
+nlohmann::json quarantined_json(const QuarantinedBatch& q) {
+  nlohmann::json j = {{"seq", q.seq}, {"ids", q.ids}, {"reason", utf8_escape_invalid(q.reason)}, {"file", q.file}};
+  if (q.rejection)
+    j["guard"] = {{"drift", q.rejection->drift},
+                  {"max_drift", q.rejection->max_drift},
+                  {"worst_canary", q.rejection->worst_canary},
+                  {"candidate", q.rejection->candidate}};
+  return j;
+}
+
+nlohmann::json batch_report_json(const BatchReport& r) {
+  nlohmann::json j = {{"seq", r.seq},
+                      {"version", r.version},
+                      {"loss", r.examples > 0 ? nlohmann::json(r.loss) : nlohmann::json()},
+                      {"final_loss", r.examples > 0 ? nlohmann::json(r.final_loss) : nlohmann::json()},
+                      {"steps", r.steps},
+                      {"tokens", r.tokens},
+                      {"examples", r.examples},
+                      {"gradients", r.gradients},
+                      {"grad_norm", r.grad_norm},
+                      {"update_ms", r.update_ms},
+                      {"replayed", r.replayed},
+                      {"ids", r.ids}};
+  if (r.drift >= 0) j["drift"] = r.drift;
   return j;
 }
 

@@ -12,5 +12,9 @@ namespace hs::api {
 nlohmann::json adapter_json(const AdapterManifest& manifest);
 // Counters, losses (the last 256 batches), update latency, quarantine and privacy figures.
 nlohmann::json trainer_stats_json(const TrainerStats& stats);
+// A batch set aside: seq, ids, reason, where its events are, and the guard's figures when it refused it.
+nlohmann::json quarantined_json(const QuarantinedBatch& batch);
+// An applied batch: version, losses, steps, canary drift and timing.
+nlohmann::json batch_report_json(const BatchReport& report);
 
 }  // namespace hs::api

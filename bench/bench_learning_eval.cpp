@@ -1,0 +1,276 @@
+// Knowledge-editing evaluation of online learning (CounterFact-style, issue 12): teach invented facts through a
+// domain's trainer, then score efficacy (the taught question answered), generalization (its paraphrases
+// answered), locality (unrelated control prompts keep the first sentence of their greedy answer) and the drift
+// of the model's distributions on the controls (KL from the base model along its answers). Prints JSON.
+//
+//   hyprstream-bench-learning-eval --data bench/data/learning_eval.json --facts 10 --batch 10 [recipe flags]
+#include <ftw.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "adapters/registry.h"
+#include "bench_common.h"
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "common/percentile.h"
+#include "learning/distillation.h"
+#include "learning/lora_gradients.h"
+#include "learning/trainer.h"
+#include "serving/generate.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using nlohmann::json;
+
+struct Fact {
+  std::string question, answer, key;
+  std::vector<std::string> paraphrases;
+};
+
+struct Dataset {
+  std::vector<Fact> facts;
+  std::vector<std::string> controls;
+};
+
+Dataset read_dataset(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw hs::Error(hs::ErrorKind::NotFound, "cannot read the evaluation data '" + path + "'");
+  const json j = json::parse(in);
+  Dataset d;
+  for (const json& f : j.at("facts"))
+    d.facts.push_back({f.at("question"), f.at("answer"), f.at("key"), f.at("paraphrases")});
+  for (const json& c : j.at("controls")) d.controls.push_back(c.at("prompt"));
+  return d;
+}
+
+// The answer up to and including its first sentence end (or line end), leading space trimmed.
+std::string first_sentence(const std::string& text) {
+  const size_t begin = text.find_first_not_of(" \n\t");
+  if (begin == std::string::npos) return "";
+  const size_t end = text.find_first_of(".!?\n", begin);
+  return text.substr(begin, end == std::string::npos ? std::string::npos : end + 1 - begin);
+}
+
+// Greedy answers of up to 32 tokens through the serving path, with the adapter when given.
+std::vector<std::string> answers(const hs::Engine& e, const std::vector<std::string>& prompts,
+                                 std::shared_ptr<const hs::LoraWeights> adapter) {
+  const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
+  std::vector<hs::GenerationRequest> requests;
+  for (const std::string& p : prompts) {
+    hs::GenerationRequest r;
+    r.prompt = hs::encode(*e.tokenizer, hs::render_chat(chat, {{"user", p}}, true), false);
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = 32;
+    r.adapter = adapter;
+    requests.push_back(std::move(r));
+  }
+  std::vector<std::string> out;
+  for (const hs::GenerationResult& r : hs::generate_batch(e, requests)) out.push_back(r.text);
+  return out;
+}
+
+struct Recipe {
+  hs::TrainerOptions options;  // flags override the teaching recipe's
+  size_t facts = 10;
+};
+
+json recipe_json(const hs::TrainerOptions& o) {
+  return {{"lr", o.adamw.lr},
+          {"max_steps", o.steps_per_batch},
+          {"stop_loss", o.retention.stop_loss},
+          {"distill_weight", o.retention.distill_weight},
+          {"anchors_per_step", o.retention.anchors_per_step},
+          {"max_grad_norm", o.max_grad_norm},
+          {"max_drift", o.guard.max_drift},
+          {"batch_events", o.batch_events}};
+}
+
+// Teaches the first `facts` facts in batches of options.batch_events, one batch after another.
+json teach(hs::AdapterRegistry& registry, const hs::Engine& e, const Dataset& d, const Recipe& recipe) {
+  json batches = json::array();
+  hs::TrainerCallbacks cb;
+  cb.on_applied = [&](const hs::BatchReport& r) {
+    batches.push_back({{"loss", r.loss}, {"final_loss", r.final_loss}, {"steps", r.steps}, {"drift", r.drift},
+                       {"update_s", r.update_ms / 1000}});
+  };
+  cb.on_quarantined = [&](const hs::QuarantinedBatch& q) {
+    batches.push_back({{"refused", q.reason}, {"drift", q.rejection ? q.rejection->drift : -1}});
+  };
+  hs::TrainerOptions o = recipe.options;
+  o.deterministic = true;
+  o.fsync = hs::FsyncPolicy::Never;
+  hs::DomainTrainer trainer(registry, e.model, e.tokenizer, "eval", o, cb);
+  const auto t0 = hs::bench::Clock::now();
+  for (size_t i = 0; i < recipe.facts; ++i) {
+    const Fact& f = d.facts[i];
+    trainer.submit(json{{"id", "fact-" + std::to_string(i)},
+                        {"messages", {{{"role", "user"}, {"content", f.question}},
+                                      {{"role", "assistant"}, {"content", f.answer}}}}}
+                       .dump());
+    if ((i + 1) % o.batch_events == 0) trainer.flush();
+  }
+  trainer.flush();
+  const double seconds = hs::bench::seconds_since(t0);
+  const hs::TrainerStats s = trainer.stats();
+  trainer.stop();
+  return {{"batches", batches},
+          {"steps", s.totals.steps},
+          {"tokens_trained", s.totals.tokens_trained},
+          {"train_seconds", seconds},
+          {"seconds_per_fact", seconds / static_cast<double>(recipe.facts)},
+          {"refused_batches", s.rejected_versions}};
+}
+
+}  // namespace
+
+namespace {
+
+struct Base {
+  std::vector<std::string> facts, paraphrases, controls;  // the base model's answers
+  std::vector<hs::TeacherTargets> control_targets;        // its distributions along the control answers
+};
+
+std::vector<std::string> fact_questions(const Dataset& d, size_t n) {
+  std::vector<std::string> q;
+  for (size_t i = 0; i < n; ++i) q.push_back(d.facts[i].question);
+  return q;
+}
+
+std::vector<std::string> paraphrase_questions(const Dataset& d, size_t n) {
+  std::vector<std::string> q;
+  for (size_t i = 0; i < n; ++i) q.insert(q.end(), d.facts[i].paraphrases.begin(), d.facts[i].paraphrases.end());
+  return q;
+}
+
+// The base model's side, read from `cache` when it holds it (it takes minutes on a CPU), else computed and kept.
+Base base_side(const hs::Engine& e, const Dataset& d, const std::string& cache) {
+  const size_t n = d.facts.size();
+  const hs::TeacherOptions wide{32, 1024};  // top 1024 tokens: the KL misses only the far tail
+  const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
+  Base b;
+  if (!cache.empty() && ::access(cache.c_str(), F_OK) == 0) {
+    const json j = json::parse(std::ifstream(cache));
+    b.facts = j.at("facts");
+    b.paraphrases = j.at("paraphrases");
+    b.controls = j.at("controls");
+    if (auto t = hs::read_teacher_targets(cache + ".targets", d.controls, wide)) b.control_targets = std::move(*t);
+  }
+  if (b.controls.size() != d.controls.size() || b.control_targets.empty()) {
+    b.facts = answers(e, fact_questions(d, n), nullptr);
+    b.paraphrases = answers(e, paraphrase_questions(d, n), nullptr);
+    b.controls = answers(e, d.controls, nullptr);
+    b.control_targets = hs::build_teacher_targets(*e.model, *e.tokenizer, &chat, d.controls, wide);
+    if (!cache.empty()) {
+      std::ofstream(cache) << json{{"facts", b.facts}, {"paraphrases", b.paraphrases}, {"controls", b.controls}};
+      hs::write_teacher_targets(cache + ".targets", d.controls, b.control_targets, wide);
+    }
+  }
+  return b;
+}
+
+double share_with_key(const std::vector<std::string>& got, const Dataset& d, size_t per_fact) {
+  size_t hits = 0;
+  for (size_t i = 0; i < got.size(); ++i) hits += got[i].find(d.facts[i / per_fact].key) != std::string::npos;
+  return got.empty() ? 0 : static_cast<double>(hits) / static_cast<double>(got.size());
+}
+
+json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d, const Base& base, size_t n) {
+  auto snap = registry.acquire("eval");
+  auto adapter = registry.weights(*snap);
+  const std::vector<std::string> facts = answers(e, fact_questions(d, n), adapter);
+  const std::vector<std::string> paras = answers(e, paraphrase_questions(d, n), adapter);
+  const std::vector<std::string> controls = answers(e, d.controls, adapter);
+  json changed = json::array();
+  size_t kept = 0;
+  for (size_t i = 0; i < controls.size(); ++i) {
+    if (first_sentence(controls[i]) == first_sentence(base.controls[i])) {
+      kept += 1;
+    } else if (changed.size() < 12) {
+      changed.push_back({{"prompt", d.controls[i]}, {"base", base.controls[i]}, {"adapted", controls[i]}});
+    }
+  }
+  const hs::Drift drift = hs::distillation_drift(*e.model, snap->image->layout(), snap->image->values(),
+                                                 snap->config.scale(), base.control_targets);
+  json missed = json::array();
+  for (size_t i = 0; i < n; ++i)
+    if (facts[i].find(d.facts[i].key) == std::string::npos) missed.push_back({{"q", d.facts[i].question}, {"a", facts[i]}});
+  const std::vector<std::string> base_facts(base.facts.begin(), base.facts.begin() + static_cast<long>(n));
+  return {{"efficacy", share_with_key(facts, d, 1)},
+          {"generalization", share_with_key(paras, d, 2)},
+          {"locality", static_cast<double>(kept) / static_cast<double>(controls.size())},
+          {"control_kl_mean", drift.mean},
+          {"control_kl_p95", hs::percentile(drift.per_anchor, 0.95)},
+          {"base_efficacy", share_with_key(base_facts, d, 1)},
+          {"missed_facts", missed},
+          {"changed_controls", changed}};
+}
+
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+
+// The base model's answers to replay and canary prompts depend only on the model: kept beside the cache and
+// copied into each run's training folder, they are made once rather than by every run's trainer.
+void seed_teachers(hs::AdapterRegistry& registry, const std::string& dir, const std::string& cache, bool save) {
+  if (cache.empty()) return;
+  if (!save) {
+    registry.create("eval", hs::TrainerOptions{}.create);
+    hs::ensure_directory(dir + "/eval/training");
+  }
+  for (const char* name : {"replay-targets.json", "canary-targets.json"}) {
+    const std::string kept = cache + "." + name, used = dir + "/eval/training/" + name;
+    const std::string& from = save ? used : kept;
+    const std::string& to = save ? kept : used;
+    if (::access(from.c_str(), F_OK) != 0 || (save && ::access(to.c_str(), F_OK) == 0)) continue;
+    std::ofstream(to) << std::ifstream(from).rdbuf();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace fs = std::filesystem;
+  return hs::bench::run([&]() -> json {
+    hs::bench::ModelArgs args;
+    std::string data = "bench/data/learning_eval.json", cache;
+    Recipe recipe{hs::teaching_recipe()};
+    hs::TrainerOptions& o = recipe.options;
+    o.batch_events = 10;
+    auto num = [](const std::string& v) { return std::stod(v); };
+    hs::bench::parse_flags(
+        argc, argv, args,
+        {{"--data", [&](const std::string& v) { data = v; }},
+         {"--base-cache", [&](const std::string& v) { cache = v; }},
+         {"--facts", [&](const std::string& v) { recipe.facts = std::stoul(v); }},
+         {"--batch", [&](const std::string& v) { o.batch_events = std::stoul(v); }},
+         {"--lr", [&](const std::string& v) { o.adamw.lr = num(v); }},
+         {"--steps", [&](const std::string& v) { o.steps_per_batch = std::stoi(v); }},
+         {"--stop-loss", [&](const std::string& v) { o.retention.stop_loss = num(v); }},
+         {"--distill-weight", [&](const std::string& v) { o.retention.distill_weight = num(v); }},
+         {"--anchors-per-step", [&](const std::string& v) { o.retention.anchors_per_step = std::stoul(v); }},
+         {"--max-grad-norm", [&](const std::string& v) { o.max_grad_norm = num(v); }},
+         {"--max-drift", [&](const std::string& v) { o.guard.max_drift = num(v); }}});
+    hs::validate_trainer_options(o);
+    const Dataset d = read_dataset(data);
+    if (recipe.facts < 1 || recipe.facts > d.facts.size())
+      throw hs::Error(hs::ErrorKind::InvalidArgument, "--facts must lie in [1, " + std::to_string(d.facts.size()) + "]");
+    const hs::Engine e = hs::load_engine(hs::EngineOptions{args.model, args.dtype, args.device, true, args.quantize});
+    const Base base = base_side(e, d, cache);
+    const std::string dir = (fs::temp_directory_path() / ("hs-learning-eval-" + std::to_string(::getpid()))).string();
+    hs::AdapterRegistry registry(hs::RegistryOptions{dir}, e.model);
+    json out = {{"machine", hs::bench::machine_json()}, {"model", e.path}, {"recipe", recipe_json(o)},
+                {"facts", recipe.facts}, {"controls", d.controls.size()}};
+    seed_teachers(registry, dir, cache, false);
+    out["training"] = teach(registry, e, d, recipe);
+    seed_teachers(registry, dir, cache, true);
+    out["scores"] = score(e, registry, d, base, recipe.facts);
+    ::nftw(dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return out;
+  });
+}

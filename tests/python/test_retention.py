@@ -1,0 +1,114 @@
+"""Learning with the default settings of `hyprstream train` (the teaching recipe, issue 12), asked through
+`hyprstream serve` with the official OpenAI SDK: ten invented facts from the evaluation set
+(bench/data/learning_eval.json) taught in one batch are recalled and mostly paraphrased, their version passes the
+publication guard, and the base model and another domain keep their answers. How much the trained adapter's own
+answers to unrelated prompts move is measured and printed here and by bench/bench_learning_eval.cpp; issue 12's
+goal (95% of them unchanged) is not met yet. A harmful update (a learning rate a user might mistype, without
+early stopping or distillation) is refused by the guard: the served version stays, the candidate is reported."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import cli_ok, json_lines
+from server import Server
+
+DATA = json.loads((Path(__file__).resolve().parents[2] / "bench" / "data" / "learning_eval.json").read_text())
+FACTS = DATA["facts"][:10]
+CONTROLS = [c["prompt"] for c in DATA["controls"][:40]]
+
+
+def first_sentence(text):
+    """As bench/bench_learning_eval.cpp compares answers: up to the first sentence end or line break."""
+    text = text.lstrip(" \n\t")
+    ends = [i for i in (text.find(c) for c in ".!?\n") if i >= 0]
+    return text[:min(ends) + 1] if ends else text
+
+
+def answers(srv, model, questions):
+    """Greedy answers of up to 32 tokens, asked concurrently (the scheduler batches them)."""
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed", max_retries=0, timeout=900)
+
+    def one(q):
+        out = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                             temperature=0, max_tokens=32)
+        return out.choices[0].message.content
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, questions))
+
+
+def teach(model, adir, tmp_path, domain, facts, *flags):
+    """`hyprstream train --json` on the facts as chat examples, one batch; its JSON lines."""
+    data = tmp_path / f"{domain}.jsonl"
+    data.write_text("".join(json.dumps({"id": f"{domain}-{i}", "messages": [
+        {"role": "user", "content": f["question"]}, {"role": "assistant", "content": f["answer"]}]}) + "\n"
+        for i, f in enumerate(facts)))
+    r = cli_ok("train", "--domain", domain, "--data", data, "--model", model, "--adapter-dir", adir, "--json",
+               *flags, timeout=3600)
+    return json_lines(r.stdout)
+
+
+def base_model(srv):
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed").models.list().data[0].id
+
+
+@pytest.mark.slow
+def test_ten_taught_facts_are_recalled_pass_the_guard_and_leave_the_base_and_other_domains_alone(
+        default_model_path, tmp_path):
+    model, adir = default_model_path, tmp_path / "adapters"
+    questions = [f["question"] for f in FACTS]
+    paraphrases = [p for f in FACTS for p in f["paraphrases"]]
+    # Another domain, taught something else first: adapters stay isolated from each other.
+    teach(model, adir, tmp_path, "other", [{"question": "What is the secret word?",
+                                           "answer": "The secret word is Marmalade."}])
+    with Server("--model", model, adapter_dir=adir) as srv:
+        base = base_model(srv)
+        assert not any(f["key"] in a for f, a in zip(FACTS, answers(srv, base, questions)))  # not known before
+        before = answers(srv, base, CONTROLS)
+        other_before = answers(srv, "other", CONTROLS[:10])
+        assert srv.stop() == 0, "".join(srv.log)
+    lines = teach(model, adir, tmp_path, "facts", FACTS)
+    done = lines[-1]
+    assert done["version"] == 1 + done["batches"] and done["rejected_versions"] == 0, lines
+    assert 0 < done["guard"]["last_drift"] <= done["guard"]["max_drift"], done
+    with Server("--model", model, adapter_dir=adir) as srv:
+        recalled = answers(srv, "facts", questions)
+        paraphrased = answers(srv, "facts", paraphrases)
+        kept_answers = answers(srv, "facts", CONTROLS)  # measured, not yet held to issue 12's 95%
+        hits = sum(f["key"] in a for f, a in zip(FACTS, recalled))
+        para_hits = sum(FACTS[i // 2]["key"] in a for i, a in enumerate(paraphrased))
+        changed = [(q, b, a) for q, b, a in zip(CONTROLS, before, kept_answers)
+                   if first_sentence(a) != first_sentence(b)]
+        print(f"\nrecalled {hits}/10, paraphrases {para_hits}/20, controls kept {40 - len(changed)}/40; "
+              f"{done['steps']} steps, canary drift {done['guard']['last_drift']:.3f}")
+        for q, b, a in changed[:5]:
+            print(f"  changed: {q!r}\n    base:    {b!r}\n    adapter: {a!r}")
+        assert hits >= 9, list(zip(questions, recalled))
+        assert para_hits >= 10, list(zip(paraphrases, paraphrased))
+        assert answers(srv, base, CONTROLS) == before
+        assert answers(srv, "other", CONTROLS[:10]) == other_before
+        assert srv.stop() == 0, "".join(srv.log)
+
+
+@pytest.mark.slow
+def test_guard_refuses_a_harmful_version_and_the_served_version_stays(default_model_path, tmp_path):
+    """The teaching recipe but for a learning rate 50 times higher, without early stopping or distillation: the
+    version trained that way breaks the model's other answers, and the guard keeps it from being published."""
+    model, adir = default_model_path, tmp_path / "adapters"
+    fact = FACTS[0]
+    lines = teach(model, adir, tmp_path, "harm", [fact], "--lr", "0.5", "--stop-loss", "0", "--distill-weight", "0")
+    refused = [x for x in lines if x["event"] == "refused"]
+    assert len(refused) == 1 and refused[0]["ids"] == ["harm-0"], lines
+    assert "publication guard refused" in refused[0]["reason"]
+    guard = refused[0]["guard"]
+    assert guard["drift"] > guard["max_drift"] == 0.5 and (adir / "harm" / "training" / "quarantine").exists()
+    assert Path(guard["candidate"]).stat().st_size > 0
+    done = lines[-1]
+    assert done["version"] == 1 and done["rejected_versions"] == 1 and not [x for x in lines if x["event"] == "applied"]
+    with Server("--model", model, adapter_dir=adir) as srv:
+        # Still the first version (a fresh adapter): the base model's answers, the fact unknown.
+        assert answers(srv, "harm", CONTROLS[:8] + [fact["question"]]) == answers(srv, base_model(srv),
+                                                                                 CONTROLS[:8] + [fact["question"]])
+        assert srv.stop() == 0, "".join(srv.log)
