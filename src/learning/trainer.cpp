@@ -570,7 +570,8 @@ std::optional<Drift> DomainTrainer::canary_drift(const std::vector<float>& value
   if (canaries_.empty()) return std::nullopt;
   Drift d;
   run_compute([&] { d = distillation_drift(*model_, *layout_, values, scale_, canaries_, options_.gradients); });
-  d.mean = std::max(0.0, d.mean);  // rounding may take an unchanged adapter's KL just below zero
+  // Rounding may take an unchanged adapter's KL just below zero; a NaN stays NaN, for refuse() to refuse it.
+  if (d.mean < 0) d.mean = 0;
   r.drift = d.mean;
   std::lock_guard<std::mutex> lock(mu_);
   last_drift_ = d.mean;
