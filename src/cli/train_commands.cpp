@@ -7,12 +7,14 @@
 #include <iostream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "adapters/registry.h"
 #include "api/server/views.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/fs_util.h"
 #include "common/utf8.h"
 #include "learning/trainer.h"
 #include "serving/engine.h"
@@ -23,8 +25,8 @@ namespace {
 
 // Non-empty lines of a UTF-8 text file.
 std::vector<std::string> read_prompt_lines(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(ErrorKind::NotFound, "cannot read prompts from '" + path + "'");
+  // read_text_file refuses FIFOs and folders rather than blocking on them.
+  std::istringstream in(read_text_file(path));
   std::vector<std::string> lines;
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();

@@ -362,3 +362,15 @@ def test_chat_refuses_an_invalid_utf8_turn_and_answers_the_next(default_model_pa
     assert r.returncode == 0, r.stderr
     assert b"not valid UTF-8" in r.stderr
     assert r.stdout.strip(), "the valid turn after the refused one was answered"
+
+
+def test_canaries_given_as_a_fifo_or_invalid_utf8_are_refused_without_hanging(tiny, tmp_path):
+    adir = tmp_path / "adapters"
+    fifo = tmp_path / "canaries.fifo"
+    os.mkfifo(fifo)
+    rc, _, err = train(tiny, adir, "c", [{"id": "a", "text": "the fox"}], "--canaries", fifo)
+    assert rc == 2 and "not a regular file" in err, err
+    bad = tmp_path / "canaries.txt"
+    bad.write_bytes(b"a fine prompt\n\xff\xfe broken\n")
+    rc, _, err = train(tiny, adir, "c", [{"id": "a", "text": "the fox"}], "--canaries", bad)
+    assert rc == 2 and "not valid UTF-8" in err, err
