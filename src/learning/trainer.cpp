@@ -135,7 +135,11 @@ DomainTrainer::DomainTrainer(AdapterRegistry& registry, std::shared_ptr<const Mo
   registry_.manifest(domain_);  // removed before the lock was taken: NotFound
   dir_ = registry_.root() + "/" + domain_ + "/training";
   ensure_directory(dir_);
-  load_teachers();
+  if (options_.guard.max_drift > 0) {
+    canary_prompts_ = builtin_canary_prompts();
+    const std::vector<std::string> own = domain_canaries();
+    canary_prompts_.insert(canary_prompts_.end(), own.begin(), own.end());
+  }
   recover();
   worker_ = std::thread([this] { run(); });
 }
@@ -173,8 +177,10 @@ void DomainTrainer::run_compute(const std::function<void()>& work) const {
 }
 
 // The base model's answers to the replay and canary prompts, made once per domain and kept in the training
-// folder: replays after a crash then train and judge against exactly the same ones.
+// folder: replays after a crash then train and judge against exactly the same ones. They are made at the first
+// batch, not at start, so that a trainer acknowledges events (and a server starts the domain) at once.
 void DomainTrainer::load_teachers() {
+  if (teachers_loaded_) return;
   const RetentionOptions& r = options_.retention;
   auto load = [&](const std::string& name, const std::vector<std::string>& prompts) {
     const std::string path = dir_ + "/" + name;
@@ -189,12 +195,8 @@ void DomainTrainer::load_teachers() {
   };
   if (r.distill_weight > 0 && options_.privacy.noise_multiplier == 0)
     anchors_ = load("replay-targets.json", r.replay_prompts.empty() ? builtin_replay_prompts() : r.replay_prompts);
-  if (options_.guard.max_drift > 0) {
-    std::vector<std::string> canaries = builtin_canary_prompts();
-    const std::vector<std::string> own = domain_canaries();
-    canaries.insert(canaries.end(), own.begin(), own.end());
-    canaries_ = load("canary-targets.json", canaries);
-  }
+  if (!canary_prompts_.empty()) canaries_ = load("canary-targets.json", canary_prompts_);
+  teachers_loaded_ = true;
 }
 
 // The domain's registered canary prompts: those of the options, which replace the ones kept in
@@ -541,6 +543,9 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
 std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt,
                                                 bool publish) {
   const auto start = Clock::now();
+  // Before the attempt mark: dying while making the teachers' answers is not the batch's fault, and a failure
+  // there stops the trainer with its cause instead of setting batches aside.
+  load_teachers();
   begin_apply_attempt(dir_, {seq, attempt});
   State next = state_;
   BatchReport r;

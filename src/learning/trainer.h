@@ -243,7 +243,9 @@ class DomainTrainer {
   uint64_t seq_ = 0;
   uint64_t checkpoint_seq_ = 0;
   double scale_ = 1;
+  std::vector<std::string> canary_prompts_;  // built-in then the domain's own; empty without a guard
   std::vector<TeacherTargets> anchors_, canaries_;  // the base model's answers (training/*-targets.json)
+  bool teachers_loaded_ = false;
 
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;

@@ -131,24 +131,28 @@ def test_a_batch_the_process_dies_on_twice_is_quarantined_at_the_next_start(defa
     adir = tmp_path / "adapters"
     model = default_model_path
     long_event = {"id": "huge", "text": "Plain text about rivers and mountains, repeated. " * 60}
+    # Without distillation or a guard, so that the CPU limit falls on the batch's own steps rather than on
+    # making the base model's answers to replay prompts (which is not the batch's fault and is not counted).
+    recipe = ["--distill-weight", "0", "--max-drift", "0"]
     def limited():
         resource.setrlimit(resource.RLIMIT_CPU, (8, 8))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # First run: acknowledged, then killed while applying it.
-    proc = start_trainer(model, adir, "oom", preexec_fn=limited)
+    proc = start_trainer(model, adir, "oom", *recipe, preexec_fn=limited)
     proc.stdin.write(json.dumps(long_event) + "\n")
     proc.stdin.close()
     assert wait_for(proc, "durable")["ids"] == ["huge"]
     proc.wait(timeout=120)
     assert proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL), proc.stderr.read()
     # Second run: the replay of the logged batch is killed the same way.
-    proc = start_trainer(model, adir, "oom", preexec_fn=limited)
+    proc = start_trainer(model, adir, "oom", *recipe, preexec_fn=limited)
     proc.stdin.close()
     proc.wait(timeout=120)
     assert proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL), proc.stderr.read()
     # Third run: quarantined, and training goes on.
     r = subprocess.run([str(CLI), "train", "--domain", "oom", "--data", "-", "--model", str(model),
-                        "--adapter-dir", str(adir), "--json"], input=json.dumps({"id": "next", "text": "Hello there."}),
+                        "--adapter-dir", str(adir), "--json", *recipe],
+                       input=json.dumps({"id": "next", "text": "Hello there."}),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = json_lines(r.stdout)
