@@ -310,7 +310,14 @@ Drift distillation_drift(const Model& model, const TileLayout& layout, const std
     const std::array<at::Tensor, 3> t = teacher_tensors(model, list, begin, end, h);
     const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
     const at::Tensor top = x.index({at::tensor(h.rows, i64), at::tensor(h.positions, i64)});
-    const at::Tensor kl = topk_kl(output_logits(model, top), t[0], t[1], t[2]).to(at::kCPU);
+    // A chunk of positions at a time, as in training: at most logits_chunk rows of vocabulary logits at once.
+    std::vector<at::Tensor> parts;
+    for (int64_t at_ = 0; at_ < top.size(0); at_ += options.logits_chunk) {
+      const int64_t len = std::min(options.logits_chunk, top.size(0) - at_);
+      parts.push_back(topk_kl(output_logits(model, top.narrow(0, at_, len)), t[0].narrow(0, at_, len),
+                              t[1].narrow(0, at_, len), t[2].narrow(0, at_, len)));
+    }
+    const at::Tensor kl = at::cat(parts).to(at::kCPU);
     for (size_t a = begin, at_ = 0; a < end; at_ += list[a]->positions(), ++a) {
       const double s = kl.narrow(0, static_cast<int64_t>(at_), list[a]->positions()).sum().item<double>();
       sum += s;

@@ -1,11 +1,13 @@
-// Online learning: the write-ahead log (torn tails, damage, compaction) and the domain pipeline's queue
-// (backpressure, duplicates, restart from checkpoint and log).
+// Online learning: the write-ahead log (torn tails, damage, compaction), the domain pipeline's queue
+// (backpressure, duplicates, restart from checkpoint and log) and the guard's drift measure.
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "adapters/registry.h"
+#include "learning/distillation.h"
+#include "learning/lora_gradients.h"
 #include "learning/trainer.h"
 #include "model/load.h"
 #include "model/model.h"
@@ -158,6 +160,32 @@ TEST_F(TrainerTest, RestartFromCheckpointAndLogEqualsAnUninterruptedRun) {
     EXPECT_EQ(t.stats().totals.events_applied, 14u);
   }
   EXPECT_EQ(current_values("whole"), current_values("split"));
+}
+
+// The guard's drift reads vocabulary logits a chunk of positions at a time (a 151k vocabulary over 48 canaries
+// would otherwise hold a gigabyte of them); the chunking must not change the figure.
+TEST_F(TrainerTest, CanaryDriftIsTheSameWhateverTheLogitsChunk) {
+  registry_->create("d", options_.create);
+  const auto snap = registry_->acquire("d");
+  const TileLayout layout = snap->image->layout();
+  std::vector<float> values = snap->image->values();
+  const std::vector<TeacherTargets> anchors = {teacher_targets_for(*model_, {1, 5, 9, 2, 7, 3, 8}, 2, 4),
+                                               teacher_targets_for(*model_, {4, 6, 1, 1, 2, 9, 9, 3, 5}, 3, 4)};
+  GradientOptions whole, chunked;
+  chunked.logits_chunk = 2;  // 5 and 6 positions: chunks that split both anchors, one of them unevenly
+  EXPECT_NEAR(distillation_drift(*model_, layout, values, 1.0, anchors, whole).mean, 0.0, 1e-6);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = 0.2f * std::sin(static_cast<float>(i));
+  const Drift a = distillation_drift(*model_, layout, values, 1.0, anchors, whole);
+  const Drift b = distillation_drift(*model_, layout, values, 1.0, anchors, chunked);
+  // The KL is a difference of float32 log-probabilities of size log(vocab); differently shaped matmuls round
+  // them differently, by about 1e-7 nats here, while the guard's bounds are tenths of a nat.
+  const double tolerance = 1e-6;
+  ASSERT_GT(a.mean, 100 * tolerance);
+  EXPECT_NEAR(a.mean, b.mean, tolerance);
+  EXPECT_NEAR(a.max, b.max, tolerance);
+  ASSERT_EQ(a.per_anchor.size(), 2u);
+  ASSERT_EQ(b.per_anchor.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(a.per_anchor[i], b.per_anchor[i], tolerance);
 }
 
 }  // namespace
