@@ -140,6 +140,7 @@ DomainTrainer::DomainTrainer(AdapterRegistry& registry, std::shared_ptr<const Mo
     const std::vector<std::string> own = domain_canaries();
     canary_prompts_.insert(canary_prompts_.end(), own.begin(), own.end());
   }
+  load_teachers(false);
   recover();
   worker_ = std::thread([this] { run(); });
 }
@@ -177,26 +178,31 @@ void DomainTrainer::run_compute(const std::function<void()>& work) const {
 }
 
 // The base model's answers to the replay and canary prompts, made once per domain and kept in the training
-// folder: replays after a crash then train and judge against exactly the same ones. They are made at the first
-// batch, not at start, so that a trainer acknowledges events (and a server starts the domain) at once.
-void DomainTrainer::load_teachers() {
-  if (teachers_loaded_) return;
+// folder: replays after a crash then train and judge against exactly the same ones. Stored ones are read and
+// checked at start (a damaged file refuses the start, before any event is acknowledged); missing ones are made
+// at the first batch, so that a trainer with an empty log acknowledges events at once.
+double DomainTrainer::load_teachers(bool make) {
   const RetentionOptions& r = options_.retention;
-  auto load = [&](const std::string& name, const std::vector<std::string>& prompts) {
+  double made_ms = 0;
+  auto load = [&](TeacherSet& set, const std::string& name, const std::vector<std::string>& prompts) {
+    if (set.ready) return;
     const std::string path = dir_ + "/" + name;
     if (auto stored = read_teacher_targets(path, prompts, r.teacher)) {
       validate_teacher_targets(*model_, *stored, r.teacher);
-      return std::move(*stored);
+      set = {std::move(*stored), true};
+    } else if (make) {
+      const auto start = Clock::now();
+      std::vector<TeacherTargets> built;
+      run_compute([&] { built = build_teacher_targets(*model_, *tokenizer_, chat_.get(), prompts, r.teacher); });
+      write_teacher_targets(path, prompts, built, r.teacher);
+      set = {std::move(built), true};
+      made_ms += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     }
-    std::vector<TeacherTargets> built;
-    run_compute([&] { built = build_teacher_targets(*model_, *tokenizer_, chat_.get(), prompts, r.teacher); });
-    write_teacher_targets(path, prompts, built, r.teacher);
-    return built;
   };
   if (r.distill_weight > 0 && options_.privacy.noise_multiplier == 0)
-    anchors_ = load("replay-targets.json", r.replay_prompts.empty() ? builtin_replay_prompts() : r.replay_prompts);
-  if (!canary_prompts_.empty()) canaries_ = load("canary-targets.json", canary_prompts_);
-  teachers_loaded_ = true;
+    load(anchors_, "replay-targets.json", r.replay_prompts.empty() ? builtin_replay_prompts() : r.replay_prompts);
+  if (!canary_prompts_.empty()) load(canaries_, "canary-targets.json", canary_prompts_);
+  return made_ms;
 }
 
 // The domain's registered canary prompts: those of the options, which replace the ones kept in
@@ -217,11 +223,11 @@ std::vector<std::string> DomainTrainer::domain_canaries() const {
 
 DistillationTerm DomainTrainer::distillation_for(int64_t steps_taken) const {
   DistillationTerm d;
-  if (anchors_.empty()) return d;
+  if (anchors_.targets.empty()) return d;
   d.weight = options_.retention.distill_weight;
-  const size_t n = std::min(options_.retention.anchors_per_step, anchors_.size());
+  const size_t n = std::min(options_.retention.anchors_per_step, anchors_.targets.size());
   for (size_t i = 0; i < n; ++i)
-    d.anchors.push_back(&anchors_[(static_cast<size_t>(steps_taken) * n + i) % anchors_.size()]);
+    d.anchors.push_back(&anchors_.targets[(static_cast<size_t>(steps_taken) * n + i) % anchors_.targets.size()]);
   return d;
 }
 
@@ -410,8 +416,8 @@ void DomainTrainer::run() {
     lock.lock();
     in_flight_ = 0;
     if (error) {
-      // Logging or publishing failed (disk full, say). The log is the source of truth: whatever it holds is
-      // applied on the next start. Stop here rather than skip a batch and diverge from it.
+      // Logging, publishing or making the teachers' answers failed (disk full, say). The log is the source of
+      // truth: whatever it holds is applied on the next start. Stop here rather than skip a batch and diverge.
       failure_ = error;
       for (const Pending& p : queue_) ids_.erase(p.event.id);
       queue_.clear();
@@ -542,10 +548,10 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
 
 std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt,
                                                 bool publish) {
-  const auto start = Clock::now();
   // Before the attempt mark: dying while making the teachers' answers is not the batch's fault, and a failure
   // there stops the trainer with its cause instead of setting batches aside.
-  load_teachers();
+  const double teacher_ms = load_teachers(true);
+  const auto start = Clock::now();
   begin_apply_attempt(dir_, {seq, attempt});
   State next = state_;
   BatchReport r;
@@ -567,14 +573,16 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   end_apply_attempt(dir_);
   if (publish) r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  r.teacher_ms = teacher_ms;
   record_applied(r);
   return r;
 }
 
 std::optional<Drift> DomainTrainer::canary_drift(const std::vector<float>& values, BatchReport& r) const {
-  if (canaries_.empty()) return std::nullopt;
+  if (canaries_.targets.empty()) return std::nullopt;
   Drift d;
-  run_compute([&] { d = distillation_drift(*model_, *layout_, values, scale_, canaries_, options_.gradients); });
+  run_compute(
+      [&] { d = distillation_drift(*model_, *layout_, values, scale_, canaries_.targets, options_.gradients); });
   // Rounding may take an unchanged adapter's KL just below zero; a NaN stays NaN, for refuse() to refuse it.
   if (d.mean < 0) d.mean = 0;
   r.drift = d.mean;

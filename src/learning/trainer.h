@@ -126,6 +126,7 @@ struct BatchReport {
   double drift = -1;            // canary drift of the new version (mean KL, nats); -1 without a guard
   double grad_norm = 0;         // before clipping, of the last step
   double update_ms = 0;         // gradients, optimizer and publish
+  double teacher_ms = 0;        // making the teachers' answers first (a domain's first batch only)
   bool replayed = false;        // applied again from the log at start (its version: the one published after replay)
   std::vector<std::string> ids;
 };
@@ -134,7 +135,8 @@ struct TrainerCallbacks {
   std::function<void(const std::vector<std::string>& ids, uint64_t seq)> on_durable;  // in the log: acknowledged
   std::function<void(const BatchReport& report)> on_applied;
   std::function<void(const QuarantinedBatch& batch)> on_quarantined;  // set aside, not applied
-  // The worker stopped (a failed log append or publish): events not yet applied never will be in this run.
+  // The worker stopped (a failed log append or publish, or the teachers' answers could not be made): events
+  // not yet applied never will be in this run.
   std::function<void(const Error& error)> on_failed;
 };
 
@@ -154,7 +156,7 @@ struct TrainerStats {
   std::vector<double> recent_losses;  // one per applied batch, the last 256
   double update_ms_p50 = 0, update_ms_p99 = 0;  // over the last 1024 batches
   uint64_t log_bytes = 0;
-  std::string failure;          // why the trainer stopped, when it did (a failed log append or publish)
+  std::string failure;          // why the trainer stopped, when it did (a failed log append or publish, say)
   double epsilon = 0;           // privacy spent per event at `delta` (0 without privacy)
   double delta = 0;
 };
@@ -211,7 +213,9 @@ class DomainTrainer {
                                    double& norm) const;
   // The replay prompts of the step after `steps_taken` AdamW steps: anchors_per_step of them, in turn.
   DistillationTerm distillation_for(int64_t steps_taken) const;
-  void load_teachers();
+  // Reads the stored teacher answers; with `make`, makes (and stores) those still missing. Returns the
+  // milliseconds spent making them.
+  double load_teachers(bool make);
   std::vector<std::string> domain_canaries() const;
   // Runs model work where options_.compute says (the server's engine thread), else here.
   void run_compute(const std::function<void()>& work) const;
@@ -244,8 +248,11 @@ class DomainTrainer {
   uint64_t checkpoint_seq_ = 0;
   double scale_ = 1;
   std::vector<std::string> canary_prompts_;  // built-in then the domain's own; empty without a guard
-  std::vector<TeacherTargets> anchors_, canaries_;  // the base model's answers (training/*-targets.json)
-  bool teachers_loaded_ = false;
+  struct TeacherSet {
+    std::vector<TeacherTargets> targets;  // none fit when the model's context is too small for the prompts
+    bool ready = false;
+  };
+  TeacherSet anchors_, canaries_;  // the base model's answers (training/*-targets.json)
 
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;

@@ -162,8 +162,8 @@ TEST_F(TrainerTest, RestartFromCheckpointAndLogEqualsAnUninterruptedRun) {
   EXPECT_EQ(current_values("whole"), current_values("split"));
 }
 
-// The guard's drift reads vocabulary logits a chunk of positions at a time (a 151k vocabulary over 48 canaries
-// would otherwise hold a gigabyte of them); the chunking must not change the figure.
+// Drift reads vocabulary logits a chunk of positions at a time (a 151k vocabulary over a domain's many canaries,
+// or the evaluation's 120 controls, would otherwise hold gigabytes of them); the chunking must not change it.
 TEST_F(TrainerTest, CanaryDriftIsTheSameWhateverTheLogitsChunk) {
   registry_->create("d", options_.create);
   const auto snap = registry_->acquire("d");
@@ -172,7 +172,7 @@ TEST_F(TrainerTest, CanaryDriftIsTheSameWhateverTheLogitsChunk) {
   const std::vector<TeacherTargets> anchors = {teacher_targets_for(*model_, {1, 5, 9, 2, 7, 3, 8}, 2, 4),
                                                teacher_targets_for(*model_, {4, 6, 1, 1, 2, 9, 9, 3, 5}, 3, 4)};
   GradientOptions whole, chunked;
-  chunked.logits_chunk = 2;  // 5 and 6 positions: chunks that split both anchors, one of them unevenly
+  chunked.logits_chunk = 3;  // 4 and 5 positions: the middle chunk holds the end of one and the start of the other
   EXPECT_NEAR(distillation_drift(*model_, layout, values, 1.0, anchors, whole).mean, 0.0, 1e-6);
   for (size_t i = 0; i < values.size(); ++i) values[i] = 0.2f * std::sin(static_cast<float>(i));
   const Drift a = distillation_drift(*model_, layout, values, 1.0, anchors, whole);

@@ -124,6 +124,26 @@ def test_the_guard_refuses_a_drifting_version_keeps_the_candidate_and_uses_regis
     assert lines[-1]["version"] == 2 and lines[-1]["rejected_versions"] == 1
 
 
+def test_teacher_answers_are_made_at_the_first_batch_and_a_damaged_store_refuses_the_start(tiny, tmp_path):
+    adir = tmp_path / "adapters"
+    targets = adir / "t" / "training" / "canary-targets.json"
+    # A trainer with nothing to apply makes nothing: acknowledging events never waits for the teachers.
+    rc, lines, err = train(tiny, adir, "t", [], "--max-drift", "100")
+    assert rc == 0 and not targets.exists(), err
+    rc, lines, err = train(tiny, adir, "t", [{"id": "a", "text": "the quick brown fox"}], "--max-drift", "100")
+    applied = [x for x in lines if x["event"] == "applied"]
+    assert rc == 0 and len(applied) == 1 and applied[0]["teacher_ms"] > 0 and targets.exists(), err
+    # Made once: the next batch reads them back.
+    rc, lines, err = train(tiny, adir, "t", [{"id": "b", "text": "jumps over"}], "--max-drift", "100")
+    applied = [x for x in lines if x["event"] == "applied"]
+    assert rc == 0 and len(applied) == 1 and "teacher_ms" not in applied[0], err
+    # Damaged, they are refused when the trainer starts, before any event is acknowledged.
+    targets.write_text(targets.read_text()[:-40])
+    rc, lines, err = train(tiny, adir, "t", [{"id": "c", "text": "the lazy dog"}], "--max-drift", "100")
+    assert rc == 4 and "canary-targets.json" in err and "unreadable" in err, err
+    assert not [x for x in lines if x["event"] == "durable"]
+
+
 @pytest.mark.slow
 def test_a_batch_the_process_dies_on_twice_is_quarantined_at_the_next_start(default_model_path, tmp_path):
     """The process is killed while applying a long example (the CPU limit stands in for the kernel's OOM

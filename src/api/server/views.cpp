@@ -82,6 +82,7 @@ nlohmann::json batch_report_json(const BatchReport& r) {
                       {"replayed", r.replayed},
                       {"ids", r.ids}};
   if (r.drift >= 0) j["drift"] = r.drift;
+  if (r.teacher_ms > 0) j["teacher_ms"] = r.teacher_ms;
   return j;
 }
 
