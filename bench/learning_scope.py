@@ -3,15 +3,21 @@
 
 Measures, for the default model, how well the base model's own activations separate the paraphrases of taught
 facts from unrelated prompts: the design of GRACE / WISE-style editors, where an edit applies only inside a
-radius around the keys of what was taught. A prompt's key is the mean hidden state after `layer` decoder
-layers over the tokens of its user message, read in the chat-templated context. The radius is set from what a
-trainer has without any evaluation data: the highest cosine similarity between a taught key and a built-in
-general prompt (src/learning/general_prompts.cpp).
+radius around the keys of what was taught. A prompt's keys are its hidden states after `layer` decoder layers,
+read in the chat-templated context, at the tokens of its user message ("message") or at every token of the
+templated prompt ("prompt": what a trainer has without locating the message). Two similarities to a taught
+prompt:
+- "mean_pooled": the cosine of the two prompts' mean keys;
+- "every_token": each taught token's best cosine with any of the prompt's tokens, the lowest of those (every
+  taught token, the subject's included, must have a close match).
+The radius is set from what a trainer has without any evaluation data: the highest similarity between a taught
+prompt and a built-in general prompt (src/learning/general_prompts.cpp).
 
-Prints JSON: per layer and number of taught facts, the share of paraphrases inside the radius (the adapter
-would answer them) and of control prompts outside it (they would get the base model's answer, unchanged).
+Prints JSON: per span, layer, similarity and number of taught facts, the share of paraphrases inside the radius (the
+adapter would answer them), and of control prompts and of the taught facts' near misses (the same question
+about a real entity) outside it (they would get the base model's answer, unchanged).
 
-    .venv/bin/python bench/learning_scope.py [--layers 9 12 15 18] [--facts 10 30]
+    .venv/bin/python bench/learning_scope.py [--layers 3 6 12] [--facts 10 30]
 """
 import argparse
 import json
@@ -33,7 +39,8 @@ def model_folder():
 
 
 def general_prompts():
-    return re.findall(r'^\s+"(.*)",$', (ROOT / "src/learning/general_prompts.cpp").read_text(), re.M)
+    literals = re.findall(r'^\s+"(.*)",$', (ROOT / "src/learning/general_prompts.cpp").read_text(), re.M)
+    return [json.loads('"' + text + '"') for text in literals]  # C++ escapes (\") are JSON's too
 
 
 class Keys:
@@ -54,16 +61,24 @@ class Keys:
         end = self.before + len(self.tok(prompt).input_ids)
         with torch.no_grad():
             hidden = self.model(ids, output_hidden_states=True).hidden_states
-        return {layer: hidden[layer][0, self.before:end].mean(0) for layer in self.layers}
+        spans = {"message": slice(self.before, end), "prompt": slice(0, ids.shape[1])}
+        return {(span, layer): hidden[layer][0, cut] for span, cut in spans.items() for layer in self.layers}
 
 
-def nearest(key, taught):
-    return max(torch.nn.functional.cosine_similarity(key, t, dim=0).item() for t in taught)
+def similarity(prompt, taught, kind):
+    if kind == "mean_pooled":
+        return torch.nn.functional.cosine_similarity(prompt.mean(0), taught.mean(0), dim=0).item()
+    unit = torch.nn.functional.normalize
+    return (unit(taught, dim=1) @ unit(prompt, dim=1).T).max(1).values.min().item()
+
+
+def nearest(prompt, taught, kind):
+    return max(similarity(prompt, t, kind) for t in taught)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, nargs="+", default=[9, 12, 15, 18])
+    ap.add_argument("--layers", type=int, nargs="+", default=[3, 6, 12])
     ap.add_argument("--facts", type=int, nargs="+", default=[10, 30])
     ap.add_argument("--data", default=str(ROOT / "bench/data/learning_eval.json"))
     args = ap.parse_args()
@@ -72,18 +87,23 @@ def main():
     keys = Keys(model_folder(), DEFAULT_MODEL, args.layers)
     facts = [keys(f["question"]) for f in data["facts"]]
     paraphrases = [[keys(p) for p in f["paraphrases"]] for f in data["facts"]]
+    near = [keys(f["near_miss"]) for f in data["facts"]]
     controls = [keys(c["prompt"]) for c in data["controls"]]
     general = [keys(g) for g in general_prompts()]
     rows = []
-    for layer in args.layers:
-        for n in args.facts:
-            taught = [f[layer] for f in facts[:n]]
-            radius = max(nearest(g[layer], taught) for g in general)
-            inside = [nearest(p[layer], taught) > radius for ps in paraphrases[:n] for p in ps]
-            outside = [nearest(c[layer], taught) <= radius for c in controls]
-            rows.append({"layer": layer, "facts_taught": n, "radius": round(radius, 4),
-                         "paraphrases_inside": round(float(np.mean(inside)), 4),
-                         "controls_outside": round(float(np.mean(outside)), 4)})
+    for span, layer in facts[0]:
+        at = (span, layer)
+        for kind in ("mean_pooled", "every_token"):
+            for n in args.facts:
+                taught = [f[at] for f in facts[:n]]
+                radius = max(nearest(g[at], taught, kind) for g in general)
+                inside = [nearest(p[at], taught, kind) > radius for ps in paraphrases[:n] for p in ps]
+                outside = [nearest(c[at], taught, kind) <= radius for c in controls]
+                near_outside = [nearest(m[at], taught, kind) <= radius for m in near[:n]]
+                rows.append({"span": span, "layer": layer, "similarity": kind, "facts_taught": n,
+                             "radius": round(radius, 4), "paraphrases_inside": round(float(np.mean(inside)), 4),
+                             "controls_outside": round(float(np.mean(outside)), 4),
+                             "near_misses_outside": round(float(np.mean(near_outside)), 4)})
     print(json.dumps({"model": DEFAULT_MODEL, "layers_total": keys.model.config.num_hidden_layers,
                       "general_prompts": len(general), "controls": len(controls), "machine": platform.machine(),
                       "torch": torch.__version__, "results": rows}, indent=1))
