@@ -55,16 +55,21 @@ def peft_gradients(model, peft_dir, batch):
     return out.loss.item(), grads
 
 
+def adapter_and_peft_export(folder, tmp_path, name, **create):
+    """A random sparse adapter made by the CLI, and its PEFT export: (adapter dir, PEFT dir)."""
+    adir, peft_dir = tmp_path / "adapters", tmp_path / "peft"
+    create_adapter(folder, adir, name, tmp_path, **create)
+    r = run_cli("adapters", "export", name, peft_dir, "--adapter-dir", adir)
+    assert r.returncode == 0, r.stderr
+    return adir, peft_dir
+
+
 # The last case bounds memory hard: one example per forward, three positions of logits at a time.
 @pytest.mark.parametrize("sparsity,budget", [(0.0, {}), (0.9, {}),
                                              (0.9, {"tokens_per_forward": 8, "logits_chunk": 3})])
 def test_gradients_match_peft(tiny, tmp_path, sparsity, budget):
     folder, model = tiny
-    adir = tmp_path / "adapters"
-    create_adapter(folder, adir, "g", tmp_path, seed=21, b_std=0.3, sparsity=sparsity)
-    peft_dir = tmp_path / "peft"
-    r = run_cli("adapters", "export", "g", peft_dir, "--adapter-dir", adir)
-    assert r.returncode == 0, r.stderr
+    adir, peft_dir = adapter_and_peft_export(folder, tmp_path, "g", seed=21, b_std=0.3, sparsity=sparsity)
     batch = examples()
     out = tmp_path / "grads.safetensors"
     ours = run_probe({"mode": "lora_grad", "model": str(folder), "adapter_dir": str(adir), "name": "g",
@@ -94,11 +99,7 @@ def test_adamw_steps_match_torch_adamw_on_masked_parameters(tiny, tmp_path):
     """Three AdamW steps (with weight decay) on our sparse state equal torch.optim.AdamW on PEFT's dense
     parameters whose gradients are masked to the pattern."""
     folder, model = tiny
-    adir = tmp_path / "adapters"
-    create_adapter(folder, adir, "opt", tmp_path, seed=5, b_std=0.3, sparsity=0.9)
-    peft_dir = tmp_path / "peft"
-    r = run_cli("adapters", "export", "opt", peft_dir, "--adapter-dir", adir)
-    assert r.returncode == 0, r.stderr
+    adir, peft_dir = adapter_and_peft_export(folder, tmp_path, "opt", seed=5, b_std=0.3, sparsity=0.9)
     batch = examples()
     opts = {"lr": 1e-2, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "steps": 3}
     out = tmp_path / "after.safetensors"
@@ -150,11 +151,7 @@ def test_distillation_term_gradients_match_torch_on_peft(tiny, tmp_path):
     anchor positions of KL from the base model's top-k distributions) and its gradient, against the same loss
     written in PyTorch on PEFT's model, the teacher being that model with its adapter disabled."""
     folder, model = tiny
-    adir = tmp_path / "adapters"
-    create_adapter(folder, adir, "kl", tmp_path, seed=9, b_std=0.4, sparsity=0.9)
-    peft_dir = tmp_path / "peft"
-    r = run_cli("adapters", "export", "kl", peft_dir, "--adapter-dir", adir)
-    assert r.returncode == 0, r.stderr
+    adir, peft_dir = adapter_and_peft_export(folder, tmp_path, "kl", seed=9, b_std=0.4, sparsity=0.9)
     batch = examples()
     anchors = [{"tokens": prompt_of(14, 500), "first": 5}, {"tokens": prompt_of(9, 501), "first": 2}]
     top_k, weight = 8, 0.7
