@@ -59,9 +59,10 @@ std::string first_sentence(const std::string& text) {
   return text.substr(begin, end == std::string::npos ? std::string::npos : end + 1 - begin);
 }
 
-// Greedy answers of up to 32 tokens through the serving path, with the adapter when given.
-std::vector<std::string> answers(const hs::Engine& e, const std::vector<std::string>& prompts,
-                                 std::shared_ptr<const hs::LoraWeights> adapter) {
+// Greedy answers of up to 32 tokens through the serving path, with the adapter when given (which answers only the
+// prompts inside its scope, as in the server).
+std::vector<hs::GenerationResult> results(const hs::Engine& e, const std::vector<std::string>& prompts,
+                                          std::shared_ptr<const hs::LoraWeights> adapter) {
   const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
   std::vector<hs::GenerationRequest> requests;
   for (const std::string& p : prompts) {
@@ -72,8 +73,26 @@ std::vector<std::string> answers(const hs::Engine& e, const std::vector<std::str
     r.adapter = adapter;
     requests.push_back(std::move(r));
   }
+  return hs::generate_batch(e, requests);
+}
+
+std::vector<std::string> answers(const hs::Engine& e, const std::vector<std::string>& prompts,
+                                 std::shared_ptr<const hs::LoraWeights> adapter) {
   std::vector<std::string> out;
-  for (const hs::GenerationResult& r : hs::generate_batch(e, requests)) out.push_back(r.text);
+  for (const hs::GenerationResult& r : results(e, prompts, adapter)) out.push_back(r.text);
+  return out;
+}
+
+// Share of results the adapter answered (inside its scope, or no scope at all).
+double share_adapted(const std::vector<hs::GenerationResult>& got) {
+  size_t n = 0;
+  for (const hs::GenerationResult& r : got) n += r.adapter_scope != "outside";
+  return got.empty() ? 0 : static_cast<double>(n) / static_cast<double>(got.size());
+}
+
+std::vector<std::string> texts(const std::vector<hs::GenerationResult>& got) {
+  std::vector<std::string> out;
+  for (const hs::GenerationResult& r : got) out.push_back(r.text);
   return out;
 }
 
@@ -90,6 +109,7 @@ json recipe_json(const hs::TrainerOptions& o) {
           {"anchors_per_step", o.retention.anchors_per_step},
           {"max_grad_norm", o.max_grad_norm},
           {"max_drift", o.guard.max_drift},
+          {"scope_layers", o.retention.scope_layers},
           {"batch_events", o.batch_events}};
 }
 
@@ -188,9 +208,11 @@ double share_with_key(const std::vector<std::string>& got, const Dataset& d, siz
 json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d, const Base& base, size_t n) {
   auto snap = registry.acquire("eval");
   auto adapter = registry.weights(*snap);
-  const std::vector<std::string> facts = answers(e, fact_questions(d, n), adapter);
-  const std::vector<std::string> paras = answers(e, paraphrase_questions(d, n), adapter);
-  const std::vector<std::string> controls = answers(e, d.controls, adapter);
+  const std::vector<hs::GenerationResult> fact_results = results(e, fact_questions(d, n), adapter);
+  const std::vector<hs::GenerationResult> para_results = results(e, paraphrase_questions(d, n), adapter);
+  const std::vector<hs::GenerationResult> control_results = results(e, d.controls, adapter);
+  const std::vector<std::string> facts = texts(fact_results), paras = texts(para_results),
+                                 controls = texts(control_results);
   json changed = json::array();
   size_t kept = 0;
   for (size_t i = 0; i < controls.size(); ++i) {
@@ -202,6 +224,19 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
   }
   const hs::Drift drift = hs::distillation_drift(*e.model, snap->image->layout(), snap->image->values(),
                                                  snap->config.scale(), base.control_targets);
+  // As served: a control outside the scope gets the base model, whose KL to itself is zero.
+  std::vector<double> served;
+  for (size_t i = 0; i < base.control_targets.size(); ++i) {
+    const auto at = std::find(d.controls.begin(), d.controls.end(), base.control_targets[i].prompt);
+    const bool adapted = control_results[static_cast<size_t>(at - d.controls.begin())].adapter_scope != "outside";
+    served.push_back(adapted ? drift.per_anchor[i] : 0.0);
+  }
+  double served_mean = 0;
+  for (size_t i = 0; i < served.size(); ++i)
+    served_mean += served[i] * static_cast<double>(base.control_targets[i].positions());
+  int64_t positions = 0;
+  for (const hs::TeacherTargets& t : base.control_targets) positions += t.positions();
+  served_mean /= static_cast<double>(std::max<int64_t>(positions, 1));
   json missed = json::array();
   for (size_t i = 0; i < n; ++i)
     if (facts[i].find(d.facts[i].key) == std::string::npos) missed.push_back({{"q", d.facts[i].question}, {"a", facts[i]}});
@@ -209,8 +244,13 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
   return {{"efficacy", share_with_key(facts, d, 1)},
           {"generalization", share_with_key(paras, d, 2)},
           {"locality", static_cast<double>(kept) / static_cast<double>(controls.size())},
-          {"control_kl_mean", drift.mean},
-          {"control_kl_p95", hs::percentile(drift.per_anchor, 0.95)},
+          {"control_kl_mean", served_mean},
+          {"control_kl_p95", hs::percentile(served, 0.95)},
+          {"control_kl_mean_without_scope", drift.mean},
+          {"scope", {{"examples", snap->scope ? snap->scope->examples.size() : 0},
+                     {"facts_inside", share_adapted(fact_results)},
+                     {"paraphrases_inside", share_adapted(para_results)},
+                     {"controls_inside", share_adapted(control_results)}}},
           {"base_efficacy", share_with_key(base_facts, d, 1)},
           {"missed_facts", missed},
           {"changed_controls", changed}};
@@ -258,7 +298,8 @@ int main(int argc, char** argv) {
          {"--distill-weight", [&](const std::string& v) { o.retention.distill_weight = num(v); }},
          {"--anchors-per-step", [&](const std::string& v) { o.retention.anchors_per_step = std::stoul(v); }},
          {"--max-grad-norm", [&](const std::string& v) { o.max_grad_norm = num(v); }},
-         {"--max-drift", [&](const std::string& v) { o.guard.max_drift = num(v); }}});
+         {"--max-drift", [&](const std::string& v) { o.guard.max_drift = num(v); }},
+         {"--scope-layers", [&](const std::string& v) { o.retention.scope_layers = std::stol(v); }}});
     hs::validate_trainer_options(o);
     const Dataset d = read_dataset(data);
     if (recipe.facts < 1 || recipe.facts > d.facts.size())

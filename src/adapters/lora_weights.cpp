@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "adapters/scope.h"
 #include "adapters/tile_layout.h"
 #include "common/error.h"
 #include "model/model.h"
@@ -10,7 +11,8 @@
 namespace hs {
 
 std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, const Model& model, double scale,
-                                                     const std::string& name, uint64_t version) {
+                                                     const std::string& name, uint64_t version,
+                                                     const AdapterScope* scope) {
   const TileLayout& layout = image.layout();
   auto w = std::make_shared<LoraWeights>();
   w->name = name;
@@ -40,6 +42,7 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
   for (int64_t l = 0; l < model.config.num_layers; ++l)
     for (int p = 0; p < kLoraProjections; ++p)
       if (w->a[l][p].defined() != w->b[l][p].defined()) bad("an A without its B, or a B without its A");
+  if (scope && !scope->empty()) w->scope = std::make_shared<const ScopeIndex>(make_scope_index(*scope, model));
   return w;
 }
 

@@ -9,11 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "adapters/scope_index.h"
 #include "model/lora_batch.h"
 
 namespace hs {
 
 class AdapterImage;
+struct AdapterScope;
 struct Model;
 
 struct LoraWeights {
@@ -26,11 +28,15 @@ struct LoraWeights {
   // adapter does not target the projection.
   std::vector<std::array<at::Tensor, kLoraProjections>> a, b;
   size_t bytes = 0;
+  // Where the adapter applies (adapters/scope.h); null: everywhere.
+  std::shared_ptr<const ScopeIndex> scope;
 };
 
-// Scatters the image's tiles into dense matrices in the model's dtype, on its device.
+// Scatters the image's tiles into dense matrices in the model's dtype, on its device, with the version's scope
+// (none: the adapter applies to every request).
 std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, const Model& model, double scale,
-                                                     const std::string& name, uint64_t version);
+                                                     const std::string& name, uint64_t version,
+                                                     const AdapterScope* scope = nullptr);
 
 // Stacks the adapters of a batch: rows[r] is row r's adapter or null, scales[r] its request scale. Returns a
 // batch with slots == 0 when no row has an adapter (the forward then runs the base model alone).

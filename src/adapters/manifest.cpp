@@ -18,10 +18,13 @@ std::string manifest_to_json(const AdapterManifest& m) {
   nlohmann::json targets = nlohmann::json::array();
   for (LoraModule t : m.config.targets) targets.push_back(lora_module_name(t));
   nlohmann::json versions = nlohmann::json::array();
-  for (const auto& v : m.versions)
+  for (const auto& v : m.versions) {
     versions.push_back({{"version", v.version}, {"parent", v.parent}, {"file", v.file}, {"created", v.created},
                         {"events", v.events}, {"bytes", v.bytes}, {"crc32", v.crc32},
                         {"active_values", v.active_values}});
+    if (!v.scope_file.empty())
+      versions.back()["scope"] = {{"file", v.scope_file}, {"examples", v.scope_examples}};
+  }
   nlohmann::json j = {{"format", 1},
                       {"name", m.name},
                       {"base_model", {{"fingerprint", m.base_fingerprint}, {"source", m.base_model}}},
@@ -59,11 +62,16 @@ AdapterManifest manifest_from_json(const std::string& text, const std::string& w
     m.dense_values = j.value("dense_values", uint64_t{0});
     m.current = j.at("current").get<uint64_t>();
     m.keep = j.at("keep").get<uint32_t>();
-    for (const auto& v : j.at("versions"))
+    for (const auto& v : j.at("versions")) {
       m.versions.push_back({v.at("version").get<uint64_t>(), v.at("parent").get<uint64_t>(),
                             v.at("file").get<std::string>(), v.at("created").get<std::string>(),
                             v.at("events").get<uint64_t>(), v.at("bytes").get<uint64_t>(),
                             v.at("crc32").get<uint32_t>(), v.value("active_values", uint64_t{0})});
+      if (v.contains("scope")) {
+        m.versions.back().scope_file = v.at("scope").at("file").get<std::string>();
+        m.versions.back().scope_examples = v.at("scope").at("examples").get<uint64_t>();
+      }
+    }
     if (!m.find(m.current)) throw Error(ErrorKind::CorruptFile, "manifest '" + where + "' names a current version it does not list");
     return m;
   } catch (const nlohmann::json::exception& e) {

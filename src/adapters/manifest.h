@@ -18,6 +18,8 @@ struct AdapterVersionInfo {
   uint64_t bytes = 0;
   uint32_t crc32 = 0;
   uint64_t active_values = 0;
+  std::string scope_file;       // the version's relevance scope (adapters/scope.h); empty when it has none
+  uint64_t scope_examples = 0;  // taught prompts in it
 };
 
 struct AdapterManifest {

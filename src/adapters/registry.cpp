@@ -49,6 +49,12 @@ std::string version_file(uint64_t version) {
   return buf;
 }
 
+std::string scope_file(uint64_t version) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "v%08llu.scope", static_cast<unsigned long long>(version));
+  return buf;
+}
+
 // Caches are keyed by name, version and CRC, so a deleted and re-created adapter never meets the old one's
 // cached data.
 std::string key(const std::string& name, const AdapterVersionInfo& v) {
@@ -112,6 +118,8 @@ AdapterManifest AdapterRegistry::load_manifest(const std::string& name) {
   for (size_t i = 0; i < m.versions.size(); ++i) {
     if (i > 0 && m.versions[i].version <= m.versions[i - 1].version) bad("lists versions out of order");
     if (m.versions[i].file != version_file(m.versions[i].version)) bad("names an unexpected file");
+    if (!m.versions[i].scope_file.empty() && m.versions[i].scope_file != scope_file(m.versions[i].version))
+      bad("names an unexpected scope file");
   }
   if (!m.find(m.current)) bad("names a current version it does not list");
   std::lock_guard<std::mutex> lock(mu_);
@@ -145,7 +153,8 @@ void AdapterRegistry::check_base(const AdapterManifest& m) const {
 }
 
 AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, const AdapterImage& image,
-                                                         uint64_t parent, uint64_t events) {
+                                                         uint64_t parent, uint64_t events,
+                                                         const AdapterScope* scope) {
   AdapterVersionInfo v;
   v.version = m.latest() + 1;
   v.parent = parent;
@@ -157,6 +166,12 @@ AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, con
   image.write(path, parse_adapter_codec(m.codec));
   v.bytes = fs::file_size(path);
   v.crc32 = image.crc32();
+  if (scope && !scope->empty()) {
+    // Before the manifest names the version: a reader never finds a version without its scope.
+    v.scope_file = scope_file(v.version);
+    v.scope_examples = scope->examples.size();
+    write_file_atomically(dir(m.name) + "/" + v.scope_file, scope_to_bytes(*scope));
+  }
   m.versions.push_back(v);
   m.current = v.version;
   // Keep the newest `keep` versions, and the current one whatever its age.
@@ -165,6 +180,7 @@ AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, con
     auto victim = m.versions.begin();
     if (victim->version == m.current) ++victim;
     doomed.push_back(victim->file);
+    if (!victim->scope_file.empty()) doomed.push_back(victim->scope_file);
     m.versions.erase(victim);
   }
   save_manifest_locked(m);
@@ -228,7 +244,8 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
 }
 
 AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
-                                            std::optional<uint64_t> events, const TileLayout* layout) {
+                                            std::optional<uint64_t> events, const TileLayout* layout,
+                                            std::shared_ptr<const AdapterScope> scope) {
   for (float x : values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "': refusing to publish non-finite values");
@@ -250,8 +267,10 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
     image->set_values(values.data());
   }
   std::vector<AdapterVersionInfo> before = m.versions;
-  AdapterVersionInfo v = write_version_locked(m, *image, m.current, events.value_or(current->version.events));
-  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image});
+  if (scope && scope->empty()) scope.reset();
+  AdapterVersionInfo v =
+      write_version_locked(m, *image, m.current, events.value_or(current->version.events), scope.get());
+  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image, scope});
   std::lock_guard<std::mutex> lock(mu_);
   // Versions pruned from the folder leave the caches too: a domain that keeps learning would otherwise fill
   // them with versions no request can name any more (requests holding one keep it alive).
@@ -285,6 +304,7 @@ AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t vers
                                          " (kept: " + kept + ")");
   }
   AdapterImage::open(dir(name) + "/" + v->file);  // refuse to make a damaged version current
+  if (!v->scope_file.empty()) read_scope_file(dir(name) + "/" + v->scope_file);
   // Training resumes from the rolled-back version. The trainer's state (checkpoint, moments, log) describes
   // the newer values, so it is moved aside, kept, and the next trainer starts afresh from this version.
   const std::string training = dir(name) + "/training";
@@ -360,7 +380,9 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
   if (image->layout().rank != m.config.rank)
     throw Error(ErrorKind::CorruptFile, "adapter '" + name + "' version " + std::to_string(version) +
                                             " does not match its manifest's rank");
-  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, *v, m.config, std::move(image)});
+  std::shared_ptr<const AdapterScope> scope;
+  if (!v->scope_file.empty()) scope = std::make_shared<const AdapterScope>(read_scope_file(dir(name) + "/" + v->scope_file));
+  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, *v, m.config, std::move(image), std::move(scope)});
   std::lock_guard<std::mutex> lock(mu_);
   ++counters_.disk_loads;
   if (const auto* raced = resident_.find(key(name, *v))) return *raced;  // another thread loaded it meanwhile
@@ -393,7 +415,8 @@ std::shared_ptr<const LoraWeights> AdapterRegistry::weights(const AdapterSnapsho
     }
   }
   // Built and copied to the device without the lock.
-  auto w = make_lora_weights(*snap.image, *model_, snap.config.scale(), snap.name, snap.version.version);
+  auto w = make_lora_weights(*snap.image, *model_, snap.config.scale(), snap.name, snap.version.version,
+                             snap.scope.get());
   std::lock_guard<std::mutex> lock(mu_);
   ++counters_.hot_builds;
   if (const auto* raced = hot_.find(k)) return *raced;

@@ -17,6 +17,7 @@
 
 #include "adapters/lru_cache.h"
 #include "adapters/manifest.h"
+#include "adapters/scope.h"
 #include "adapters/tile_layout.h"
 #include "common/file_lock.h"
 #include "storage/adapter_image.h"
@@ -45,6 +46,7 @@ struct AdapterSnapshot {
   AdapterVersionInfo version;
   AdapterConfig config;
   std::shared_ptr<const AdapterImage> image;
+  std::shared_ptr<const AdapterScope> scope;  // null: the version applies to every request
 };
 
 // One adapter folder as `list` finds it: its manifest, or why it cannot be read.
@@ -77,8 +79,11 @@ class AdapterRegistry {
   // Writes a new version derived from the current one: same pattern with new values, or a new pattern
   // when `layout` is given. It becomes current; versions beyond `keep` are deleted. `events` is the number of
   // learning events applied since the adapter was created (unset: the parent's). Values must be finite.
+  // `scope`, when given and not empty, is stored with the version (<name>/v00000007.scope): requests outside it
+  // get the base model.
   AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values,
-                             std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr);
+                             std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr,
+                             std::shared_ptr<const AdapterScope> scope = nullptr);
 
   // Rollback and remove change what a trainer works on, so they take the domain lock and throw Busy while a
   // trainer (in this process or another) holds it. A rollback moves the domain's training state aside
@@ -112,7 +117,7 @@ class AdapterRegistry {
   AdapterManifest create_locked(const std::string& name, const AdapterConfig& config, const TileLayout& layout,
                                 const std::vector<float>& values);
   AdapterVersionInfo write_version_locked(AdapterManifest& m, const AdapterImage& image, uint64_t parent,
-                                          uint64_t events);
+                                          uint64_t events, const AdapterScope* scope = nullptr);
   void remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap);
   void forget_locked(const std::string& name);
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "api/server/views.h"
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
 #include "common/error.h"
@@ -81,8 +82,6 @@ std::shared_ptr<const LoraWeights> load_adapter(const Engine& e, const AdapterFl
 
 // Streams one generation to stdout; returns the full text.
 std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
-  nlohmann::json adapter_info = nullptr;
-  if (req.adapter) adapter_info = {{"name", req.adapter->name}, {"version", req.adapter->version}};
   GenerationResult r = generate(e, req, [&](const TokenEvent& ev) {
     if (json) {
       std::cout << nlohmann::json{{"id", ev.id}, {"text", ev.text}, {"logprob", ev.logprob}}.dump() << "\n";
@@ -95,7 +94,7 @@ std::string stream(const Engine& e, const GenerationRequest& req, bool json) {
   if (json) {
     std::cout << nlohmann::json{{"finish_reason", r.finish_reason}, {"text", r.text},
                                 {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()},
-                                {"adapter", adapter_info}}
+                                {"adapter", api::result_adapter_json(r)}}
                      .dump()
               << "\n";
   } else {

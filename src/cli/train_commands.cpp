@@ -52,6 +52,10 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
       ->capture_default_str();
   s->add_option("--anchors-per-step", t.anchors_per_step, "General prompts in each step's KL term")
       ->capture_default_str();
+  s->add_option("--scope-layers", t.scope_layers,
+                "Relevance scope: the adapter answers only prompts near those it was taught, compared on the base "
+                "model's hidden states after this many layers; others get the base model (0: it answers every prompt)")
+      ->capture_default_str();
   s->add_option("--max-drift", t.max_drift,
                 "Publication guard: a version whose canary answers drift more than this (mean KL, nats) from the "
                 "base model's is refused (0: no guard)")
@@ -98,6 +102,7 @@ TrainerOptions trainer_options(const TrainFlags& t) {
   o.retention.stop_loss = t.stop_loss;
   o.retention.distill_weight = t.distill_weight;
   o.retention.anchors_per_step = t.anchors_per_step;
+  o.retention.scope_layers = t.scope_layers;
   o.guard.max_drift = t.max_drift;
   if (!t.canaries.empty()) o.guard.canaries = read_prompt_lines(t.canaries);
   o.privacy = {t.dp_noise, t.dp_clip, t.dp_delta};

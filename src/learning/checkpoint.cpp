@@ -30,6 +30,8 @@ std::string stem(uint64_t seq) {
 void write_checkpoint(const std::string& dir, const TrainerCheckpoint& c) {
   const std::string name = stem(c.seq);
   c.adapter->write(dir + "/" + name + ".hsl");
+  const bool scoped = c.scope && !c.scope->empty();
+  if (scoped) write_file_atomically(dir + "/" + name + ".scope", scope_to_bytes(*c.scope));
 
   nlohmann::json meta = {{"seq", c.seq},
                          {"adam_step", c.adam.step},
@@ -40,7 +42,9 @@ void write_checkpoint(const std::string& dir, const TrainerCheckpoint& c) {
                          {"gradients", c.counters.gradients},
                          {"steps", c.counters.steps},
                          {"tokens_trained", c.counters.tokens_trained},
-                         {"ids", c.ids}};
+                         {"ids", c.ids},
+                         {"scope", scoped},
+                         {"unscoped", c.unscoped}};
   const std::string text = meta.dump();
   const uint64_t len = text.size();
   const size_t floats = c.adam.m.size() * sizeof(float);
@@ -100,6 +104,10 @@ std::optional<TrainerCheckpoint> read_checkpoint(const std::string& dir) {
     c.counters.steps = meta.at("steps").get<uint64_t>();
     c.counters.tokens_trained = meta.at("tokens_trained").get<uint64_t>();
     for (const auto& id : meta.at("ids")) c.ids.insert(id.get<std::string>());
+    // Checkpoints from before scopes existed belong to adapters that learnt without one.
+    c.unscoped = meta.value("unscoped", true);
+    if (meta.value("scope", false))
+      c.scope = std::make_shared<const AdapterScope>(read_scope_file(dir + "/" + name + ".scope"));
     if (bytes.size() != head + len + 2 * n * sizeof(float) + 4) throw bad("has a state file of the wrong size");
     if (n != 0 && static_cast<int64_t>(n) != c.adapter->layout().num_values())
       throw bad("has optimizer state that does not match its adapter");

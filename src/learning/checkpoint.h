@@ -5,13 +5,15 @@
 //
 // In the domain's training folder: checkpoint-<seq>.hsl (an adapter image, storage/adapter_image.h),
 // checkpoint-<seq>.state (magic "HSCKPT01", u64 JSON length, JSON, float32 m, float32 v, CRC-32 of all before)
-// and CHECKPOINT, a JSON pointer to the current pair, replaced atomically after both are on disk.
+// and CHECKPOINT, a JSON pointer to the current pair, replaced atomically after both are on disk. A trainer
+// with a relevance scope also writes checkpoint-<seq>.scope (adapters/scope.h), which the state names.
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <unordered_set>
 
+#include "adapters/scope.h"
 #include "learning/adamw.h"
 
 namespace hs {
@@ -28,6 +30,8 @@ struct TrainerCheckpoint {
   AdamWState adam;
   TrainerCounters counters;
   std::unordered_set<std::string> ids;
+  std::shared_ptr<const AdapterScope> scope;  // null: none
+  bool unscoped = false;  // the adapter learnt what no scope describes (learning/trainer.h)
 };
 
 // Writes the checkpoint and then deletes older ones. Throws Io.

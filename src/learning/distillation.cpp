@@ -22,11 +22,15 @@ namespace {
 
 constexpr int kFormat = 1;
 
+}  // namespace
+
 std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const ChatTemplate* chat, const std::string& prompt) {
   // As learning events render a conversation (learning/events.cpp): the template's text, no added specials.
   if (chat) return encode(tok, render_chat(*chat, {{"user", prompt}}, true), false);
   return encode(tok, prompt, true);
 }
+
+namespace {
 
 // Greedy continuations of every prompt at once, through the KV-cache forward that generation uses; each stops
 // after its end-of-sequence token or `limit` tokens.

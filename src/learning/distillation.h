@@ -34,6 +34,10 @@ struct TeacherOptions {
   int64_t top_k = 32;
 };
 
+// A user prompt as the model sees it: rendered with `chat` as one user turn asking for an answer when given,
+// else as plain text.
+std::vector<int32_t> prompt_tokens(const Tokenizer& tokenizer, const ChatTemplate* chat, const std::string& prompt);
+
 // The base model's greedy answers to `prompts` (rendered with `chat` when given, else as plain text) and its
 // distributions along them, computed as training computes them (float rounding aside, a fresh adapter's KL to
 // them is zero). A prompt leaving no room for a whole answer in the model's context is left out.

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "adapters/registry.h"
+#include "adapters/scope_build.h"
 #include "adapters/tile_layout.h"
 #include "common/error.h"
 #include "common/fs_util.h"
@@ -46,6 +47,15 @@ void clip_to(std::vector<float>& g, double bound) {
 }
 
 // A batch as the log stores it (one event per line), and its ids.
+// Whether the adapter's update is zero, as a created adapter's is (every B value zero): it has learnt nothing.
+bool learnt_nothing(const TileLayout& layout, const std::vector<float>& values) {
+  for (const LoraTensorInfo& t : layout.tensors)
+    if (t.is_b)
+      for (int64_t i = t.first_tile * kTileValues; i < (t.first_tile + t.num_tiles) * kTileValues; ++i)
+        if (values[static_cast<size_t>(i)] != 0) return false;
+  return true;
+}
+
 std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std::string>& ids) {
   std::string payload;
   for (const LearningEvent& ev : batch) {
@@ -79,6 +89,7 @@ void validate_trainer_options(const TrainerOptions& o) {
   if (!(r.stop_loss >= 0) || !std::isfinite(r.stop_loss)) bad("the early-stopping loss must be zero or positive");
   if (r.teacher.answer_tokens < 1 || r.teacher.answer_tokens > 1024 || r.teacher.top_k < 1 || r.teacher.top_k > 1024)
     bad("teacher answers must hold 1 to 1024 tokens, and top k must lie in [1, 1024]");
+  if (r.scope_layers < 0) bad("the scope's layer count must be zero (no scope) or positive");
   if (!(o.guard.max_drift >= 0) || !std::isfinite(o.guard.max_drift)) bad("the guard's drift bound must be zero or positive");
   for (const auto* prompts : {&r.replay_prompts, &o.guard.canaries})
     for (const std::string& p : *prompts)
@@ -236,7 +247,8 @@ void DomainTrainer::recover() {
   scale_ = manifest.config.scale();
   if (auto c = read_checkpoint(dir_)) {
     layout_ = std::make_shared<TileLayout>(c->adapter->layout());
-    state_ = State{c->adapter->values(), std::move(c->adam), c->counters};
+    state_ = State{c->adapter->values(), std::move(c->adam), c->counters, c->scope,
+                   c->unscoped && !learnt_nothing(*layout_, c->adapter->values())};
     ids_ = std::move(c->ids);
     seq_ = checkpoint_seq_ = c->seq;
   } else {
@@ -245,6 +257,10 @@ void DomainTrainer::recover() {
     auto snap = registry_.acquire(domain_);
     layout_ = std::make_shared<TileLayout>(snap->image->layout());
     state_.values = snap->image->values();
+    // A rolled-back version keeps the scope it was published with; one that learnt without a scope (imported,
+    // trained before scopes, or by text and gradients) never gets one.
+    state_.scope = snap->scope;
+    state_.unscoped = !snap->scope && !learnt_nothing(*layout_, state_.values);
     checkpoint();
   }
   quarantined_ = read_quarantine(dir_);
@@ -258,7 +274,7 @@ void DomainTrainer::recover() {
   version_ = manifest.current;
   totals_ = state_.totals;
   if (!reports.empty()) {
-    version_ = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
+    version_ = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope).version;
     checkpoint();
   }
   for (BatchReport& r : reports) {
@@ -304,6 +320,8 @@ void DomainTrainer::checkpoint() {
   c.adapter = AdapterImage::build(*layout_, state_.values.data());
   c.adam = state_.adam;
   c.counters = state_.totals;
+  c.scope = state_.scope;
+  c.unscoped = state_.unscoped;
   {
     std::lock_guard<std::mutex> lock(mu_);
     // Only events already applied belong to the checkpoint; queued ones are not in the log yet.
@@ -548,9 +566,9 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
 
 std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt,
                                                 bool publish) {
-  // Before the attempt mark: dying while making the teachers' answers is not the batch's fault, and a failure
-  // there stops the trainer with its cause instead of setting batches aside.
-  const double teacher_ms = load_teachers(true);
+  // Before the attempt mark: dying while making the teachers' answers or the general prompts' keys is not the
+  // batch's fault, and a failure there stops the trainer with its cause instead of setting batches aside.
+  const double teacher_ms = load_teachers(true) + (scoping(batch, state_) ? load_general_scope() : 0);
   const auto start = Clock::now();
   begin_apply_attempt(dir_, {seq, attempt});
   State next = state_;
@@ -558,6 +576,7 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   std::optional<Drift> drift;
   try {
     r = compute(batch, seq, next);
+    widen_scope(batch, next);
     drift = canary_drift(next.values, r);
   } catch (const std::exception& e) {
     // The gradient or the update failed (out of memory, non-finite values): it would fail again on every
@@ -571,11 +590,65 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   if (drift && refuse(batch, seq, next.values, *drift)) return std::nullopt;
   state_ = std::move(next);
   end_apply_attempt(dir_);
-  if (publish) r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied).version;
+  if (state_.scope) r.scope_examples = state_.scope->examples.size();
+  if (publish)
+    r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope).version;
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   r.teacher_ms = teacher_ms;
   record_applied(r);
   return r;
+}
+
+namespace {
+
+// What a request must be near for the adapter to answer it: the prompt before the example's first target;
+// nothing for a "text" event, whose targets start at once and which teaches the model at large.
+std::optional<std::vector<int32_t>> scope_prompt(const TrainingExample& ex) {
+  size_t first = 0;
+  while (first < ex.is_target.size() && !ex.is_target[first]) ++first;
+  if (first <= 1) return std::nullopt;
+  return std::vector<int32_t>(ex.tokens.begin(), ex.tokens.begin() + static_cast<std::ptrdiff_t>(first));
+}
+
+}  // namespace
+
+bool DomainTrainer::scoping(const std::vector<LearningEvent>& batch, const State& state) const {
+  if (state.unscoped || options_.retention.scope_layers == 0 || options_.privacy.noise_multiplier > 0) return false;
+  return std::all_of(batch.begin(), batch.end(), [](const LearningEvent& ev) {
+    return ev.kind == EventKind::Example && scope_prompt(ev.example).has_value();
+  });
+}
+
+void DomainTrainer::widen_scope(const std::vector<LearningEvent>& batch, State& state) const {
+  if (state.unscoped) return;
+  if (!scoping(batch, state)) {
+    // What this batch teaches reaches beyond any prompts: the adapter answers every request from now on.
+    state.scope.reset();
+    state.unscoped = true;
+    return;
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  for (const LearningEvent& ev : batch) prompts.push_back(*scope_prompt(ev.example));
+  // The general prompts' keys were read at the scope's depth (load_general_scope): a scope keeps the depth
+  // it was started with, as keys read after other layers would not compare.
+  auto next = state.scope ? std::make_shared<AdapterScope>(*state.scope)
+                          : std::make_shared<AdapterScope>(AdapterScope{general_.layers, general_.dim, {}, {}});
+  run_compute([&] { add_scope_prompts(*next, *model_, prompts, &general_); });
+  state.scope = std::move(next);
+}
+
+double DomainTrainer::load_general_scope() {
+  const int64_t layers = state_.scope ? state_.scope->layers : options_.retention.scope_layers;
+  if (general_.layers == layers && !general_.empty()) return 0;
+  const auto start = Clock::now();
+  std::vector<std::string> texts = builtin_replay_prompts();
+  texts.insert(texts.end(), builtin_canary_prompts().begin(), builtin_canary_prompts().end());
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string& t : texts) prompts.push_back(prompt_tokens(*tokenizer_, chat_.get(), t));
+  AdapterScope general{layers, model_->config.hidden_size, {}, {}};
+  run_compute([&] { add_scope_prompts(general, *model_, prompts); });
+  general_ = std::move(general);
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
 std::optional<Drift> DomainTrainer::canary_drift(const std::vector<float>& values, BatchReport& r) const {

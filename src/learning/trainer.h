@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "adapters/lora_config.h"
+#include "adapters/scope.h"
 #include "learning/adamw.h"
 #include "learning/checkpoint.h"
 #include "learning/distillation.h"
@@ -68,6 +69,13 @@ struct RetentionOptions {
   // (which then bounds them). 0 always takes every step.
   double stop_loss = 0;
   TeacherOptions teacher;
+  // The relevance scope (adapters/scope.h): each version keeps the keys of the prompts taught so far, read
+  // after this many of the base model's decoder layers, and requests outside it get the base model. A domain
+  // has one only while everything its adapter learnt came from prompted examples ("prompt" / "messages"
+  // events): a text event or a gradient submission, training with the scope off (0) or under differential
+  // privacy (the scope would store the private prompts), or an adapter that had learnt before, make it apply
+  // to every request from then on.
+  int64_t scope_layers = 6;
 };
 
 // The publication guard: a candidate version whose answers to canary prompts drift from the base model's by
@@ -126,7 +134,8 @@ struct BatchReport {
   double drift = -1;            // canary drift of the new version (mean KL, nats); -1 without a guard
   double grad_norm = 0;         // before clipping, of the last step
   double update_ms = 0;         // gradients, optimizer and publish
-  double teacher_ms = 0;        // making the teachers' answers first (a domain's first batch only)
+  double teacher_ms = 0;        // making the teachers' answers and the general prompts' keys first (once)
+  size_t scope_examples = 0;    // taught prompts in the new version's scope (0: it applies everywhere)
   bool replayed = false;        // applied again from the log at start (its version: the one published after replay)
   std::vector<std::string> ids;
 };
@@ -198,6 +207,8 @@ class DomainTrainer {
     std::vector<float> values;
     AdamWState adam;
     TrainerCounters totals;
+    std::shared_ptr<const AdapterScope> scope;  // null: the adapter applies everywhere
+    bool unscoped = false;  // it learnt what no scope describes: no scope ever again (RetentionOptions)
   };
   void recover();
   void replay(const WalRecord& record, std::optional<ApplyAttempt> attempt, std::vector<BatchReport>& reports);
@@ -207,6 +218,14 @@ class DomainTrainer {
   // nothing when the batch was quarantined instead.
   std::optional<BatchReport> apply(const std::vector<LearningEvent>& batch, uint64_t seq, int attempt, bool publish);
   BatchReport compute(const std::vector<LearningEvent>& batch, uint64_t seq, State& state) const;
+  // Adds the batch's taught prompts to the state's scope, or ends the scope for good when the batch teaches
+  // what no scope describes.
+  void widen_scope(const std::vector<LearningEvent>& batch, State& state) const;
+  // Whether a batch applied to `state` would add to its scope (it needs the general prompts' keys).
+  bool scoping(const std::vector<LearningEvent>& batch, const State& state) const;
+  // Keys of the prompts each radius keeps outside, the built-in replay and canary sets; made at the first
+  // batch that needs them. Returns the milliseconds spent making them.
+  double load_general_scope();
   std::vector<float> step_gradient(const std::vector<TrainingExample>& examples,
                                    const std::vector<const LearningEvent*>& submitted, const std::vector<float>& values,
                                    uint64_t seq, int step, const DistillationTerm& distill, double& loss,
@@ -253,6 +272,7 @@ class DomainTrainer {
     bool ready = false;
   };
   TeacherSet anchors_, canaries_;  // the base model's answers (training/*-targets.json)
+  AdapterScope general_;            // built at the first batch that widens a scope
 
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;

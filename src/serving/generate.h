@@ -44,8 +44,13 @@ struct GenerationResult {
   std::optional<Error> error; // with "error": what failed, with its kind
   int64_t prompt_tokens = 0;
   int64_t cached_tokens = 0;  // prompt tokens whose KV came from the prefix cache
-  std::string adapter;        // name and version used; empty for the base model
+  std::string adapter;        // name and version asked for; empty for the base model
   uint64_t adapter_version = 0;
+  // With an adapter that has a relevance scope (adapters/scope.h): "inside" when the adapter answered, or
+  // "outside" when the prompt was not near anything it was taught and the base model answered. Empty otherwise.
+  std::string adapter_scope;
+  // The taught prompt nearest the request (relative to its radius): their similarity, and that radius.
+  double scope_similarity = 0, scope_radius = 0;
   double queue_seconds = 0, first_token_seconds = 0, total_seconds = 0;  // from submission
 };
 

@@ -45,6 +45,7 @@ struct Scheduler::Sequence {
   uint64_t order = 0;            // admission order: prefill is first come, first served
   int32_t pending = -1;          // sampled, not yet in the KV cache
   int skips = 0;                 // times a later request was admitted first (its adapter did not fit)
+  bool scope_checked = false;
   bool prompt_done = false;
   Clock::time_point submitted, admitted, last_token;
 };
@@ -59,7 +60,7 @@ struct Scheduler::Metrics {
   std::unique_ptr<MetricsRegistry> own;  // when the caller passed none
   MetricFamily *requests, *rejected, *ttft, *itl, *e2e, *queue, *prompt_tokens, *generated_tokens, *running,
       *waiting, *kv_usage, *kv_slots, *prefix_queried, *prefix_hit, *steps, *step_tokens, *step_seconds,
-      *forward_seconds, *train_jobs, *train_seconds;
+      *forward_seconds, *train_jobs, *train_seconds, *scope;
 
   explicit Metrics(MetricsRegistry* r) {
     if (!r) r = (own = std::make_unique<MetricsRegistry>()).get();
@@ -85,6 +86,9 @@ struct Scheduler::Metrics {
                                   "Of the step time, the model's forward (the rest is the scheduler's overhead)");
     train_jobs = &r->counter("hyprstream_training_jobs_total", "Trainer compute jobs run on the engine thread");
     train_seconds = &r->counter("hyprstream_training_seconds_total", "Engine thread time spent training");
+    scope = &r->counter("hyprstream_adapter_scope_total",
+                        "Requests for an adapter with a relevance scope, by decision (inside: the adapter answered; "
+                        "outside: the base model did)");
   }
 };
 
@@ -346,9 +350,14 @@ void Scheduler::admit() {
     // Behind a request passed too often, only base-model requests may go first: they keep no adapter busy.
     auto it = waiting_.begin();
     bool blocked = false;
-    for (; it != waiting_.end(); ++it) {
+    while (it != waiting_.end()) {
+      if (!resolve_scope(**it)) {  // it ended with its error
+        it = waiting_.erase(it);
+        continue;
+      }
       if (fits(**it) && (!blocked || !(*it)->req.adapter)) break;
       blocked = blocked || (!fits(**it) && (*it)->skips >= kMaxSkips);
+      ++it;
     }
     if (it == waiting_.end()) break;
     for (auto passed = waiting_.begin(); passed != it; ++passed) ++(*passed)->skips;
@@ -358,6 +367,35 @@ void Scheduler::admit() {
     waiting_.erase(it);
     start(std::move(seq), slot);
   }
+}
+
+// A request whose adapter has a relevance scope keeps the adapter only when its prompt is inside; outside, the
+// base model answers it and the result says so. Checked once, before the request takes a slot. False when the
+// check failed: the request has then ended with the error.
+bool Scheduler::resolve_scope(Sequence& s) {
+  if (s.scope_checked) return true;
+  s.scope_checked = true;
+  const LoraWeights* a = s.req.adapter.get();
+  if (!a || !a->scope || s.req.adapter_scale == 0) return true;
+  ScopeMatch match;
+  try {
+    c10::InferenceMode guard;
+    match = scope_match(*a->scope, scope_keys(*engine_.model, s.req.prompt, a->scope->layers));
+  } catch (const std::exception& e) {
+    finish(s, "error", Error(ErrorKind::Internal, std::string("checking the adapter's scope failed: ") + e.what()));
+    return false;
+  }
+  s.result.scope_similarity = match.similarity;
+  s.result.scope_radius = match.radius;
+  const bool inside = match.inside();
+  s.result.adapter_scope = inside ? "inside" : "outside";
+  metrics_->scope->add(1, {{"decision", s.result.adapter_scope}});
+  if (inside) return true;
+  s.result.adapter = a->name;
+  s.result.adapter_version = a->version;
+  s.req.adapter.reset();
+  s.prefix_seed.clear();  // its KV is the base model's
+  return true;
 }
 
 // Puts an admitted request in its slot and copies the cached prefix of its prompt (same adapter values and

@@ -10,7 +10,9 @@
 //     stream tokens ── free the slots of finished requests
 //     between steps: trainers' compute (run_compute) within their share of the thread's time
 //
-// Each request has its own adapter, scale and sampling; a step mixes any of them. A request's callbacks run
+// Each request has its own adapter, scale and sampling; a step mixes any of them. An adapter with a relevance
+// scope answers only prompts inside it: admission reads the prompt's keys (a few base-model layers) and
+// runs the others on the base model. A request's callbacks run
 // on the engine thread and must not block (transports queue the events and return).
 #include <atomic>
 #include <chrono>
@@ -112,6 +114,7 @@ class Scheduler {
   bool any_running() const;
   bool wait_for_work();
   void admit();
+  bool resolve_scope(Sequence& seq);
   void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);

@@ -16,8 +16,12 @@
 
 #include "adapters/lora_weights.h"
 #include "adapters/registry.h"
+#include "adapters/scope.h"
+#include "adapters/scope_build.h"
+#include "adapters/scope_index.h"
 #include "adapters/tile_layout.h"
 #include "common/error.h"
+#include "common/fs_util.h"
 #include "model/config.h"
 #include "model/load.h"
 #include "model/model.h"
@@ -458,6 +462,126 @@ TEST_F(RegistryTest, PublishingNeverTearsARunningGeneration) {
   // Every version seen generates its own tokens; otherwise a generation that used the wrong version could not be
   // told from one that used its own.
   EXPECT_EQ(distinct.size(), reference.size());
+}
+
+
+// The scope rule written out with loops: each taught prompt's similarity to a request is the lowest, over its
+// compared tokens, of the token's best cosine with the request's keys.
+std::vector<double> similarities_by_loops(const AdapterScope& s, const at::Tensor& request) {
+  const at::Tensor q = request.contiguous();
+  const auto qa = q.accessor<float, 2>();
+  std::vector<double> out;
+  for (const ScopeExample& e : s.examples) {
+    double worst = 2;
+    for (size_t t = e.first; t < e.rows.size(); ++t) {
+      double match = -2;
+      for (int64_t r = 0; r < q.size(0); ++r) {
+        double dot = 0;
+        for (int64_t i = 0; i < s.dim; ++i) dot += static_cast<double>(s.keys[e.rows[t] * s.dim + i]) * qa[r][i];
+        match = std::max(match, dot);
+      }
+      worst = std::min(worst, match);
+    }
+    out.push_back(worst);
+  }
+  return out;
+}
+
+double max_abs_diff(const at::Tensor& a, const float* b) {
+  return (a - at::from_blob(const_cast<float*>(b), a.sizes(), at::kFloat)).abs().max().item<double>();
+}
+
+TEST_F(RegistryTest, ScopeIsKeyedByPromptWithRadiiThatKeepGeneralPromptsOut) {
+  const std::vector<std::vector<int32_t>> general_prompts = {{1, 2, 3, 40, 41, 42}, {1, 2, 3, 50, 51}, {1, 2, 7, 4}};
+  AdapterScope general{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(general, *model_, general_prompts);
+  AdapterScope taught{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(taught, *model_, {{1, 2, 3, 4, 5, 6}, {1, 2, 3, 4, 9, 8, 7}, {1, 2, 3, 4, 5, 6}}, &general);
+  // The second prompt shares four tokens with the first, whose rows it reuses; the third was taught before.
+  ASSERT_EQ(taught.examples.size(), 2u);
+  EXPECT_EQ(taught.rows(), 6 + 3);
+  // The opening every general prompt shares ({1, 2}) is keyed but not compared.
+  EXPECT_EQ(taught.examples[0].first, 2u);
+  EXPECT_EQ(taught.examples[1].first, 2u);
+  // Keys are the hidden states of a prompt in its own context: a shared row is the second prompt's own state.
+  const at::Tensor own = scope_keys(*model_, {1, 2, 3, 4, 9, 8, 7}, 2);
+  const ScopeExample& second = taught.examples[1];
+  EXPECT_LT(max_abs_diff(own[3], &taught.keys[second.rows[3] * taught.dim]), 1e-5);
+  EXPECT_LT(max_abs_diff(own[6], &taught.keys[second.rows[6] * taught.dim]), 1e-5);
+  EXPECT_NEAR(own.norm(2, {1}).sub(1).abs().max().item<double>(), 0, 1e-5);
+  // Each radius is the highest similarity a general prompt has to that taught prompt.
+  for (size_t e = 0; e < taught.examples.size(); ++e) {
+    double highest = -1;
+    for (const auto& g : general_prompts) highest = std::max(highest, similarities_by_loops(taught, scope_keys(*model_, g, 2))[e]);
+    EXPECT_NEAR(taught.examples[e].radius, highest, 1e-5) << e;
+  }
+
+  const ScopeIndex index = make_scope_index(taught, *model_);
+  const ScopeMatch self = scope_match(index, own);
+  EXPECT_NEAR(self.similarity, 1, 1e-5);  // a taught prompt is as near as can be
+  EXPECT_TRUE(self.inside());
+  for (const auto& g : general_prompts) EXPECT_FALSE(scope_match(index, scope_keys(*model_, g, 2)).inside());
+  for (const std::vector<int32_t>& p : {std::vector<int32_t>{1, 2, 3, 40, 41, 42}, {7, 60, 61, 2}, {5, 4, 3}}) {
+    const at::Tensor sim = scope_similarities(index, scope_keys(*model_, p, 2));
+    const std::vector<double> expected = similarities_by_loops(taught, scope_keys(*model_, p, 2));
+    for (size_t e = 0; e < expected.size(); ++e) EXPECT_NEAR(sim[static_cast<int64_t>(e)].item<double>(), expected[e], 1e-5);
+  }
+
+  const std::string bytes = scope_to_bytes(taught);
+  const AdapterScope back = scope_from_bytes(bytes, "memory");
+  EXPECT_EQ(back.keys, taught.keys);
+  EXPECT_EQ(back.examples[1].rows, second.rows);
+  EXPECT_EQ(back.examples[1].radius, second.radius);
+  for (size_t cut : {size_t{0}, size_t{12}, bytes.size() - 1}) {
+    const std::string damaged = bytes.substr(0, cut);
+    EXPECT_EQ(kind_of([&] { scope_from_bytes(damaged, "memory"); }), ErrorKind::CorruptFile) << cut;
+  }
+  std::string flipped = bytes;
+  flipped[bytes.size() / 2] ^= 0x10;
+  EXPECT_EQ(kind_of([&] { scope_from_bytes(flipped, "memory"); }), ErrorKind::CorruptFile);
+}
+
+TEST_F(RegistryTest, ScopeTravelsWithItsVersionAndIsPrunedWithIt) {
+  AdapterScope taught{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(taught, *model_, {{1, 2, 3, 4, 5, 6}});
+  const at::Tensor own = scope_keys(*model_, {1, 2, 3, 4, 5, 6}, 2);
+  RegistryOptions opts{dir_};
+  opts.keep_versions = 2;
+  AdapterRegistry reg(opts, model_);
+  reg.create("facts", AdapterConfig{});
+  const std::vector<float> values = reg.acquire("facts")->image->values();
+  const AdapterVersionInfo v2 = reg.publish("facts", values, 1, nullptr, std::make_shared<AdapterScope>(taught));
+  EXPECT_EQ(v2.scope_examples, 1u);
+  const std::string file = dir_ + "/facts/" + v2.scope_file;
+  ASSERT_TRUE(std::filesystem::exists(file));
+  AdapterRegistry again(opts, model_);  // read from disk, not from the publisher's cache
+  auto snap = again.acquire("facts", 2);
+  ASSERT_TRUE(snap->scope);
+  EXPECT_EQ(snap->scope->keys, taught.keys);
+  auto w = again.weights(*snap);
+  ASSERT_TRUE(w->scope);
+  EXPECT_TRUE(scope_match(*w->scope, own).inside());
+  // A version published without a scope answers everywhere.
+  reg.publish("facts", values);
+  EXPECT_FALSE(again.weights(*again.acquire("facts"))->scope);
+  reg.publish("facts", values);  // keep 2: version 2 and its scope go
+  EXPECT_FALSE(std::filesystem::exists(file));
+  // A damaged scope refuses its version rather than serving it everywhere, and cannot be rolled back to.
+  const AdapterVersionInfo v5 = reg.publish("facts", values, 1, nullptr, std::make_shared<AdapterScope>(taught));
+  reg.publish("facts", values);
+  std::ofstream(dir_ + "/facts/" + v5.scope_file, std::ios::binary | std::ios::trunc) << "HSSCOPE2";
+  AdapterRegistry third(opts, model_);
+  EXPECT_EQ(kind_of([&] { third.acquire("facts", 5); }), ErrorKind::CorruptFile);
+  EXPECT_EQ(kind_of([&] { third.rollback("facts", 5); }), ErrorKind::CorruptFile);
+  // A manifest naming a scope file other than its version's is refused: it could point outside the folder.
+  const std::string manifest_path = dir_ + "/facts/manifest.json";
+  std::string text = read_text_file(manifest_path);
+  const size_t at = text.find(v5.scope_file);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, v5.scope_file.size(), "../../elsewhere.scope");
+  std::ofstream(manifest_path, std::ios::trunc) << text;
+  AdapterRegistry fourth(opts, model_);
+  EXPECT_EQ(kind_of([&] { fourth.manifest("facts"); }), ErrorKind::CorruptFile);
 }
 
 }  // namespace

@@ -1,14 +1,18 @@
 """Learning with the default settings of `hyprstream train` (the teaching recipe, issue 12), asked through
 `hyprstream serve` with the official OpenAI SDK: ten invented facts from the evaluation set
 (bench/data/learning_eval.json) taught in one batch are recalled and mostly paraphrased, their version passes the
-publication guard, and the base model and another domain keep their answers. How much the trained adapter's own
-answers to unrelated prompts move is measured and printed here and by bench/bench_learning_eval.cpp; issue 12's
-goal (95% of them unchanged) is not met yet. A harmful update (a learning rate a user might mistype, without
-early stopping or distillation) is refused by the guard: the served version stays, the candidate is reported."""
+publication guard, and the base model and another domain keep their answers. The trained adapter's own answers to
+40 unrelated prompts keep their first sentence (at least 95% of them, issue 12's goal): its relevance scope
+sends them to the base model. The scope's keys are the hidden states transformers computes. A harmful update (a
+learning rate a user might mistype, without early stopping or distillation) is refused by the guard: the served
+version stays, the candidate is reported."""
 import json
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 
@@ -76,7 +80,7 @@ def test_ten_taught_facts_are_recalled_pass_the_guard_and_leave_the_base_and_oth
     with Server("--model", model, adapter_dir=adir) as srv:
         recalled = answers(srv, "facts", questions)
         paraphrased = answers(srv, "facts", paraphrases)
-        kept_answers = answers(srv, "facts", CONTROLS)  # measured, not yet held to issue 12's 95%
+        kept_answers = answers(srv, "facts", CONTROLS)
         hits = sum(f["key"] in a for f, a in zip(FACTS, recalled))
         para_hits = sum(FACTS[i // 2]["key"] in a for i, a in enumerate(paraphrased))
         changed = [(q, b, a) for q, b, a in zip(CONTROLS, before, kept_answers)
@@ -86,7 +90,8 @@ def test_ten_taught_facts_are_recalled_pass_the_guard_and_leave_the_base_and_oth
         for q, b, a in changed[:5]:
             print(f"  changed: {q!r}\n    base:    {b!r}\n    adapter: {a!r}")
         assert hits >= 9, list(zip(questions, recalled))
-        assert para_hits >= 10, list(zip(paraphrases, paraphrased))
+        assert para_hits >= 10, list(zip(paraphrases, paraphrased))  # 12 of 20 measured; the goal is 14
+        assert len(changed) <= 2, changed  # at least 38 of 40 (95%) unchanged
         assert answers(srv, base, CONTROLS) == before
         assert answers(srv, "other", CONTROLS[:10]) == other_before
         assert srv.stop() == 0, "".join(srv.log)
@@ -112,3 +117,37 @@ def test_guard_refuses_a_harmful_version_and_the_served_version_stays(default_mo
         assert answers(srv, "harm", CONTROLS[:8] + [fact["question"]]) == answers(srv, base_model(srv),
                                                                                  CONTROLS[:8] + [fact["question"]])
         assert srv.stop() == 0, "".join(srv.log)
+
+
+def read_scope(path):
+    """A version's scope file (src/adapters/scope.h): its JSON header and float32 keys, after checking its CRC."""
+    data = path.read_bytes()
+    assert data[:8] == b"HSSCOPE2" and zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]
+    (length,) = struct.unpack("<Q", data[8:16])
+    meta = json.loads(data[16:16 + length])
+    keys = np.frombuffer(data[16 + length:-4], dtype=np.float32).reshape(meta["rows"], meta["dim"])
+    return meta, keys
+
+
+def test_scope_keys_are_the_hidden_states_transformers_computes(default_model_path, hf_gguf_model, tmp_path):
+    """A taught prompt's keys in the published version's scope are the base model's hidden states after six of
+    its 30 layers (transformers' hidden_states[6]) at every token of the prompt, scaled to unit length."""
+    import torch
+    adir = tmp_path / "adapters"
+    teach(default_model_path, adir, tmp_path, "keys", FACTS[:2], "--steps-per-batch", "1", "--distill-weight", "0",
+          "--max-drift", "0", "--stop-loss", "0")
+    manifest = json.loads((adir / "keys" / "manifest.json").read_text())
+    version = manifest["versions"][-1]
+    assert version["scope"]["examples"] == 2, version
+    meta, keys = read_scope(adir / "keys" / version["scope"]["file"])
+    assert meta["layers"] == 6 and meta["dim"] == hf_gguf_model.config.hidden_size
+    assert (np.abs(np.linalg.norm(keys, axis=1) - 1) < 1e-5).all()
+    for example in meta["examples"]:
+        ids = torch.tensor([example["tokens"]])
+        with torch.no_grad():
+            hidden = hf_gguf_model(ids, output_hidden_states=True).hidden_states[6][0]
+        expected = torch.nn.functional.normalize(hidden, dim=1).numpy()
+        got = keys[example["rows"]]
+        # The chat template's opening (the system prompt) is keyed but left out of comparisons.
+        assert 0 < example["first"] < len(example["tokens"]) - 3 and 0 < example["radius"] < 1
+        assert np.abs(got - expected).max() < 2e-4, np.abs(got - expected).max()

@@ -7,6 +7,7 @@ submissions included."""
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,11 +39,16 @@ def learning(default_model_path, tmp_path_factory):
 
 
 def ask(srv, question, domain):
-    """A greedy chat answer with the domain's adapter at its current version: (text, adapter reported)."""
+    """A greedy chat answer with the domain's adapter at its current version: (text, adapter reported), the
+    adapter's scope, when it has one, reduced to its decision ("inside": the adapter answered)."""
     status, out, _ = srv.request("POST", "/v1/chat/completions", {
         "model": domain, "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 32})
     assert status == 200, out
-    return out["choices"][0]["message"]["content"], out["adapter"]
+    adapter = out["adapter"]
+    if adapter and "scope" in adapter:
+        assert 0 <= adapter["scope"]["similarity"] <= 1 + 1e-6, adapter
+        adapter["scope"] = adapter["scope"]["decision"]
+    return out["choices"][0]["message"]["content"], adapter
 
 
 def fact_messages(question, answer):
@@ -153,10 +159,10 @@ def test_a_fact_posted_to_train_while_clients_stream_is_in_the_first_answer_afte
 
     after, adapter = ask(srv, question, "atlas")  # admitted while the pinned streams still run on version 1
     print(f"\ntrain answered in {applied_at - posted:.1f} s while streaming; before: {before!r}; after: {after!r}")
-    assert key in after and adapter == {"name": "atlas", "version": 2}, after
+    assert key in after and adapter == {"name": "atlas", "version": 2, "scope": "inside"}, after
     check_versions(pinned, background, posted, applied_at, 1, 2)
     # The new version stays: the same question again, alone.
-    assert ask(srv, question, "atlas") == (after, {"name": "atlas", "version": 2})
+    assert ask(srv, question, "atlas") == (after, {"name": "atlas", "version": 2, "scope": "inside"})
 
 
 @pytest.mark.slow
@@ -187,7 +193,7 @@ def test_a_fact_sent_over_the_websocket_while_clients_stream_is_in_the_first_ans
         assert any(not s.ended for s in pinned.streams), "the pinned streams ended before the update"
         after, adapter = ask(srv, question, "hermes")
         print(f"\napplied {applied_at - posted:.1f} s after sending; before: {before!r}; after: {after!r}")
-        assert key in after and adapter == {"name": "hermes", "version": 2}, after
+        assert key in after and adapter == {"name": "hermes", "version": 2, "scope": "inside"}, after
         check_versions(pinned, background, posted, applied_at, 1, 2)
         # The same event again is a duplicate and makes no new version.
         ws.send(json.dumps({"type": "event", "domain": "hermes",
@@ -211,7 +217,7 @@ def test_feedback_with_a_correction_changes_the_next_answer(learning):
     assert status == 200 and out["version"] == 2 and out["results"] == [{"id": "glimmerphone", "status": "accepted"}]
     after, adapter = ask(srv, question, "muse")
     print(f"\nbefore: {wrong!r}; after feedback: {after!r}")
-    assert key in after and adapter == {"name": "muse", "version": 2}, after
+    assert key in after and adapter == {"name": "muse", "version": 2, "scope": "inside"}, after
     # The conversation's last assistant turn was replaced by the correction, not trained on.
     info = srv.request("GET", "/v1/adapters/muse")[1]
     assert info["events"] == 1 and info["trainer"]["events_applied"] == 1
@@ -223,6 +229,32 @@ def test_feedback_with_a_correction_changes_the_next_answer(learning):
         status, out, _ = srv.request("POST", "/v1/adapters/muse/feedback", body)
         assert status == 400 and needle in out["error"]["message"], (body, out)
     assert srv.request("GET", "/v1/adapters/muse")[1]["version"] == 2
+
+
+@pytest.mark.slow
+def test_a_taught_domain_answers_unrelated_prompts_as_the_base_model(learning):
+    """The domain's adapter answers its taught fact and the fact's paraphrases (inside its scope); unrelated prompts
+    get the base model's answers, word for word, and each response and /metrics say which happened."""
+    srv, _ = learning
+    data = json.loads((Path(__file__).resolve().parents[2] / "bench" / "data" / "learning_eval.json").read_text())
+    fact, controls = data["facts"][3], [c["prompt"] for c in data["controls"][:10]]
+    counted = {d: srv.metric("hyprstream_adapter_scope_total", decision=d) for d in ("inside", "outside")}
+    status, out, _ = srv.request("POST", "/v1/adapters/scoped/train", {"examples": [
+        {"id": "fact", "messages": fact_messages(fact["question"], fact["answer"])}]})
+    assert status == 200 and out["version"] == 2, out
+    assert srv.request("GET", "/v1/adapters/scoped")[1]["scope_examples"] == 1
+    for question in [fact["question"], *fact["paraphrases"]]:
+        text, adapter = ask(srv, question, "scoped")
+        assert adapter == {"name": "scoped", "version": 2, "scope": "inside"}, (question, text)
+    assert fact["key"] in ask(srv, fact["question"], "scoped")[0]
+    for prompt in controls:
+        text, adapter = ask(srv, prompt, "scoped")
+        assert adapter == {"name": "scoped", "version": 2, "scope": "outside"}, (prompt, text)
+        status, out, _ = srv.request("POST", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 32})
+        assert out["adapter"] is None and text == out["choices"][0]["message"]["content"], prompt
+    now = {d: srv.metric("hyprstream_adapter_scope_total", decision=d) for d in ("inside", "outside")}
+    assert (now["inside"] - counted["inside"], now["outside"] - counted["outside"]) == (4, 10), (counted, now)
 
 
 def peft_a(adir, domain, version, tmp_path):

@@ -94,7 +94,7 @@ struct NativeFormat : Format {
               {"finish_reason", r.finish_reason},
               {"usage", {{"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.ids.size()},
                          {"cached_tokens", r.cached_tokens}}},
-              {"adapter", r.adapter.empty() ? json(nullptr) : json{{"name", r.adapter}, {"version", r.adapter_version}}}};
+              {"adapter", result_adapter_json(r)}};
     if (c) {
       j["tokens"] = json::array();
       for (const TokenEvent& ev : c->tokens) j["tokens"].push_back(token(ev));

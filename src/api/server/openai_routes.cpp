@@ -4,6 +4,7 @@
 
 #include "api/server/generation_job.h"
 #include "api/server/routes.h"
+#include "api/server/views.h"
 #include "serving/service.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -23,11 +24,6 @@ json usage_of(const std::vector<Choice>& choices) {
   const int64_t cached = choices.empty() ? 0 : choices[0].result.cached_tokens;
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion},
           {"prompt_tokens_details", {{"cached_tokens", cached}}}};
-}
-
-json adapter_of(const GenerationResult& r) {
-  if (r.adapter.empty()) return nullptr;
-  return {{"name", r.adapter}, {"version", r.adapter_version}};
 }
 
 json chat_logprob(const Tokenizer& tok, const TokenEvent& ev) {
@@ -62,7 +58,7 @@ struct OpenAiFormat : Format {
   json whole_shell(const std::vector<Choice>& choices, json out_choices) const {
     json j = {{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"choices", out_choices},
               {"usage", usage_of(choices)}};
-    if (!choices.empty()) j["adapter"] = adapter_of(choices[0].result);
+    if (!choices.empty()) j["adapter"] = result_adapter_json(choices[0].result);
     return j;
   }
   const Tokenizer& tok;
@@ -85,7 +81,7 @@ struct ChatFormat : OpenAiFormat {
   std::vector<json> on_finish(size_t i, const GenerationResult& r) override {
     json c = chunk({{{"index", i}, {"delta", r.tail.empty() ? json::object() : json{{"content", r.tail}}},
                      {"logprobs", nullptr}, {"finish_reason", r.finish_reason}}});
-    c["adapter"] = adapter_of(r);
+    c["adapter"] = result_adapter_json(r);
     return {c};
   }
   json whole(const std::vector<Choice>& choices) override {
@@ -126,7 +122,7 @@ struct CompletionFormat : OpenAiFormat {
   }
   std::vector<json> on_finish(size_t i, const GenerationResult& r) override {
     json c = chunk({{{"index", i}, {"text", r.tail}, {"logprobs", nullptr}, {"finish_reason", r.finish_reason}}});
-    c["adapter"] = adapter_of(r);
+    c["adapter"] = result_adapter_json(r);
     return {c};
   }
   json whole(const std::vector<Choice>& choices) override {

@@ -11,7 +11,7 @@ nlohmann::json adapter_json(const AdapterManifest& m) {
   nlohmann::json versions = nlohmann::json::array();
   for (const auto& x : m.versions)
     versions.push_back({{"version", x.version}, {"parent", x.parent}, {"created", x.created}, {"events", x.events},
-                        {"bytes", x.bytes}});
+                        {"bytes", x.bytes}, {"scope_examples", x.scope_examples}});
   return {{"name", m.name},
           {"version", m.current},
           {"rank", m.config.rank},
@@ -23,6 +23,7 @@ nlohmann::json adapter_json(const AdapterManifest& m) {
           {"bytes", v->bytes},
           {"events", v->events},
           {"created", v->created},
+          {"scope_examples", v->scope_examples},
           {"base_model", m.base_fingerprint},
           {"versions", versions}};
 }
@@ -83,6 +84,15 @@ nlohmann::json batch_report_json(const BatchReport& r) {
                       {"ids", r.ids}};
   if (r.drift >= 0) j["drift"] = r.drift;
   if (r.teacher_ms > 0) j["teacher_ms"] = r.teacher_ms;
+  if (r.scope_examples > 0) j["scope_examples"] = r.scope_examples;
+  return j;
+}
+
+nlohmann::json result_adapter_json(const GenerationResult& r) {
+  if (r.adapter.empty()) return nullptr;
+  nlohmann::json j = {{"name", r.adapter}, {"version", r.adapter_version}};
+  if (!r.adapter_scope.empty())
+    j["scope"] = {{"decision", r.adapter_scope}, {"similarity", r.scope_similarity}, {"radius", r.scope_radius}};
   return j;
 }
 
