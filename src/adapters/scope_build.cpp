@@ -2,7 +2,6 @@
 
 #include <c10/core/InferenceMode.h>
 
-
 #include "adapters/scope.h"
 #include "adapters/scope_index.h"
 #include "model/model.h"

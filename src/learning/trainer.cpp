@@ -46,7 +46,6 @@ void clip_to(std::vector<float>& g, double bound) {
   if (bound > 0) scale_by(g, clip_factor(norm_of(g), bound));
 }
 
-// A batch as the log stores it (one event per line), and its ids.
 // Whether the adapter's update is zero, as a created adapter's is (every B value zero): it has learnt nothing.
 bool learnt_nothing(const TileLayout& layout, const std::vector<float>& values) {
   for (const LoraTensorInfo& t : layout.tensors)
@@ -56,6 +55,7 @@ bool learnt_nothing(const TileLayout& layout, const std::vector<float>& values) 
   return true;
 }
 
+// A batch as the log stores it (one event per line), and its ids.
 std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std::string>& ids) {
   std::string payload;
   for (const LearningEvent& ev : batch) {
