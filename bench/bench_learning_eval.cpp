@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,8 +46,11 @@ Dataset read_dataset(const std::string& path) {
   if (!in) throw hs::Error(hs::ErrorKind::NotFound, "cannot read the evaluation data '" + path + "'");
   const json j = json::parse(in);
   Dataset d;
-  for (const json& f : j.at("facts"))
+  for (const json& f : j.at("facts")) {
     d.facts.push_back({f.at("question"), f.at("answer"), f.at("key"), f.at("paraphrases")});
+    if (d.facts.back().paraphrases.size() != 2)  // scoring pairs paraphrase i with fact i / 2
+      throw hs::Error(hs::ErrorKind::InvalidArgument, "each fact in '" + path + "' needs two paraphrases");
+  }
   for (const json& c : j.at("controls")) d.controls.push_back(c.at("prompt"));
   return d;
 }
@@ -101,8 +105,21 @@ struct Recipe {
   size_t facts = 10;
 };
 
+// "gate,up,down": the adapter's target modules.
+std::vector<hs::LoraModule> parse_targets(const std::string& list) {
+  std::vector<hs::LoraModule> out;
+  std::stringstream in(list);
+  for (std::string name; std::getline(in, name, ',');) out.push_back(hs::parse_lora_module(name));
+  return out;
+}
+
 json recipe_json(const hs::TrainerOptions& o) {
+  json targets = json::array();
+  for (hs::LoraModule m : o.create.targets) targets.push_back(hs::lora_module_name(m));
   return {{"lr", o.adamw.lr},
+          {"targets", targets},
+          {"sparsity", o.create.sparsity},
+          {"seed", o.create.seed},
           {"max_steps", o.steps_per_batch},
           {"stop_loss", o.retention.stop_loss},
           {"distill_weight", o.retention.distill_weight},
@@ -111,6 +128,12 @@ json recipe_json(const hs::TrainerOptions& o) {
           {"max_drift", o.guard.max_drift},
           {"scope_layers", o.retention.scope_layers},
           {"batch_events", o.batch_events}};
+}
+
+// Fact i as a learning event: its question and answer as a chat.
+std::string fact_event(const Fact& f, size_t i) {
+  const json messages = {{{"role", "user"}, {"content", f.question}}, {{"role", "assistant"}, {"content", f.answer}}};
+  return json{{"id", "fact-" + std::to_string(i)}, {"messages", messages}}.dump();
 }
 
 // Teaches the first `facts` facts in batches of options.batch_events, one batch after another.
@@ -132,11 +155,7 @@ json teach(hs::AdapterRegistry& registry, const hs::Engine& e, const Dataset& d,
   hs::DomainTrainer trainer(registry, e.model, e.tokenizer, "eval", o, cb);
   const auto t0 = hs::bench::Clock::now();
   for (size_t i = 0; i < recipe.facts; ++i) {
-    const Fact& f = d.facts[i];
-    trainer.submit(json{{"id", "fact-" + std::to_string(i)},
-                        {"messages", {{{"role", "user"}, {"content", f.question}},
-                                      {{"role", "assistant"}, {"content", f.answer}}}}}
-                       .dump());
+    trainer.submit(fact_event(d.facts[i], i));
     if ((i + 1) % o.batch_events == 0) trainer.flush();
   }
   trainer.flush();
@@ -240,6 +259,10 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
   json missed = json::array();
   for (size_t i = 0; i < n; ++i)
     if (facts[i].find(d.facts[i].key) == std::string::npos) missed.push_back({{"q", d.facts[i].question}, {"a", facts[i]}});
+  json missed_paraphrases = json::array();
+  for (size_t i = 0; i < paras.size(); ++i)
+    if (paras[i].find(d.facts[i / 2].key) == std::string::npos)
+      missed_paraphrases.push_back({{"q", d.facts[i / 2].paraphrases[i % 2]}, {"a", paras[i]}});
   const std::vector<std::string> base_facts(base.facts.begin(), base.facts.begin() + static_cast<long>(n));
   return {{"efficacy", share_with_key(facts, d, 1)},
           {"generalization", share_with_key(paras, d, 2)},
@@ -253,6 +276,7 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
                      {"controls_inside", share_adapted(control_results)}}},
           {"base_efficacy", share_with_key(base_facts, d, 1)},
           {"missed_facts", missed},
+          {"missed_paraphrases", missed_paraphrases},
           {"changed_controls", changed}};
 }
 
@@ -260,12 +284,9 @@ int remove_entry(const char* path, const struct stat*, int, struct FTW*) { retur
 
 // The base model's answers to replay and canary prompts depend only on the model: kept beside the cache and
 // copied into each run's training folder, they are made once rather than by every run's trainer.
-void seed_teachers(hs::AdapterRegistry& registry, const std::string& dir, const std::string& cache, bool save) {
+void seed_teachers(const std::string& dir, const std::string& cache, bool save) {
   if (cache.empty()) return;
-  if (!save) {
-    registry.create("eval", hs::TrainerOptions{}.create);
-    hs::ensure_directory(dir + "/eval/training");
-  }
+  if (!save) hs::ensure_directory(dir + "/eval/training");
   for (const char* name : {"replay-targets.json", "canary-targets.json"}) {
     const std::string kept = cache + "." + name, used = dir + "/eval/training/" + name;
     const std::string& from = save ? used : kept;
@@ -299,8 +320,12 @@ int main(int argc, char** argv) {
          {"--anchors-per-step", [&](const std::string& v) { o.retention.anchors_per_step = std::stoul(v); }},
          {"--max-grad-norm", [&](const std::string& v) { o.max_grad_norm = num(v); }},
          {"--max-drift", [&](const std::string& v) { o.guard.max_drift = num(v); }},
-         {"--scope-layers", [&](const std::string& v) { o.retention.scope_layers = std::stol(v); }}});
+         {"--scope-layers", [&](const std::string& v) { o.retention.scope_layers = std::stol(v); }},
+         {"--sparsity", [&](const std::string& v) { o.create.sparsity = num(v); }},
+         {"--targets", [&](const std::string& v) { o.create.targets = parse_targets(v); }},
+         {"--seed", [&](const std::string& v) { o.create.seed = std::stoull(v); }}});
     hs::validate_trainer_options(o);
+    hs::validate_adapter_config(o.create);
     const Dataset d = read_dataset(data);
     if (recipe.facts < 1 || recipe.facts > d.facts.size())
       throw hs::Error(hs::ErrorKind::InvalidArgument, "--facts must lie in [1, " + std::to_string(d.facts.size()) + "]");
@@ -310,9 +335,10 @@ int main(int argc, char** argv) {
     hs::AdapterRegistry registry(hs::RegistryOptions{dir}, e.model);
     json out = {{"machine", hs::bench::machine_json()}, {"model", e.path}, {"recipe", recipe_json(o)},
                 {"facts", recipe.facts}, {"controls", d.controls.size()}};
-    seed_teachers(registry, dir, cache, false);
+    registry.create("eval", o.create);
+    seed_teachers(dir, cache, false);
     out["training"] = teach(registry, e, d, recipe);
-    seed_teachers(registry, dir, cache, true);
+    seed_teachers(dir, cache, true);
     out["scores"] = score(e, registry, d, base, recipe.facts);
     ::nftw(dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     return out;

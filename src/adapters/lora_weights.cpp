@@ -42,7 +42,11 @@ std::shared_ptr<const LoraWeights> make_lora_weights(const AdapterImage& image, 
   for (int64_t l = 0; l < model.config.num_layers; ++l)
     for (int p = 0; p < kLoraProjections; ++p)
       if (w->a[l][p].defined() != w->b[l][p].defined()) bad("an A without its B, or a B without its A");
-  if (scope && !scope->empty()) w->scope = std::make_shared<const ScopeIndex>(make_scope_index(*scope, model));
+  if (scope && !scope->empty()) {
+    w->scope = std::make_shared<const ScopeIndex>(make_scope_index(*scope, model));
+    for (const at::Tensor& t : {w->scope->keys, w->scope->members, w->scope->radius})
+      w->bytes += static_cast<size_t>(t.numel()) * t.element_size();
+  }
   return w;
 }
 

@@ -27,7 +27,7 @@ struct LoraWeights {
   // Per layer and projection: a [rank, in] and b [out, rank], zero outside the pattern; undefined when the
   // adapter does not target the projection.
   std::vector<std::array<at::Tensor, kLoraProjections>> a, b;
-  size_t bytes = 0;
+  size_t bytes = 0;  // on the device: A, B and the scope's index
   // Where the adapter applies (adapters/scope.h); null: everywhere.
   std::shared_ptr<const ScopeIndex> scope;
 };

@@ -43,6 +43,11 @@ void validate_adapter_name(const std::string& name) {
 
 namespace {
 
+// What a resident snapshot holds in memory, counted against RegistryOptions::resident_bytes.
+size_t snapshot_bytes(const AdapterSnapshot& snap) {
+  return snap.image->image_bytes() + (snap.scope ? snap.scope->bytes() : 0);
+}
+
 std::string version_file(uint64_t version) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "v%08llu.hsl", static_cast<unsigned long long>(version));
@@ -276,7 +281,7 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
   // them with versions no request can name any more (requests holding one keep it alive).
   for (const AdapterVersionInfo& old : before)
     if (std::none_of(m.versions.begin(), m.versions.end(), [&](const auto& k) { return k.version == old.version; })) {
-      resident_.erase(key(name, old), [&](const auto& gone) { resident_bytes_ -= gone->image->image_bytes(); });
+      resident_.erase(key(name, old), [&](const auto& gone) { resident_bytes_ -= snapshot_bytes(*gone); });
       hot_.erase(key(name, old), [](const auto&) {});
     }
   remember_locked(snap);
@@ -392,15 +397,15 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
 
 void AdapterRegistry::remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap) {
   if (!resident_.insert(key(snap->name, snap->version), snap)) return;
-  resident_bytes_ += snap->image->image_bytes();
+  resident_bytes_ += snapshot_bytes(*snap);
   // Evicted snapshots stay alive for requests that still hold them; only the cache lets go.
   while (resident_bytes_ > options_.resident_bytes && resident_.size() > 1)
-    resident_bytes_ -= resident_.pop_oldest()->image->image_bytes();
+    resident_bytes_ -= snapshot_bytes(*resident_.pop_oldest());
 }
 
 void AdapterRegistry::forget_locked(const std::string& name) {
   const std::string prefix = name + "@";
-  resident_.erase_prefixed(prefix, [&](const auto& snap) { resident_bytes_ -= snap->image->image_bytes(); });
+  resident_.erase_prefixed(prefix, [&](const auto& snap) { resident_bytes_ -= snapshot_bytes(*snap); });
   hot_.erase_prefixed(prefix, [](const auto&) {});
 }
 

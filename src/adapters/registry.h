@@ -29,7 +29,7 @@ struct Model;
 
 struct RegistryOptions {
   std::string root;                      // see default_adapter_root()
-  size_t resident_bytes = size_t{1} << 30;  // images kept in memory; the least recently used go first
+  size_t resident_bytes = size_t{1} << 30;  // images (and scopes) kept in memory; the least recently used go first
   size_t hot_adapters = 8;               // adapters kept as dense tensors on the model's device
   uint32_t keep_versions = 5;            // for newly created adapters
   AdapterCodec codec = AdapterCodec::None;

@@ -44,6 +44,13 @@ void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, 
   scope.examples.push_back(std::move(added));
 }
 
+size_t AdapterScope::bytes() const {
+  size_t n = keys.size() * sizeof(float);
+  for (const ScopeExample& e : examples)
+    n += sizeof(e) + e.tokens.size() * sizeof(int32_t) + e.rows.size() * sizeof(uint32_t);
+  return n;
+}
+
 uint32_t shared_opening(const AdapterScope& general, const std::vector<int32_t>& tokens) {
   if (tokens.empty() || general.empty()) return 0;
   size_t shared = tokens.size();

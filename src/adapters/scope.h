@@ -38,6 +38,7 @@ struct AdapterScope {
 
   int64_t rows() const { return dim > 0 ? static_cast<int64_t>(keys.size()) / dim : 0; }
   bool empty() const { return examples.empty(); }
+  size_t bytes() const;  // held in memory: keys, and each example with its tokens and rows
 };
 
 // Adds a taught prompt with its unit keys (tokens.size() rows of `dim` floats). The rows of the longest prefix

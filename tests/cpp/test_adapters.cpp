@@ -561,11 +561,18 @@ TEST_F(RegistryTest, ScopeTravelsWithItsVersionAndIsPrunedWithIt) {
   auto w = again.weights(*snap);
   ASSERT_TRUE(w->scope);
   EXPECT_TRUE(scope_match(*w->scope, own).inside());
+  // Both caches count the scope: its keys are as large as a prompt's hidden states.
+  EXPECT_EQ(again.stats().resident_bytes, snap->image->image_bytes() + taught.bytes());
+  EXPECT_GE(taught.bytes(), taught.keys.size() * sizeof(float));
+  EXPECT_EQ(again.stats().hot_bytes, w->bytes);
+  EXPECT_GE(w->bytes, static_cast<size_t>(w->scope->keys.numel()) * sizeof(float) +
+                          again.weights(*again.acquire("facts", 1))->bytes);
   // A version published without a scope answers everywhere.
   reg.publish("facts", values);
   EXPECT_FALSE(again.weights(*again.acquire("facts"))->scope);
   reg.publish("facts", values);  // keep 2: version 2 and its scope go
   EXPECT_FALSE(std::filesystem::exists(file));
+  EXPECT_EQ(reg.stats().resident_bytes, 2 * snap->image->image_bytes());  // versions 3 and 4, no scopes
   // A damaged scope refuses its version rather than serving it everywhere, and cannot be rolled back to.
   const AdapterVersionInfo v5 = reg.publish("facts", values, 1, nullptr, std::make_shared<AdapterScope>(taught));
   reg.publish("facts", values);
