@@ -218,17 +218,32 @@ Base base_side(const hs::Engine& e, const Dataset& d, const std::string& cache) 
   return b;
 }
 
+// Whether answer i (of per_fact answers to each fact, in order) names its fact's key.
+bool has_key(const std::vector<std::string>& got, size_t i, const Dataset& d, size_t per_fact) {
+  return got[i].find(d.facts[i / per_fact].key) != std::string::npos;
+}
+
 double share_with_key(const std::vector<std::string>& got, const Dataset& d, size_t per_fact) {
   size_t hits = 0;
-  for (size_t i = 0; i < got.size(); ++i) hits += got[i].find(d.facts[i / per_fact].key) != std::string::npos;
+  for (size_t i = 0; i < got.size(); ++i) hits += has_key(got, i, d, per_fact);
   return got.empty() ? 0 : static_cast<double>(hits) / static_cast<double>(got.size());
+}
+
+// The questions whose answers miss their fact's key, with those answers.
+json misses(const std::vector<std::string>& questions, const std::vector<std::string>& got, const Dataset& d,
+            size_t per_fact) {
+  json out = json::array();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!has_key(got, i, d, per_fact)) out.push_back({{"q", questions[i]}, {"a", got[i]}});
+  return out;
 }
 
 json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d, const Base& base, size_t n) {
   auto snap = registry.acquire("eval");
   auto adapter = registry.weights(*snap);
-  const std::vector<hs::GenerationResult> fact_results = results(e, fact_questions(d, n), adapter);
-  const std::vector<hs::GenerationResult> para_results = results(e, paraphrase_questions(d, n), adapter);
+  const std::vector<std::string> fact_qs = fact_questions(d, n), para_qs = paraphrase_questions(d, n);
+  const std::vector<hs::GenerationResult> fact_results = results(e, fact_qs, adapter);
+  const std::vector<hs::GenerationResult> para_results = results(e, para_qs, adapter);
   const std::vector<hs::GenerationResult> control_results = results(e, d.controls, adapter);
   const std::vector<std::string> facts = texts(fact_results), paras = texts(para_results),
                                  controls = texts(control_results);
@@ -256,13 +271,6 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
   int64_t positions = 0;
   for (const hs::TeacherTargets& t : base.control_targets) positions += t.positions();
   served_mean /= static_cast<double>(std::max<int64_t>(positions, 1));
-  json missed = json::array();
-  for (size_t i = 0; i < n; ++i)
-    if (facts[i].find(d.facts[i].key) == std::string::npos) missed.push_back({{"q", d.facts[i].question}, {"a", facts[i]}});
-  json missed_paraphrases = json::array();
-  for (size_t i = 0; i < paras.size(); ++i)
-    if (paras[i].find(d.facts[i / 2].key) == std::string::npos)
-      missed_paraphrases.push_back({{"q", d.facts[i / 2].paraphrases[i % 2]}, {"a", paras[i]}});
   const std::vector<std::string> base_facts(base.facts.begin(), base.facts.begin() + static_cast<long>(n));
   return {{"efficacy", share_with_key(facts, d, 1)},
           {"generalization", share_with_key(paras, d, 2)},
@@ -275,8 +283,8 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
                      {"paraphrases_inside", share_adapted(para_results)},
                      {"controls_inside", share_adapted(control_results)}}},
           {"base_efficacy", share_with_key(base_facts, d, 1)},
-          {"missed_facts", missed},
-          {"missed_paraphrases", missed_paraphrases},
+          {"missed_facts", misses(fact_qs, facts, d, 1)},
+          {"missed_paraphrases", misses(para_qs, paras, d, 2)},
           {"changed_controls", changed}};
 }
 

@@ -2,6 +2,7 @@
 // caches) and publishing under concurrent generation.
 #include <gtest/gtest.h>
 #include <nanovdb/NanoVDB.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <cstdio>
@@ -580,6 +581,14 @@ TEST_F(RegistryTest, ScopeTravelsWithItsVersionAndIsPrunedWithIt) {
   AdapterRegistry third(opts, model_);
   EXPECT_EQ(kind_of([&] { third.acquire("facts", 5); }), ErrorKind::CorruptFile);
   EXPECT_EQ(kind_of([&] { third.rollback("facts", 5); }), ErrorKind::CorruptFile);
+  // A FIFO or a folder in its place is refused at once, never waited on.
+  const std::string scope5 = dir_ + "/facts/" + v5.scope_file;
+  std::filesystem::remove(scope5);
+  ASSERT_EQ(::mkfifo(scope5.c_str(), 0600), 0);
+  EXPECT_EQ(kind_of([&] { AdapterRegistry(opts, model_).acquire("facts", 5); }), ErrorKind::CorruptFile);
+  std::filesystem::remove(scope5);
+  std::filesystem::create_directory(scope5);
+  EXPECT_EQ(kind_of([&] { AdapterRegistry(opts, model_).acquire("facts", 5); }), ErrorKind::CorruptFile);
   // A manifest naming a scope file other than its version's is refused: it could point outside the folder.
   const std::string manifest_path = dir_ + "/facts/manifest.json";
   std::string text = read_text_file(manifest_path);
