@@ -124,6 +124,8 @@ json recipe_json(const hs::TrainerOptions& o) {
           {"stop_loss", o.retention.stop_loss},
           {"distill_weight", o.retention.distill_weight},
           {"anchors_per_step", o.retention.anchors_per_step},
+          {"rehearse_per_step", o.retention.rehearse_per_step},
+          {"rehearsal_examples", o.retention.rehearsal_examples},
           {"max_grad_norm", o.max_grad_norm},
           {"max_drift", o.guard.max_drift},
           {"scope_layers", o.retention.scope_layers},
@@ -143,7 +145,7 @@ json teach(hs::AdapterRegistry& registry, const hs::Engine& e, const Dataset& d,
   hs::TrainerCallbacks cb;
   cb.on_applied = [&](const hs::BatchReport& r) {
     batches.push_back({{"loss", r.loss}, {"final_loss", r.final_loss}, {"steps", r.steps}, {"drift", r.drift},
-                       {"update_s", r.update_ms / 1000}, {"teacher_s", r.teacher_ms / 1000}});
+                       {"rehearsed", r.rehearsed}, {"rehearsal_loss", r.rehearsal_loss}, {"update_s", r.update_ms / 1000}, {"teacher_s", r.teacher_ms / 1000}});
     teacher_seconds += r.teacher_ms / 1000;
   };
   cb.on_quarantined = [&](const hs::QuarantinedBatch& q) {
@@ -326,6 +328,8 @@ int main(int argc, char** argv) {
          {"--stop-loss", [&](const std::string& v) { o.retention.stop_loss = num(v); }},
          {"--distill-weight", [&](const std::string& v) { o.retention.distill_weight = num(v); }},
          {"--anchors-per-step", [&](const std::string& v) { o.retention.anchors_per_step = std::stoul(v); }},
+         {"--rehearse-per-step", [&](const std::string& v) { o.retention.rehearse_per_step = std::stoul(v); }},
+         {"--rehearsal-examples", [&](const std::string& v) { o.retention.rehearsal_examples = std::stoul(v); }},
          {"--max-grad-norm", [&](const std::string& v) { o.max_grad_norm = num(v); }},
          {"--max-drift", [&](const std::string& v) { o.guard.max_drift = num(v); }},
          {"--scope-layers", [&](const std::string& v) { o.retention.scope_layers = std::stol(v); }},

@@ -68,6 +68,8 @@ struct TrainFlags {
   double dp_noise = 0, dp_clip = 1, dp_delta = 1e-5;
   double stop_loss = teaching_recipe().retention.stop_loss, distill_weight = teaching_recipe().retention.distill_weight;
   size_t anchors_per_step = teaching_recipe().retention.anchors_per_step;
+  size_t rehearse_per_step = teaching_recipe().retention.rehearse_per_step;
+  size_t rehearsal_examples = teaching_recipe().retention.rehearsal_examples;
   int64_t scope_layers = teaching_recipe().retention.scope_layers;
   double max_drift = teaching_recipe().guard.max_drift;
   std::string fsync = "always";

@@ -52,6 +52,13 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
       ->capture_default_str();
   s->add_option("--anchors-per-step", t.anchors_per_step, "General prompts in each step's KL term")
       ->capture_default_str();
+  s->add_option("--rehearse-per-step", t.rehearse_per_step,
+                "Examples taught by earlier micro-batches added to each step's loss, so new facts do not overwrite "
+                "old ones (0: off)")
+      ->capture_default_str();
+  s->add_option("--rehearsal-examples", t.rehearsal_examples,
+                "Taught examples kept for rehearsal at most (a uniform sample of all taught)")
+      ->capture_default_str();
   s->add_option("--scope-layers", t.scope_layers,
                 "Relevance scope: the adapter answers only prompts near those it was taught, compared on the base "
                 "model's hidden states after this many layers; others get the base model (0: it answers every prompt)")
@@ -84,7 +91,9 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
       ->capture_default_str();
   s->add_flag("--deterministic", t.deterministic,
               "Close batches only when full (or at the end), so the same events give a bit-identical adapter");
-  s->add_option("--train-seed", t.seed, "Seed of the privacy noise")->capture_default_str();
+  s->add_option("--train-seed", t.seed,
+                "Seed of the privacy noise and of the rehearsal memory's sample (keep it for bit-identical replays)")
+      ->capture_default_str();
   s->add_option("--rank", t.rank, "Rank of a new domain adapter")->capture_default_str();
   s->add_option("--alpha", t.alpha, "Alpha of a new domain adapter")->capture_default_str();
   s->add_option("--sparsity", t.sparsity, "Sparsity of a new domain adapter")->capture_default_str();
@@ -102,6 +111,8 @@ TrainerOptions trainer_options(const TrainFlags& t) {
   o.retention.stop_loss = t.stop_loss;
   o.retention.distill_weight = t.distill_weight;
   o.retention.anchors_per_step = t.anchors_per_step;
+  o.retention.rehearse_per_step = t.rehearse_per_step;
+  o.retention.rehearsal_examples = t.rehearsal_examples;
   o.retention.scope_layers = t.scope_layers;
   o.guard.max_drift = t.max_drift;
   if (!t.canaries.empty()) o.guard.canaries = read_prompt_lines(t.canaries);

@@ -44,7 +44,8 @@ void write_checkpoint(const std::string& dir, const TrainerCheckpoint& c) {
                          {"tokens_trained", c.counters.tokens_trained},
                          {"ids", c.ids},
                          {"scope", scoped},
-                         {"unscoped", c.unscoped}};
+                         {"unscoped", c.unscoped},
+                         {"rehearsal", rehearsal_to_json(c.rehearsal)}};
   const std::string text = meta.dump();
   const uint64_t len = text.size();
   const size_t floats = c.adam.m.size() * sizeof(float);
@@ -106,6 +107,12 @@ std::optional<TrainerCheckpoint> read_checkpoint(const std::string& dir) {
     for (const auto& id : meta.at("ids")) c.ids.insert(id.get<std::string>());
     // Checkpoints from before scopes existed belong to adapters that learnt without one.
     c.unscoped = meta.value("unscoped", true);
+    // Checkpoints from before rehearsal existed start with an empty memory.
+    try {
+      if (meta.contains("rehearsal")) c.rehearsal = rehearsal_from_json(meta["rehearsal"]);
+    } catch (const Error& e) {
+      throw bad(std::string("has ") + e.what());
+    }
     if (meta.value("scope", false))
       c.scope = std::make_shared<const AdapterScope>(read_scope_file(dir + "/" + name + ".scope"));
     if (bytes.size() != head + len + 2 * n * sizeof(float) + 4) throw bad("has a state file of the wrong size");

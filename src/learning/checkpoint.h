@@ -1,7 +1,7 @@
 #pragma once
 // A trainer's whole state at a point in its log: the adapter (pattern and values), AdamW's moments, the ids
-// of every event applied, and counters. With the log records after it, it reproduces the trainer exactly.
-// Torch-free.
+// of every event applied, the rehearsal memory (learning/rehearsal.h) and counters. With the log records after
+// it, it reproduces the trainer exactly. Torch-free.
 //
 // In the domain's training folder: checkpoint-<seq>.hsl (an adapter image, storage/adapter_image.h),
 // checkpoint-<seq>.state (magic "HSCKPT01", u64 JSON length, JSON, float32 m, float32 v, CRC-32 of all before)
@@ -15,6 +15,7 @@
 
 #include "adapters/scope.h"
 #include "learning/adamw.h"
+#include "learning/rehearsal.h"
 
 namespace hs {
 
@@ -32,6 +33,7 @@ struct TrainerCheckpoint {
   std::unordered_set<std::string> ids;
   std::shared_ptr<const AdapterScope> scope;  // null: none
   bool unscoped = false;  // the adapter learnt what no scope describes (learning/trainer.h)
+  RehearsalMemory rehearsal;
 };
 
 // Writes the checkpoint and then deletes older ones. Throws Io.

@@ -16,6 +16,12 @@
 
 namespace hs {
 
+int64_t target_tokens(const TrainingExample& ex) {
+  int64_t n = 0;
+  for (size_t t = 1; t < ex.is_target.size(); ++t) n += ex.is_target[t];
+  return n;
+}
+
 namespace {
 
 void validate_batch(const Model& model, const std::vector<TrainingExample>& batch) {
@@ -38,8 +44,7 @@ void validate_batch(const Model& model, const std::vector<TrainingExample>& batc
 
 int64_t count_targets(const std::vector<TrainingExample>& batch) {
   int64_t n = 0;
-  for (const TrainingExample& ex : batch)
-    for (size_t t = 1; t < ex.is_target.size(); ++t) n += ex.is_target[t];
+  for (const TrainingExample& ex : batch) n += target_tokens(ex);
   return n;
 }
 
@@ -98,9 +103,10 @@ struct Head {
   std::function<at::Tensor(const at::Tensor& logits, int64_t begin, int64_t len)> loss;
 };
 
-// Cross-entropy of the examples' targets: token t is predicted by the hidden state at t - 1.
+// Cross-entropy of the examples' targets: token t is predicted by the hidden state at t - 1. Each example's
+// summed loss is added to (*sums)[its index in the batch].
 Head target_head(const Model& model, const std::vector<TrainingExample>& batch, size_t begin, size_t end,
-                 int64_t total) {
+                 int64_t total, std::vector<double>* sums) {
   Head h;
   std::vector<int64_t> labels;
   for (size_t b = begin; b < end; ++b)
@@ -110,9 +116,17 @@ Head target_head(const Model& model, const std::vector<TrainingExample>& batch, 
         h.positions.push_back(static_cast<int64_t>(i) - 1);
         labels.push_back(batch[b].tokens[i]);
       }
-  const at::Tensor y = at::tensor(labels, at::TensorOptions().dtype(at::kLong).device(model.device));
-  h.loss = [y, total](const at::Tensor& logits, int64_t at_, int64_t len) {
-    return at::cross_entropy_loss(logits, y.narrow(0, at_, len), {}, at::Reduction::Sum) / static_cast<double>(total);
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
+  const at::Tensor y = at::tensor(labels, i64), rows = at::tensor(h.rows, i64);
+  const int64_t examples = static_cast<int64_t>(end - begin);
+  h.loss = [y, rows, total, sums, begin, examples](const at::Tensor& logits, int64_t at_, int64_t len) {
+    const at::Tensor ce = at::cross_entropy_loss(logits, y.narrow(0, at_, len), {}, at::Reduction::None);
+    const at::Tensor per = at::zeros({examples}, ce.options().dtype(at::kDouble))
+                               .index_add_(0, rows.narrow(0, at_, len), ce.detach().to(at::kDouble))
+                               .to(at::kCPU)
+                               .contiguous();
+    for (int64_t e = 0; e < examples; ++e) (*sums)[begin + static_cast<size_t>(e)] += per.data_ptr<double>()[e];
+    return ce.sum() / static_cast<double>(total);
   };
   return h;
 }
@@ -268,12 +282,15 @@ LoraGradients lora_gradients(const Model& model, const TileLayout& layout, const
   std::vector<const std::vector<int32_t>*> seqs;
   for (const TrainingExample& ex : batch) seqs.push_back(&ex.tokens);
   LoraGradients out;
+  std::vector<double> sums(batch.size(), 0.0);
   for (const auto& [begin, end] : group_sequences(seqs, options.tokens_per_forward)) {
     // Casts are rebuilt per group: each group's backward consumes its own graph.
     const LoraBatch lora = lora_of(model, layout, params, scale);
-    const Head head = target_head(model, batch, begin, end, total);
+    const Head head = target_head(model, batch, begin, end, total, &sums);
     out.loss += accumulate_group(model, lora, group_tokens(model, seqs, begin, end), head, options);
   }
+  for (size_t b = 0; b < batch.size(); ++b)
+    out.example_losses.push_back(sums[b] / static_cast<double>(std::max<int64_t>(1, target_tokens(batch[b]))));
   if (distill && distill->weight > 0 && !distill->anchors.empty())
     out.kl = accumulate_distillation(model, layout, params, scale, *distill, options);
   out.target_tokens = total;

@@ -17,6 +17,9 @@ struct TrainingExample {
   std::vector<uint8_t> is_target;  // per token, 1 where it counts in the loss (never the first token)
 };
 
+// The tokens an example's loss counts.
+int64_t target_tokens(const TrainingExample& example);
+
 // weight * the mean over every anchor position of KL(teacher || model with the adapter), the distributions
 // taken over the teacher's top k tokens and one bucket for all others (exact when the teacher's mass outside
 // its top k is zero, and a lower bound of the full KL otherwise).
@@ -27,6 +30,7 @@ struct DistillationTerm {
 
 struct LoraGradients {
   double loss = 0;            // mean over target tokens
+  std::vector<double> example_losses;  // per example of the batch, the mean over its own target tokens
   double kl = 0;              // the distillation term's mean KL, unweighted (0 without one)
   int64_t target_tokens = 0;
   std::vector<float> values;  // d loss / d value for every active value, in the layout's order

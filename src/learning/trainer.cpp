@@ -55,6 +55,18 @@ bool learnt_nothing(const TileLayout& layout, const std::vector<float>& values) 
   return true;
 }
 
+// The mean loss over the target tokens of examples [from, to), from each one's own mean; 0 for none.
+double mean_loss(const std::vector<TrainingExample>& examples, const std::vector<double>& losses, size_t from,
+                 size_t to) {
+  double sum = 0;
+  int64_t tokens = 0;
+  for (size_t i = from; i < to; ++i) {
+    sum += losses[i] * static_cast<double>(target_tokens(examples[i]));
+    tokens += target_tokens(examples[i]);
+  }
+  return tokens > 0 ? sum / static_cast<double>(tokens) : 0;
+}
+
 // A batch as the log stores it (one event per line), and its ids.
 std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std::string>& ids) {
   std::string payload;
@@ -90,6 +102,9 @@ void validate_trainer_options(const TrainerOptions& o) {
   if (r.teacher.answer_tokens < 1 || r.teacher.answer_tokens > 1024 || r.teacher.top_k < 1 || r.teacher.top_k > 1024)
     bad("teacher answers must hold 1 to 1024 tokens, and top k must lie in [1, 1024]");
   if (r.scope_layers < 0) bad("the scope's layer count must be zero (no scope) or positive");
+  if (r.rehearse_per_step > 1024 || r.rehearsal_examples > 4096)
+    bad("rehearsal takes at most 1024 examples a step from a memory of at most 4096");
+  if (r.rehearse_per_step > 0 && r.rehearsal_examples == 0) bad("rehearsal needs a memory of at least one example");
   if (!(o.guard.max_drift >= 0) || !std::isfinite(o.guard.max_drift)) bad("the guard's drift bound must be zero or positive");
   for (const auto* prompts : {&r.replay_prompts, &o.guard.canaries})
     for (const std::string& p : *prompts)
@@ -104,6 +119,7 @@ TrainerOptions teaching_recipe() {
   o.retention.stop_loss = 0.05;
   o.retention.distill_weight = 1.0;
   o.retention.anchors_per_step = 4;
+  o.retention.rehearse_per_step = 4;
   o.guard.max_drift = 0.5;
   return o;
 }
@@ -248,7 +264,7 @@ void DomainTrainer::recover() {
   if (auto c = read_checkpoint(dir_)) {
     layout_ = std::make_shared<TileLayout>(c->adapter->layout());
     state_ = State{c->adapter->values(), std::move(c->adam), c->counters, c->scope,
-                   c->unscoped && !learnt_nothing(*layout_, c->adapter->values())};
+                   c->unscoped && !learnt_nothing(*layout_, c->adapter->values()), std::move(c->rehearsal)};
     ids_ = std::move(c->ids);
     seq_ = checkpoint_seq_ = c->seq;
   } else {
@@ -322,6 +338,7 @@ void DomainTrainer::checkpoint() {
   c.counters = state_.totals;
   c.scope = state_.scope;
   c.unscoped = state_.unscoped;
+  c.rehearsal = state_.rehearsal;
   {
     std::lock_guard<std::mutex> lock(mu_);
     // Only events already applied belong to the checkpoint; queued ones are not in the log yet.
@@ -466,10 +483,10 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
   if (seq_ - checkpoint_seq_ >= options_.checkpoint_every) checkpoint();
 }
 
-std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExample>& examples,
+std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExample>& examples, size_t own,
                                                 const std::vector<const LearningEvent*>& submitted,
                                                 const std::vector<float>& values, uint64_t seq, int step,
-                                                const DistillationTerm& distill, double& loss, double& norm) const {
+                                                const DistillationTerm& distill, StepFigures& f) const {
   const size_t n = values.size();
   const double units = static_cast<double>(examples.size() + submitted.size());
   std::vector<float> total(n, 0.0f);
@@ -480,7 +497,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
   auto add_sparse = [&](const LearningEvent& ev, double w) {
     for (const auto& [index, value] : ev.gradient) total[static_cast<size_t>(index)] += static_cast<float>(w * value);
   };
-  loss = 0;
+  f = StepFigures{};
   if (options_.privacy.noise_multiplier > 0) {
     // DP-SGD: every example and submission is clipped on its own, the sum gets Gaussian noise scaled to the
     // clip bound, then the mean is taken (without the distillation term). The noise is drawn from (seed, batch,
@@ -488,7 +505,7 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     const double clip = options_.privacy.clip;
     for (const TrainingExample& ex : examples) {
       LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, {ex}, options_.gradients);
-      loss += g.loss / static_cast<double>(examples.size());
+      f.loss += g.loss / static_cast<double>(examples.size());
       clip_to(g.values, clip);
       add(g.values, 1.0);
     }
@@ -504,12 +521,13 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
   } else {
     if (!examples.empty()) {
       LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, examples, options_.gradients, &distill);
-      loss = g.loss;
+      f.loss = mean_loss(examples, g.example_losses, 0, own);
+      f.rehearsal_loss = mean_loss(examples, g.example_losses, own, examples.size());
       add(g.values, static_cast<double>(examples.size()) / units);
     }
     for (const LearningEvent* ev : submitted) add_sparse(*ev, 1.0 / units);
   }
-  norm = norm_of(total);
+  f.norm = norm_of(total);
   clip_to(total, options_.max_grad_norm);
   return total;
 }
@@ -523,7 +541,7 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   for (const LearningEvent& ev : batch) {
     if (ev.kind == EventKind::Example) {
       examples.push_back(ev.example);
-      for (size_t t = 1; t < ev.example.is_target.size(); ++t) r.tokens += ev.example.is_target[t];
+      r.tokens += target_tokens(ev.example);
     } else {
       submitted.push_back(&ev);
     }
@@ -532,25 +550,40 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   r.gradients = submitted.size();
   // Early stopping only judges batches of examples alone: a submitted gradient must take its steps, and under
   // differential privacy the step count must not depend on the (unnoised) loss of private examples.
-  const bool judged = !examples.empty() && submitted.empty() && options_.privacy.noise_multiplier == 0;
+  // Rehearsal joins them too, and keeps what they teach, unless privacy forbids (RetentionOptions).
+  const bool privately = options_.privacy.noise_multiplier > 0;
+  const bool judged = !examples.empty() && submitted.empty() && !privately;
   const double stop_loss = judged ? options_.retention.stop_loss : 0;
+  const size_t rehearse = judged ? options_.retention.rehearse_per_step : 0;
+  int64_t rehearsed_tokens = 0;
   for (int step = 0; step < options_.steps_per_batch; ++step) {
     bool reached = false;
     run_compute([&] {
-      double loss = 0, norm = 0;
+      StepFigures f;
       const DistillationTerm distill = distillation_for(state.adam.step);
-      std::vector<float> grad = step_gradient(examples, submitted, state.values, seq, step, distill, loss, norm);
-      if (step == 0) r.loss = loss;
-      r.final_loss = loss;
-      // Early stopping: the taught examples are learnt; more steps would only move the rest of the model.
-      reached = stop_loss > 0 && loss <= stop_loss;
+      std::vector<TrainingExample> taught = examples;
+      const std::vector<TrainingExample> earlier = rehearsed_at(state.rehearsal, rehearse, state.adam.step);
+      taught.insert(taught.end(), earlier.begin(), earlier.end());
+      std::vector<float> grad =
+          step_gradient(taught, examples.size(), submitted, state.values, seq, step, distill, f);
+      if (step == 0) {
+        r.loss = f.loss;
+        r.rehearsal_loss = f.rehearsal_loss;
+      }
+      r.final_loss = f.loss;
+      r.rehearsed = earlier.size();
+      // Early stopping: the batch's examples are learnt; more steps would only move the rest of the model.
+      reached = stop_loss > 0 && f.loss <= stop_loss;
       if (reached) return;
-      r.grad_norm = norm;
+      r.grad_norm = f.norm;
       adamw_step(options_.adamw, state.adam, state.values, grad);
+      for (const TrainingExample& ex : earlier) rehearsed_tokens += target_tokens(ex);
     });
     if (reached) break;
     r.steps += 1;
   }
+  if (options_.retention.rehearse_per_step > 0 && !privately)
+    remember(state.rehearsal, examples, options_.retention.rehearsal_examples, options_.seed, seq);
   for (float x : state.values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "the update made adapter values non-finite (lower the learning rate)");
@@ -560,7 +593,7 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   t.examples += examples.size();
   t.gradients += submitted.size();
   t.steps += static_cast<uint64_t>(r.steps);
-  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(r.steps);
+  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(r.steps) + rehearsed_tokens;
   return r;
 }
 

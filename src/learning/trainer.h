@@ -4,9 +4,10 @@
 //   submit() ── checks the event, refuses duplicates ── bounded queue (full: Busy, "retry")
 //   worker ─── takes up to batch_events events, or what arrived within batch_ms of the oldest
 //          ─── appends the batch to the write-ahead log (one fdatasync: group commit) ── on_durable (the ack)
-//          ─── gradients of the active adapter values (libtorch autograd through the frozen model) and the
-//              submitted sparse gradients, averaged; optional per-example clipping and Gaussian noise (DP);
-//              clipping of the global norm; AdamW on the active values; steps_per_batch times
+//          ─── gradients of the active adapter values (libtorch autograd through the frozen model), a few
+//              examples of earlier batches rehearsed with them, and the submitted sparse gradients, averaged;
+//              optional per-example clipping and Gaussian noise (DP); clipping of the global norm; AdamW on the
+//              active values; steps_per_batch times
 //          ─── publishes the new version to the registry ── on_applied
 //          ─── every checkpoint_every batches: checkpoint, then the log before it is deleted
 //
@@ -41,6 +42,7 @@
 #include "learning/events.h"
 #include "learning/lora_gradients.h"
 #include "learning/quarantine.h"
+#include "learning/rehearsal.h"
 #include "storage/write_ahead_log.h"
 
 namespace hs {
@@ -68,6 +70,12 @@ struct RetentionOptions {
   // A batch's steps stop once its examples' mean loss is this low, instead of always taking steps_per_batch
   // (which then bounds them). 0 always takes every step.
   double stop_loss = 0;
+  // Rehearsal (learning/rehearsal.h): each step of a batch of examples alone adds this many examples taught by
+  // earlier batches to its loss (the mean over all their target tokens); early stopping still judges the
+  // batch's own. 0 turns it off; so does differential privacy (an example rehearsed would take part in more
+  // steps than its privacy budget counts). The memory is kept in the checkpoint: it holds taught examples.
+  size_t rehearse_per_step = 0;
+  size_t rehearsal_examples = 256;  // the memory's bound: a uniform sample of everything taught is kept
   TeacherOptions teacher;
   // The relevance scope (adapters/scope.h): each version keeps the keys of the prompts taught so far, read
   // after this many of the base model's decoder layers, and requests outside it get the base model. A domain
@@ -102,7 +110,7 @@ struct TrainerOptions {
   // Batches close only when full (or on flush/stop), never on the timer, so that the same events in the same
   // order always form the same batches: replays and reruns then give bit-identical adapters.
   bool deterministic = false;
-  uint64_t seed = 0;            // the privacy noise of batch k is drawn from (seed, k)
+  uint64_t seed = 0;            // the privacy noise and the rehearsal memory's choices of batch k: from (seed, k)
   // Tokens an example may have at most, checked before it is acknowledged; 0 allows the model's context.
   int64_t max_example_tokens = 0;
   GradientOptions gradients;    // what bounds training memory
@@ -119,8 +127,8 @@ void validate_trainer_options(const TrainerOptions& options);
 
 // The teaching recipe bench/bench_learning_eval.cpp measured best on the default model, the defaults of
 // `hyprstream train` and `chat --learn`: up to 60 AdamW steps at lr 1e-2 per batch, stopped once the examples'
-// loss is 0.05, distillation toward the base model on four replay prompts a step (weight 1), and the
-// publication guard at 0.5 nats.
+// loss is 0.05, distillation toward the base model on four replay prompts a step (weight 1), four examples of
+// earlier batches rehearsed a step, and the publication guard at 0.5 nats.
 TrainerOptions teaching_recipe();
 
 struct BatchReport {
@@ -131,6 +139,8 @@ struct BatchReport {
   size_t examples = 0, gradients = 0;
   double final_loss = 0;        // at the last step's start (what early stopping compared)
   int steps = 0;                // AdamW steps taken
+  size_t rehearsed = 0;         // examples of earlier batches added to each step
+  double rehearsal_loss = 0;    // their mean target-token loss before the batch's first step (0 with none)
   double drift = -1;            // canary drift of the new version (mean KL, nats); -1 without a guard
   double grad_norm = 0;         // before clipping, of the last step
   double update_ms = 0;         // gradients, optimizer and publish
@@ -209,6 +219,7 @@ class DomainTrainer {
     TrainerCounters totals;
     std::shared_ptr<const AdapterScope> scope;  // null: the adapter applies everywhere
     bool unscoped = false;  // it learnt what no scope describes: no scope ever again (RetentionOptions)
+    RehearsalMemory rehearsal;
   };
   void recover();
   void replay(const WalRecord& record, std::optional<ApplyAttempt> attempt, std::vector<BatchReport>& reports);
@@ -226,10 +237,15 @@ class DomainTrainer {
   // Keys of the prompts each radius keeps outside, the built-in replay and canary sets; made at the first
   // batch that needs them. Returns the milliseconds spent making them.
   double load_general_scope();
-  std::vector<float> step_gradient(const std::vector<TrainingExample>& examples,
+  // What one step measured: the mean loss of the batch's own examples and of those rehearsed (each over its
+  // target tokens), and the gradient's norm before clipping.
+  struct StepFigures {
+    double loss = 0, rehearsal_loss = 0, norm = 0;
+  };
+  // The step's gradient: the batch's `own` examples come first in `examples`, then those rehearsed.
+  std::vector<float> step_gradient(const std::vector<TrainingExample>& examples, size_t own,
                                    const std::vector<const LearningEvent*>& submitted, const std::vector<float>& values,
-                                   uint64_t seq, int step, const DistillationTerm& distill, double& loss,
-                                   double& norm) const;
+                                   uint64_t seq, int step, const DistillationTerm& distill, StepFigures& f) const;
   // The replay prompts of the step after `steps_taken` AdamW steps: anchors_per_step of them, in turn.
   DistillationTerm distillation_for(int64_t steps_taken) const;
   // Reads the stored teacher answers; with `make`, makes (and stores) those still missing. Returns the

@@ -1,5 +1,6 @@
-// Online learning: the write-ahead log (torn tails, damage, compaction), the domain pipeline's queue
-// (backpressure, duplicates, restart from checkpoint and log) and the guard's drift measure.
+// Online learning: the write-ahead log (torn tails, damage, compaction), the rehearsal memory's sample, the
+// domain pipeline's queue (backpressure, duplicates, restart from checkpoint and log) and the guard's drift
+// measure.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -8,6 +9,7 @@
 #include "adapters/registry.h"
 #include "learning/distillation.h"
 #include "learning/lora_gradients.h"
+#include "learning/rehearsal.h"
 #include "learning/trainer.h"
 #include "model/load.h"
 #include "model/model.h"
@@ -83,6 +85,73 @@ TEST(WriteAheadLog, CompactionDropsOldSegmentsAndDamageBeforeTheLastSegmentIsCor
     f.put('#');
   }
   EXPECT_EQ(kind_of([&] { WriteAheadLog log(tmp.path, FsyncPolicy::Always); }), ErrorKind::CorruptFile);
+}
+
+// Example k of a run, recognisable by its first token.
+TrainingExample numbered(int32_t k) { return {{k, 1, 2}, {0, 1, 1}}; }
+
+// Algorithm R keeps each of the n examples taught with probability capacity / n, whatever batch it came in: a
+// memory that kept the first ones (or the last) would fail the per-tenth counts below. Over 200 seeds, each
+// tenth of 1000 examples is expected in 200 * 50 / 10 = 1000 kept slots, with a standard deviation near 30.
+TEST(Rehearsal, TheMemoryIsAUniformSampleOfEverythingTaught) {
+  const size_t capacity = 50;
+  std::vector<int> per_tenth(10, 0);
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    RehearsalMemory m;
+    for (int32_t batch = 0; batch < 100; ++batch) {
+      std::vector<TrainingExample> taught;
+      for (int32_t i = 0; i < 10; ++i) taught.push_back(numbered(batch * 10 + i));
+      remember(m, taught, capacity, seed, static_cast<uint64_t>(batch + 1));
+    }
+    ASSERT_EQ(m.examples.size(), capacity);
+    EXPECT_EQ(m.seen, 1000u);
+    for (const TrainingExample& ex : m.examples) per_tenth[static_cast<size_t>(ex.tokens[0] / 100)] += 1;
+  }
+  for (int n : per_tenth) EXPECT_NEAR(n, 1000, 150);
+}
+
+TEST(Rehearsal, TheSameSeedAndBatchesGiveTheSameMemoryAndStepsGoThroughItInTurn) {
+  RehearsalMemory a, b, c;
+  for (uint64_t seq = 1; seq <= 8; ++seq) {
+    const std::vector<TrainingExample> taught = {numbered(static_cast<int32_t>(seq * 2)),
+                                                 numbered(static_cast<int32_t>(seq * 2 + 1))};
+    remember(a, taught, 5, 7, seq);
+    remember(b, taught, 5, 7, seq);
+    remember(c, taught, 5, 8, seq);
+  }
+  auto firsts = [](const RehearsalMemory& m) {
+    std::vector<int32_t> f;
+    for (const TrainingExample& ex : m.examples) f.push_back(ex.tokens[0]);
+    return f;
+  };
+  EXPECT_EQ(firsts(a), firsts(b));
+  EXPECT_NE(firsts(a), firsts(c));  // another seed draws other replacements (16 examples into 5 slots)
+  // Two a step from five: steps 0, 1 and 2 take slots {0,1}, {2,3}, {4,0}.
+  std::vector<int32_t> taken;
+  for (int64_t step = 0; step < 3; ++step)
+    for (const TrainingExample& ex : rehearsed_at(a, 2, step)) taken.push_back(ex.tokens[0]);
+  const std::vector<int32_t> f = firsts(a);
+  EXPECT_EQ(taken, (std::vector<int32_t>{f[0], f[1], f[2], f[3], f[4], f[0]}));
+  EXPECT_EQ(rehearsed_at(a, 9, 0).size(), 5u);  // never more than it holds
+  EXPECT_TRUE(rehearsed_at(RehearsalMemory{}, 2, 3).empty());
+}
+
+TEST(Rehearsal, TheCheckpointRecordRoundTripsAndDamageIsCorruptFile) {
+  RehearsalMemory m;
+  remember(m, {numbered(4), numbered(9)}, 8, 0, 1);
+  const RehearsalMemory back = rehearsal_from_json(rehearsal_to_json(m));
+  EXPECT_EQ(back.seen, 2u);
+  ASSERT_EQ(back.examples.size(), 2u);
+  EXPECT_EQ(back.examples[1].tokens, m.examples[1].tokens);
+  EXPECT_EQ(back.examples[1].is_target, m.examples[1].is_target);
+  nlohmann::json uneven = rehearsal_to_json(m);
+  uneven["examples"][0]["targets"].push_back(1);
+  nlohmann::json overfull = rehearsal_to_json(m);
+  overfull["seen"] = 1;
+  nlohmann::json wrong_type = rehearsal_to_json(m);
+  wrong_type["examples"][0]["tokens"] = "abc";
+  for (const nlohmann::json& bad : {uneven, overfull, wrong_type})
+    EXPECT_EQ(kind_of([&] { rehearsal_from_json(bad); }), ErrorKind::CorruptFile) << bad.dump();
 }
 
 class TrainerTest : public testing::Test {

@@ -7,7 +7,9 @@ import copy
 import json
 import math
 import signal
+import struct
 import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -138,16 +140,23 @@ def padded_inputs(examples):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def reference_batch(model, peft_dir, examples, submitted, hp):
-    """The documented step, `steps` times: the mean loss over every target token of the examples, its masked
-    gradient weighted by examples / (examples + submissions), each submission by 1 / (examples + submissions),
-    clip_grad_norm_, then AdamW. Returns the parameters by export key, the first loss and each step's norm."""
+def peft_trainer(model, peft_dir, hp):
+    """PEFT's model of an exported adapter, its LoRA parameters by export key, their sparse patterns as masks
+    (the trainer moves only active values) and torch's AdamW over them."""
     peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir, is_trainable=True)
     peft_model.train()
     params = {n.replace(".default", ""): p for n, p in peft_model.named_parameters() if "lora_" in n}
     masks = {n: (p.detach() != 0).float() for n, p in params.items()}
     opt = torch.optim.AdamW(params.values(), lr=hp["lr"], betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=hp["weight_decay"])
+    return peft_model, params, masks, opt
+
+
+def reference_batch(model, peft_dir, examples, submitted, hp):
+    """The documented step, `steps` times: the mean loss over every target token of the examples, its masked
+    gradient weighted by examples / (examples + submissions), each submission by 1 / (examples + submissions),
+    clip_grad_norm_, then AdamW. Returns the parameters by export key, the first loss and each step's norm."""
+    peft_model, params, masks, opt = peft_trainer(model, peft_dir, hp)
     units = len(examples) + len(submitted)
     inputs = padded_inputs(examples)
     losses, norms = [], []
@@ -206,6 +215,54 @@ def test_one_train_batch_equals_peft_with_clip_grad_norm_and_torch_adamw(tiny_ch
     assert moved > 0
 
 
+def test_rehearsal_adds_earlier_examples_to_each_later_step_as_peft_would(tiny_chat, tmp_path):
+    """Two batches through `train --rehearse-per-step 2`. The second batch's every step adds two of the first
+    batch's examples to its loss (the mean over all their target tokens), taken in turn from the memory (which
+    holds all three: its bound is not reached), at (global step * 2 + i) mod 3; against PEFT with one torch AdamW
+    across both batches. The batch's reported loss is its own example's, the rehearsed pair's is apart."""
+    folder, model = tiny_chat
+    adir = tmp_path / "adapters"
+    create_adapter(folder, adir, "reh", tmp_path, seed=13, b_std=0.3, sparsity=0.9)
+    peft_export(adir, "reh", tmp_path / "before")
+    first = [CHAT_EVENTS[0], CHAT_EVENTS[1], PROMPT_EVENT]
+    data = tmp_path / "batches.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"r{i}", **e}) for i, e in enumerate(first + [TEXT_EVENT])) + "\n")
+    hp = {"lr": 1e-2, "weight_decay": 0.0, "steps": 3, "max_grad_norm": 1.0}
+    r = run_cli("train", "--domain", "reh", "--data", data, "--model", folder, "--adapter-dir", adir, "--json",
+                "--deterministic", "--batch-events", "3", "--steps-per-batch", hp["steps"], "--lr", hp["lr"],
+                "--rehearse-per-step", "2", "--stop-loss", "0", "--distill-weight", "0", "--max-drift", "0")
+    assert r.returncode == 0, r.stderr
+    applied = [json.loads(x) for x in r.stdout.splitlines() if '"applied"' in x]
+    assert [a.get("rehearsed", 0) for a in applied] == [0, 2]
+
+    tok = tiny_hf_tokenizer(folder)
+    taught = [reference_example(tok, e) for e in first]
+    text = reference_example(tok, TEXT_EVENT)
+    peft_model, params, masks, opt = peft_trainer(model, tmp_path / "before", hp)
+    own, rehearsed = [], []
+    for step in range(2 * hp["steps"]):
+        earlier = [taught[(step * 2 + i) % 3] for i in range(2)]
+        batch = taught if step < hp["steps"] else [text] + earlier
+        with torch.no_grad():
+            own.append(peft_model(**padded_inputs(taught if step < hp["steps"] else [text])).loss.item())
+            rehearsed.append(peft_model(**padded_inputs(earlier)).loss.item())
+        opt.zero_grad()
+        loss = peft_model(**padded_inputs(batch)).loss
+        loss.backward()
+        for n, p in params.items():
+            p.grad = p.grad * masks[n]
+        torch.nn.utils.clip_grad_norm_(params.values(), hp["max_grad_norm"])
+        opt.step()
+    assert applied[0]["loss"] == pytest.approx(own[0], rel=1e-5)
+    assert applied[1]["loss"] == pytest.approx(own[hp["steps"]], rel=1e-5)
+    assert applied[1]["rehearsal_loss"] == pytest.approx(rehearsed[hp["steps"]], rel=1e-5)
+    got = peft_export(adir, "reh", tmp_path / "after")
+    for key, p in params.items():
+        w = p.detach().numpy()
+        scale = max(np.abs(w).max(), 1e-3)
+        assert np.abs(got[key] - w).max() <= 1e-5 * scale, (key, np.abs(got[key] - w).max(), scale)
+
+
 def phi(x):
     """The standard normal distribution function."""
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
@@ -257,6 +314,14 @@ def test_dp_clips_each_contribution_and_adds_noise_of_scale_sigma_times_clip(tin
 
 # A kill after the log holds batches beyond the checkpoint.
 
+def checkpoint_state(path):
+    """The JSON of a checkpoint's state file (src/learning/checkpoint.h), after checking its CRC."""
+    data = path.read_bytes()
+    assert data[:8] == b"HSCKPT01" and zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]
+    (length,) = struct.unpack("<Q", data[8:16])
+    return json.loads(data[16:16 + length])
+
+
 def replay_events(before, rng):
     """Examples of every form, weight decay on, bad events between good ones, and a gradient whose base
     version (1) is pruned before the replay (the adapter keeps two versions)."""
@@ -264,7 +329,9 @@ def replay_events(before, rng):
     good = [grad] + [{"id": f"c{i}", **CHAT_EVENTS[i % 2]} for i in range(4)] + \
         [{"id": f"p{i}", "prompt": f"Q: question {i}?\nA:", "completion": f" answer {i}"} for i in range(6)] + \
         [{"id": f"t{i}", "text": f"the quick brown fox number {i} jumps"} for i in range(9)]
-    rng.shuffle(good[1:])
+    rest = good[1:]
+    rng.shuffle(rest)
+    good = [grad] + rest
     lines = [json.dumps(e) for e in good]
     for at in (3, 9, 14):  # bad events inside batches
         lines.insert(at, json.dumps({"id": f"bad{at}", "text": "x", "colour": "red"}))
@@ -273,11 +340,17 @@ def replay_events(before, rng):
 
 # Without the guard: on a random tiny model its bound says nothing, and every batch must apply for the counts
 # below (the guard's own restart behaviour is tested in test_robustness.py).
-REPLAY_FLAGS = ["--deterministic", "--batch-events", "4", "--checkpoint-every", "100", "--steps-per-batch", "2",
-                "--lr", "1e-2", "--weight-decay", "0.05", "--max-drift", "0", "--json"]
+REPLAY_FLAGS = ["--deterministic", "--batch-events", "4", "--steps-per-batch", "2", "--lr", "1e-2",
+                "--weight-decay", "0.05", "--max-drift", "0", "--json"]
+# Rehearsal with a memory smaller than what is taught (the reservoir replaces at random) and a checkpoint every
+# two batches: the replay starts from a checkpoint's memory and must draw the same replacements.
+REHEARSAL_FLAGS = ["--rehearse-per-step", "2", "--rehearsal-examples", "5", "--checkpoint-every", "2"]
 
 
-def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_adapter(tiny_chat, tmp_path):
+@pytest.mark.parametrize("rehearsal", [False, True], ids=["plain", "rehearsal"])
+def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_adapter(tiny_chat, tmp_path,
+                                                                                       rehearsal):
+    flags = REPLAY_FLAGS + (REHEARSAL_FLAGS if rehearsal else ["--checkpoint-every", "100"])
     folder, _ = tiny_chat
     dirs = {k: tmp_path / k for k in ("ref", "crash")}
     for d in dirs.values():
@@ -288,12 +361,12 @@ def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_
     good, lines = replay_events(before, np.random.default_rng(9))
     stdin = "\n".join(lines) + "\n"
     train = [str(CLI), "train", "--domain", "dom", "--data", "-", "--model", str(folder)]
-    ref = subprocess.run(train + ["--adapter-dir", str(dirs["ref"])] + REPLAY_FLAGS, input=stdin,
+    ref = subprocess.run(train + ["--adapter-dir", str(dirs["ref"])] + flags, input=stdin,
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 2, ref.stderr  # the three bad events
     assert json.loads(ref.stdout.splitlines()[-1])["events_applied"] == len(good)
 
-    proc = subprocess.Popen(train + ["--adapter-dir", str(dirs["crash"])] + REPLAY_FLAGS, stdin=subprocess.PIPE,
+    proc = subprocess.Popen(train + ["--adapter-dir", str(dirs["crash"])] + flags, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write(stdin)
     proc.stdin.flush()
@@ -306,13 +379,21 @@ def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert "v00000001.hsl" not in {p.name for p in (dirs["crash"] / "dom").iterdir()}
+    checkpoint = json.loads((dirs["crash"] / "dom" / "training" / "CHECKPOINT").read_text())
+    assert checkpoint["seq"] >= 2 if rehearsal else checkpoint["seq"] == 0
+    if rehearsal:  # the memory in that checkpoint is full, and has replaced some of what it was given
+        memory = checkpoint_state(dirs["crash"] / "dom" / "training" / (checkpoint["name"] + ".state"))["rehearsal"]
+        assert len(memory["examples"]) == 5 and memory["seen"] > 5
 
     # Restart with every line again: acknowledged events are duplicates, the rest form the same batches.
-    again = subprocess.run(train + ["--adapter-dir", str(dirs["crash"])] + REPLAY_FLAGS, input=stdin,
+    again = subprocess.run(train + ["--adapter-dir", str(dirs["crash"])] + flags, input=stdin,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2, again.stderr
     done = json.loads(again.stdout.splitlines()[-1])
-    assert done["replayed_batches"] >= 3 and done["events_applied"] == len(good)
+    # With checkpoints every two batches, a kill may land after batch 4's: the batches after it then rehearse from
+    # that checkpoint's memory rather than a replayed one, which the bit-identical end checks just as well.
+    replayed = (1 if checkpoint["seq"] == 2 else 0) if rehearsal else 3
+    assert done["replayed_batches"] >= replayed and done["events_applied"] == len(good)
     assert done["duplicates"] >= 12 and done["quarantined_batches"] == 0
     ref_values = peft_export(dirs["ref"], "dom", tmp_path / "ref-out")
     got = peft_export(dirs["crash"], "dom", tmp_path / "crash-out")

@@ -146,6 +146,8 @@ std::vector<Binding> bindings(ServerConfig& c) {
       number("learning.stop_loss", l.retention.stop_loss, 0, 1e3),
       number("learning.distill_weight", l.retention.distill_weight, 0, 1e6),
       integer("learning.anchors_per_step", l.retention.anchors_per_step, 1, 1024),
+      integer("learning.rehearse_per_step", l.retention.rehearse_per_step, 0, 1024),
+      integer("learning.rehearsal_examples", l.retention.rehearsal_examples, 1, 4096),
       integer("learning.scope_layers", l.retention.scope_layers, 0, 1024),
       number("learning.max_drift", l.guard.max_drift, 0, 1e6)};
 }

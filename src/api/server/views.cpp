@@ -85,6 +85,10 @@ nlohmann::json batch_report_json(const BatchReport& r) {
   if (r.drift >= 0) j["drift"] = r.drift;
   if (r.teacher_ms > 0) j["teacher_ms"] = r.teacher_ms;
   if (r.scope_examples > 0) j["scope_examples"] = r.scope_examples;
+  if (r.rehearsed > 0) {
+    j["rehearsed"] = r.rehearsed;
+    j["rehearsal_loss"] = r.rehearsal_loss;
+  }
   return j;
 }
 
