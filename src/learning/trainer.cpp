@@ -67,6 +67,17 @@ double mean_loss(const std::vector<TrainingExample>& examples, const std::vector
   return tokens > 0 ? sum / static_cast<double>(tokens) : 0;
 }
 
+// What a batch of `events` adds to the counters, its report told; rehearsed examples count as trained tokens.
+void count_applied(TrainerCounters& t, const BatchReport& r, size_t events, int64_t rehearsed_tokens) {
+  t.batches += 1;
+  t.events_applied += events;
+  t.examples += r.examples;
+  t.gradients += r.gradients;
+  t.steps += static_cast<uint64_t>(r.steps);
+  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(r.steps) +
+                      static_cast<uint64_t>(rehearsed_tokens);
+}
+
 // A batch as the log stores it (one event per line), and its ids.
 std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std::string>& ids) {
   std::string payload;
@@ -587,13 +598,7 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   for (float x : state.values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "the update made adapter values non-finite (lower the learning rate)");
-  TrainerCounters& t = state.totals;
-  t.batches += 1;
-  t.events_applied += batch.size();
-  t.examples += examples.size();
-  t.gradients += submitted.size();
-  t.steps += static_cast<uint64_t>(r.steps);
-  t.tokens_trained += static_cast<uint64_t>(r.tokens) * static_cast<uint64_t>(r.steps) + rehearsed_tokens;
+  count_applied(state.totals, r, batch.size(), rehearsed_tokens);
   return r;
 }
 

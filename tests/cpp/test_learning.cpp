@@ -3,6 +3,8 @@
 // measure.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -13,7 +15,10 @@
 #include "learning/trainer.h"
 #include "model/load.h"
 #include "model/model.h"
+#include "common/fs_util.h"
+#include "learning/checkpoint.h"
 #include "storage/adapter_image.h"
+#include "storage/crc32.h"
 #include "storage/write_ahead_log.h"
 #include "test_support.h"
 #include "tokenizer/tokenizer.h"
@@ -229,6 +234,38 @@ TEST_F(TrainerTest, RestartFromCheckpointAndLogEqualsAnUninterruptedRun) {
     EXPECT_EQ(t.stats().totals.events_applied, 14u);
   }
   EXPECT_EQ(current_values("whole"), current_values("split"));
+}
+
+// A checkpoint keeps the rehearsal memory; one written before rehearsal existed (no "rehearsal" in its JSON)
+// loads with an empty memory.
+TEST_F(TrainerTest, TheCheckpointKeepsTheRehearsalMemoryAndOlderOnesLoadEmpty) {
+  registry_->create("c", options_.create);
+  TrainerCheckpoint c;
+  c.seq = 3;
+  c.adapter = registry_->acquire("c")->image;
+  remember(c.rehearsal, {numbered(4), numbered(9)}, 8, 0, 1);
+  const std::string dir = tmp_->path + "/ckpt";
+  std::filesystem::create_directories(dir);
+  write_checkpoint(dir, c);
+  ASSERT_EQ(read_checkpoint(dir)->rehearsal.examples.size(), 2u);
+
+  const std::string name = nlohmann::json::parse(read_text_file(dir + "/CHECKPOINT", ErrorKind::Io))["name"];
+  const std::string path = dir + "/" + name + ".state", bytes = read_text_file(path, ErrorKind::Io);
+  uint64_t len = 0;
+  std::memcpy(&len, bytes.data() + 8, sizeof(len));
+  nlohmann::json meta = nlohmann::json::parse(bytes.substr(16, len));
+  meta.erase("rehearsal");
+  const std::string text = meta.dump();
+  len = text.size();
+  std::string older = bytes.substr(0, 8) + std::string(reinterpret_cast<const char*>(&len), sizeof(len)) + text;
+  const uint32_t crc = crc32_update(0, older.data(), older.size());  // no optimizer moments: none follow
+  older.append(reinterpret_cast<const char*>(&crc), sizeof(crc));
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << older;
+  const std::optional<TrainerCheckpoint> back = read_checkpoint(dir);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(back->rehearsal.examples.empty());
+  EXPECT_EQ(back->rehearsal.seen, 0u);
+  EXPECT_EQ(back->seq, 3u);
 }
 
 // Drift reads vocabulary logits a chunk of positions at a time (a 151k vocabulary over a domain's many canaries,
