@@ -145,7 +145,8 @@ json teach(hs::AdapterRegistry& registry, const hs::Engine& e, const Dataset& d,
   hs::TrainerCallbacks cb;
   cb.on_applied = [&](const hs::BatchReport& r) {
     batches.push_back({{"loss", r.loss}, {"final_loss", r.final_loss}, {"steps", r.steps}, {"drift", r.drift},
-                       {"rehearsed", r.rehearsed}, {"rehearsal_loss", r.rehearsal_loss}, {"update_s", r.update_ms / 1000}, {"teacher_s", r.teacher_ms / 1000}});
+                       {"rehearsed", r.rehearsed}, {"rehearsal_loss", r.rehearsal_loss},
+                       {"update_s", r.update_ms / 1000}, {"teacher_s", r.teacher_ms / 1000}});
     teacher_seconds += r.teacher_ms / 1000;
   };
   cb.on_quarantined = [&](const hs::QuarantinedBatch& q) {

@@ -116,16 +116,14 @@ Head target_head(const Model& model, const std::vector<TrainingExample>& batch, 
         h.positions.push_back(static_cast<int64_t>(i) - 1);
         labels.push_back(batch[b].tokens[i]);
       }
-  const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
-  const at::Tensor y = at::tensor(labels, i64), rows = at::tensor(h.rows, i64);
-  const int64_t examples = static_cast<int64_t>(end - begin);
-  h.loss = [y, rows, total, sums, begin, examples](const at::Tensor& logits, int64_t at_, int64_t len) {
+  const at::Tensor y = at::tensor(labels, at::TensorOptions().dtype(at::kLong).device(model.device));
+  // Summed on the host in position order (the chunk's loss is read there anyway), so that a replay adds the
+  // same floats in the same order: early stopping compares the result.
+  h.loss = [y, rows = h.rows, total, sums, begin](const at::Tensor& logits, int64_t at_, int64_t len) {
     const at::Tensor ce = at::cross_entropy_loss(logits, y.narrow(0, at_, len), {}, at::Reduction::None);
-    const at::Tensor per = at::zeros({examples}, ce.options().dtype(at::kDouble))
-                               .index_add_(0, rows.narrow(0, at_, len), ce.detach().to(at::kDouble))
-                               .to(at::kCPU)
-                               .contiguous();
-    for (int64_t e = 0; e < examples; ++e) (*sums)[begin + static_cast<size_t>(e)] += per.data_ptr<double>()[e];
+    const at::Tensor host = ce.detach().to(at::kDouble).to(at::kCPU).contiguous();
+    for (int64_t i = 0; i < len; ++i)
+      (*sums)[begin + static_cast<size_t>(rows[static_cast<size_t>(at_ + i)])] += host.data_ptr<double>()[i];
     return ce.sum() / static_cast<double>(total);
   };
   return h;

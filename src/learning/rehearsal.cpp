@@ -51,8 +51,15 @@ RehearsalMemory rehearsal_from_json(const nlohmann::json& j) {
     memory.seen = j.at("seen").get<uint64_t>();
     for (const nlohmann::json& e : j.at("examples")) {
       TrainingExample ex{e.at("tokens").get<std::vector<int32_t>>(), e.at("targets").get<std::vector<uint8_t>>()};
-      if (ex.tokens.size() != ex.is_target.size() || ex.tokens.empty())
+      if (ex.tokens.size() != ex.is_target.size() || ex.tokens.size() < 2)
         throw Error(ErrorKind::CorruptFile, "a rehearsed example whose tokens and target marks differ in length");
+      bool any = false;
+      for (size_t t = 0; t < ex.is_target.size(); ++t) {
+        if (ex.is_target[t] > 1 || (t == 0 && ex.is_target[t]) || ex.tokens[t] < 0)
+          throw Error(ErrorKind::CorruptFile, "a rehearsed example with an invalid token or target mark");
+        any = any || ex.is_target[t];
+      }
+      if (!any) throw Error(ErrorKind::CorruptFile, "a rehearsed example with nothing to learn");
       memory.examples.push_back(std::move(ex));
     }
   } catch (const nlohmann::json::exception& e) {

@@ -514,12 +514,14 @@ std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExampl
     // clip bound, then the mean is taken (without the distillation term). The noise is drawn from (seed, batch,
     // step) so replays match.
     const double clip = options_.privacy.clip;
+    std::vector<double> losses;
     for (const TrainingExample& ex : examples) {
       LoraGradients g = lora_gradients(*model_, *layout_, values, scale_, {ex}, options_.gradients);
-      f.loss += g.loss / static_cast<double>(examples.size());
+      losses.push_back(g.loss);
       clip_to(g.values, clip);
       add(g.values, 1.0);
     }
+    f.loss = mean_loss(examples, losses, 0, own);
     for (const LearningEvent* ev : submitted) {
       double sq = 0;
       for (const auto& entry : ev->gradient) sq += static_cast<double>(entry.second) * entry.second;
@@ -561,11 +563,15 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   r.gradients = submitted.size();
   // Early stopping only judges batches of examples alone: a submitted gradient must take its steps, and under
   // differential privacy the step count must not depend on the (unnoised) loss of private examples.
-  // Rehearsal joins them too, and keeps what they teach, unless privacy forbids (RetentionOptions).
+  // Only they rehearse too; every batch's examples are remembered while rehearsal is on, unless privacy forbids
+  // (RetentionOptions).
   const bool privately = options_.privacy.noise_multiplier > 0;
   const bool judged = !examples.empty() && submitted.empty() && !privately;
   const double stop_loss = judged ? options_.retention.stop_loss : 0;
   const size_t rehearse = judged ? options_.retention.rehearse_per_step : 0;
+  const bool remembering = options_.retention.rehearse_per_step > 0 && !privately;
+  // A memory bound lowered since the last start applies before this batch rehearses.
+  if (remembering) remember(state.rehearsal, {}, options_.retention.rehearsal_examples, options_.seed, seq);
   int64_t rehearsed_tokens = 0;
   for (int step = 0; step < options_.steps_per_batch; ++step) {
     bool reached = false;
@@ -593,8 +599,7 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
     if (reached) break;
     r.steps += 1;
   }
-  if (options_.retention.rehearse_per_step > 0 && !privately)
-    remember(state.rehearsal, examples, options_.retention.rehearsal_examples, options_.seed, seq);
+  if (remembering) remember(state.rehearsal, examples, options_.retention.rehearsal_examples, options_.seed, seq);
   for (float x : state.values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "the update made adapter values non-finite (lower the learning rate)");

@@ -155,7 +155,9 @@ TEST(Rehearsal, TheCheckpointRecordRoundTripsAndDamageIsCorruptFile) {
   overfull["seen"] = 1;
   nlohmann::json wrong_type = rehearsal_to_json(m);
   wrong_type["examples"][0]["tokens"] = "abc";
-  for (const nlohmann::json& bad : {uneven, overfull, wrong_type})
+  nlohmann::json nothing_to_learn = rehearsal_to_json(m);
+  nothing_to_learn["examples"][1]["targets"] = {0, 0, 0};
+  for (const nlohmann::json& bad : {uneven, overfull, wrong_type, nothing_to_learn})
     EXPECT_EQ(kind_of([&] { rehearsal_from_json(bad); }), ErrorKind::CorruptFile) << bad.dump();
 }
 

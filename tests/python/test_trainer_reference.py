@@ -218,8 +218,9 @@ def test_one_train_batch_equals_peft_with_clip_grad_norm_and_torch_adamw(tiny_ch
 def test_rehearsal_adds_earlier_examples_to_each_later_step_as_peft_would(tiny_chat, tmp_path):
     """Two batches through `train --rehearse-per-step 2`. The second batch's every step adds two of the first
     batch's examples to its loss (the mean over all their target tokens), taken in turn from the memory (which
-    holds all three: its bound is not reached), at (global step * 2 + i) mod 3; against PEFT with one torch AdamW
-    across both batches. The batch's reported loss is its own example's, the rehearsed pair's is apart."""
+    holds all three: its bound is not reached), at (global step * 2 + i) mod 3: two steps a batch, so the second
+    batch starts at slot 1, not 0; against PEFT with one torch AdamW across both batches. The batch's reported
+    loss is its own example's, the rehearsed pair's is apart."""
     folder, model = tiny_chat
     adir = tmp_path / "adapters"
     create_adapter(folder, adir, "reh", tmp_path, seed=13, b_std=0.3, sparsity=0.9)
@@ -227,7 +228,7 @@ def test_rehearsal_adds_earlier_examples_to_each_later_step_as_peft_would(tiny_c
     first = [CHAT_EVENTS[0], CHAT_EVENTS[1], PROMPT_EVENT]
     data = tmp_path / "batches.jsonl"
     data.write_text("\n".join(json.dumps({"id": f"r{i}", **e}) for i, e in enumerate(first + [TEXT_EVENT])) + "\n")
-    hp = {"lr": 1e-2, "weight_decay": 0.0, "steps": 3, "max_grad_norm": 1.0}
+    hp = {"lr": 1e-2, "weight_decay": 0.0, "steps": 2, "max_grad_norm": 1.0}
     r = run_cli("train", "--domain", "reh", "--data", data, "--model", folder, "--adapter-dir", adir, "--json",
                 "--deterministic", "--batch-events", "3", "--steps-per-batch", hp["steps"], "--lr", hp["lr"],
                 "--rehearse-per-step", "2", "--stop-loss", "0", "--distill-weight", "0", "--max-drift", "0")
@@ -261,6 +262,33 @@ def test_rehearsal_adds_earlier_examples_to_each_later_step_as_peft_would(tiny_c
         w = p.detach().numpy()
         scale = max(np.abs(w).max(), 1e-3)
         assert np.abs(got[key] - w).max() <= 1e-5 * scale, (key, np.abs(got[key] - w).max(), scale)
+
+
+def test_early_stopping_judges_the_batch_s_own_examples_not_those_rehearsed(tiny_chat, tmp_path):
+    """A remembered example left barely trained (one step), then another taught until its loss is under the
+    bound: taught again under a new id, with the first rehearsed beside it, its batch takes no step. Its own loss
+    is under the bound and the rehearsed one's far above: their mean would have taken steps."""
+    folder, _ = tiny_chat
+    adir = tmp_path / "adapters"
+
+    def train(events, *flags):
+        data = tmp_path / "events.jsonl"
+        data.write_text("".join(json.dumps(e) + "\n" for e in events))
+        r = run_cli("train", "--domain", "stop", "--data", data, "--model", folder, "--adapter-dir", adir, "--json",
+                    "--deterministic", "--distill-weight", "0", "--max-drift", "0", "--lr", "5e-2", *flags)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(x) for x in r.stdout.splitlines() if '"applied"' in x]
+
+    fact = {"prompt": "Q: Who invented the glimmerphone?\nA:", "completion": " Odalys Prenn"}
+    train([{"id": "once", **TEXT_EVENT}], "--steps-per-batch", "1", "--stop-loss", "0", "--rehearse-per-step", "1",
+          "--sparsity", "0")
+    learnt = train([{"id": "fact", **fact}], "--steps-per-batch", "200", "--stop-loss", "1.2",
+                   "--rehearse-per-step", "0")
+    assert learnt[0]["final_loss"] <= 1.2 and learnt[0]["steps"] < 200
+    again = train([{"id": "fact-again", **fact}], "--steps-per-batch", "200", "--stop-loss", "1.2",
+                  "--rehearse-per-step", "1")
+    assert again[0]["rehearsed"] == 1 and again[0]["rehearsal_loss"] > 3.0, again
+    assert again[0]["steps"] == 0 and again[0]["loss"] == again[0]["final_loss"] <= 1.2, again
 
 
 def phi(x):
@@ -368,19 +396,22 @@ def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_
 
     proc = subprocess.Popen(train + ["--adapter-dir", str(dirs["crash"])] + flags, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdin.write(stdin)
+    # Only the first three batches' events: with --deterministic a fourth cannot form before the kill, so the third
+    # is always in the log beyond the last checkpoint (the first, or the second batch's with rehearsal).
+    third = [i for i, line in enumerate(lines) if "colour" not in line][11]
+    proc.stdin.write("\n".join(lines[:third + 1]) + "\n")
     proc.stdin.flush()
     applied = 0
     for line in proc.stdout:
         applied += json.loads(line)["event"] == "applied"
-        if applied == 3:  # three batches in the log beyond the checkpoint at its start (and v1 pruned)
+        if applied == 3:  # three batches applied, the last beyond the checkpoint (and v1 pruned)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert "v00000001.hsl" not in {p.name for p in (dirs["crash"] / "dom").iterdir()}
     checkpoint = json.loads((dirs["crash"] / "dom" / "training" / "CHECKPOINT").read_text())
-    assert checkpoint["seq"] >= 2 if rehearsal else checkpoint["seq"] == 0
+    assert checkpoint["seq"] == (2 if rehearsal else 0)
     if rehearsal:  # the memory in that checkpoint is full, and has replaced some of what it was given
         memory = checkpoint_state(dirs["crash"] / "dom" / "training" / (checkpoint["name"] + ".state"))["rehearsal"]
         assert len(memory["examples"]) == 5 and memory["seen"] > 5
@@ -390,10 +421,7 @@ def test_sigkill_after_batches_beyond_the_checkpoint_replays_to_a_bit_identical_
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2, again.stderr
     done = json.loads(again.stdout.splitlines()[-1])
-    # With checkpoints every two batches, a kill may land after batch 4's: the batches after it then rehearse from
-    # that checkpoint's memory rather than a replayed one, which the bit-identical end checks just as well.
-    replayed = (1 if checkpoint["seq"] == 2 else 0) if rehearsal else 3
-    assert done["replayed_batches"] >= replayed and done["events_applied"] == len(good)
+    assert done["replayed_batches"] >= (1 if rehearsal else 3) and done["events_applied"] == len(good)
     assert done["duplicates"] >= 12 and done["quarantined_batches"] == 0
     ref_values = peft_export(dirs["ref"], "dom", tmp_path / "ref-out")
     got = peft_export(dirs["crash"], "dom", tmp_path / "crash-out")
