@@ -41,7 +41,8 @@ std::vector<TrainingExample> rehearsed_at(const RehearsalMemory& memory, size_t 
 
 nlohmann::json rehearsal_to_json(const RehearsalMemory& memory) {
   nlohmann::json examples = nlohmann::json::array();
-  for (const TrainingExample& ex : memory.examples) examples.push_back({{"tokens", ex.tokens}, {"targets", ex.is_target}});
+  for (const TrainingExample& ex : memory.examples)
+    examples.push_back({{"tokens", ex.tokens}, {"targets", ex.is_target}});
   return {{"seen", memory.seen}, {"examples", std::move(examples)}};
 }
 

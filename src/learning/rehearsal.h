@@ -4,8 +4,8 @@
 // to the loss, so that teaching new facts does not overwrite the ones taught before. The sample is a
 // reservoir (Vitter's algorithm R): every example taught so far is in it with equal probability, whatever
 // the count, while its capacity stays the same (one raised later takes the next examples whole, so favours
-// them until it is full). Its random choices are drawn from (seed, batch), so a replay after a crash rebuilds the same
-// memory; it is part of the trainer's checkpoint. Torch-free.
+// them until it is full). Its random choices are drawn from (seed, batch), so a replay after a crash rebuilds
+// the same memory; it is part of the trainer's checkpoint. Torch-free.
 #include <cstdint>
 #include <vector>
 
@@ -20,7 +20,8 @@ struct RehearsalMemory {
   uint64_t seen = 0;                       // examples ever offered to it
 };
 
-// Offers the batch `seq`'s examples to the memory, in order.
+// Offers the batch `seq`'s examples to the memory, in order, after keeping a random `capacity` of its entries
+// when it holds more (a bound lowered since).
 void remember(RehearsalMemory& memory, const std::vector<TrainingExample>& taught, size_t capacity, uint64_t seed,
               uint64_t seq);
 
