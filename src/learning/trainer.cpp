@@ -61,8 +61,9 @@ double mean_loss(const std::vector<TrainingExample>& examples, const std::vector
   double sum = 0;
   int64_t tokens = 0;
   for (size_t i = from; i < to; ++i) {
-    sum += losses[i] * static_cast<double>(target_tokens(examples[i]));
-    tokens += target_tokens(examples[i]);
+    const int64_t n = target_tokens(examples[i]);
+    sum += losses[i] * static_cast<double>(n);
+    tokens += n;
   }
   return tokens > 0 ? sum / static_cast<double>(tokens) : 0;
 }
@@ -578,11 +579,14 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
     run_compute([&] {
       StepFigures f;
       const DistillationTerm distill = distillation_for(state.adam.step);
-      std::vector<TrainingExample> taught = examples;
       const std::vector<TrainingExample> earlier = rehearsed_at(state.rehearsal, rehearse, state.adam.step);
-      taught.insert(taught.end(), earlier.begin(), earlier.end());
-      std::vector<float> grad =
-          step_gradient(taught, examples.size(), submitted, state.values, seq, step, distill, f);
+      std::vector<TrainingExample> with_earlier;  // copied only when there is something to rehearse
+      if (!earlier.empty()) {
+        with_earlier = examples;
+        with_earlier.insert(with_earlier.end(), earlier.begin(), earlier.end());
+      }
+      std::vector<float> grad = step_gradient(earlier.empty() ? examples : with_earlier, examples.size(), submitted,
+                                              state.values, seq, step, distill, f);
       if (step == 0) {
         r.loss = f.loss;
         r.rehearsal_loss = f.rehearsal_loss;

@@ -453,6 +453,7 @@ def test_print_config_without_a_file_equals_the_documented_default_file():
     ("scheduler", "training_share", 1.5, "'scheduler.training_share' must lie in"),
     ("model", "dtype", "float8", "'model.dtype' must be one of"),
     ("learning", "batch_events", 0, "'learning.batch_events' must lie in"),
+    ("learning", "rehearsal_examples", 5000, "'learning.rehearsal_examples' must lie in"),
     ("scheduler", "max_step_tokens", 8, "max_step_tokens (8) must be at least max_seqs (16)"),
     ("server", "idle_timeout_ms", 10**12, "'server.idle_timeout_ms' must be an integer of milliseconds"),
 ])

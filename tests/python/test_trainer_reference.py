@@ -291,6 +291,18 @@ def test_early_stopping_judges_the_batch_s_own_examples_not_those_rehearsed(tiny
     assert again[0]["steps"] == 0 and again[0]["loss"] == again[0]["final_loss"] <= 1.2, again
 
 
+@pytest.mark.parametrize("flags", [["--rehearsal-examples", "5000"], ["--rehearse-per-step", "2000"],
+                                   ["--rehearse-per-step", "2", "--rehearsal-examples", "0"]])
+def test_rehearsal_bounds_past_their_limits_are_refused_before_anything_trains(tiny_chat, tmp_path, flags):
+    folder, _ = tiny_chat
+    adir = tmp_path / "adapters"
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "a", **TEXT_EVENT}) + "\n")
+    r = run_cli("train", "--domain", "bounds", "--data", data, "--model", folder, "--adapter-dir", adir, *flags)
+    assert r.returncode != 0 and "rehearsal" in r.stderr, (r.returncode, r.stderr)
+    assert not (adir / "bounds").exists()
+
+
 def phi(x):
     """The standard normal distribution function."""
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
