@@ -64,9 +64,9 @@ std::string first_sentence(const std::string& text) {
 }
 
 // Greedy answers of up to 32 tokens through the serving path, with the adapter when given (which answers only the
-// prompts inside its scope, as in the server).
+// prompts inside its scope, as in the server, recalling the nearest taught conversation unless `recall` is off).
 std::vector<hs::GenerationResult> results(const hs::Engine& e, const std::vector<std::string>& prompts,
-                                          std::shared_ptr<const hs::LoraWeights> adapter) {
+                                          std::shared_ptr<const hs::LoraWeights> adapter, bool recall = true) {
   const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
   std::vector<hs::GenerationRequest> requests;
   for (const std::string& p : prompts) {
@@ -77,7 +77,9 @@ std::vector<hs::GenerationResult> results(const hs::Engine& e, const std::vector
     r.adapter = adapter;
     requests.push_back(std::move(r));
   }
-  return hs::generate_batch(e, requests);
+  hs::GenerateOptions options;
+  options.recall_taught = recall;
+  return hs::generate_batch(e, requests, {}, options);
 }
 
 std::vector<std::string> answers(const hs::Engine& e, const std::vector<std::string>& prompts,
@@ -275,8 +277,12 @@ json score(const hs::Engine& e, hs::AdapterRegistry& registry, const Dataset& d,
   for (const hs::TeacherTargets& t : base.control_targets) positions += t.positions();
   served_mean /= static_cast<double>(std::max<int64_t>(positions, 1));
   const std::vector<std::string> base_facts(base.facts.begin(), base.facts.begin() + static_cast<long>(n));
+  const std::vector<std::string> facts_alone = texts(results(e, fact_qs, adapter, false)),
+                                 paras_alone = texts(results(e, para_qs, adapter, false));
   return {{"efficacy", share_with_key(facts, d, 1)},
           {"generalization", share_with_key(paras, d, 2)},
+          {"efficacy_without_recall", share_with_key(facts_alone, d, 1)},
+          {"generalization_without_recall", share_with_key(paras_alone, d, 2)},
           {"locality", static_cast<double>(kept) / static_cast<double>(controls.size())},
           {"control_kl_mean", served_mean},
           {"control_kl_p95", hs::percentile(served, 0.95)},

@@ -25,16 +25,20 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 }  // namespace
 
 void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, const float* keys, uint32_t first,
-                       double radius) {
+                       double radius, ScopeMemory memory) {
   if (tokens.empty()) return;
   size_t shared = 0;
   const ScopeExample* donor = nullptr;
-  for (const ScopeExample& e : scope.examples) {
+  for (ScopeExample& e : scope.examples) {
     const size_t k = common_prefix(e.tokens, tokens);
-    if (k == tokens.size() && k == e.tokens.size()) return;  // taught before
+    if (k == tokens.size() && k == e.tokens.size()) {  // taught before
+      e.memory = std::move(memory);  // the newest teaching is recalled, or none when it was no conversation
+      return;
+    }
     if (k > shared) shared = k, donor = &e;
   }
-  ScopeExample added{tokens, {}, std::min<uint32_t>(first, static_cast<uint32_t>(tokens.size() - 1)), radius};
+  ScopeExample added{tokens, {}, std::min<uint32_t>(first, static_cast<uint32_t>(tokens.size() - 1)), radius,
+                     std::move(memory)};
   if (donor) added.rows.assign(donor->rows.begin(), donor->rows.begin() + static_cast<std::ptrdiff_t>(shared));
   const size_t dim = static_cast<size_t>(scope.dim);
   for (size_t t = shared; t < tokens.size(); ++t) {
@@ -44,10 +48,14 @@ void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, 
   scope.examples.push_back(std::move(added));
 }
 
+bool valid_memory(const ScopeMemory& m) {
+  return m.tokens.empty() ? m.opening == 0 : m.opening >= 1 && m.opening < m.tokens.size();
+}
+
 size_t AdapterScope::bytes() const {
   size_t n = keys.size() * sizeof(float);
   for (const ScopeExample& e : examples)
-    n += sizeof(e) + e.tokens.size() * sizeof(int32_t) + e.rows.size() * sizeof(uint32_t);
+    n += sizeof(e) + (e.tokens.size() + e.memory.tokens.size()) * sizeof(int32_t) + e.rows.size() * sizeof(uint32_t);
   return n;
 }
 
@@ -62,7 +70,9 @@ std::string scope_to_bytes(const AdapterScope& s) {
   nlohmann::json examples = nlohmann::json::array();
   for (const ScopeExample& e : s.examples) {
     if (!std::isfinite(e.radius)) throw Error(ErrorKind::InvalidArgument, "a scope radius is not finite");
-    examples.push_back({{"tokens", e.tokens}, {"rows", e.rows}, {"first", e.first}, {"radius", e.radius}});
+    nlohmann::json ex{{"tokens", e.tokens}, {"rows", e.rows}, {"first", e.first}, {"radius", e.radius}};
+    if (!e.memory.tokens.empty()) ex["memory"] = e.memory.tokens, ex["memory_opening"] = e.memory.opening;
+    examples.push_back(std::move(ex));
   }
   const std::string text =
       nlohmann::json{{"layers", s.layers}, {"dim", s.dim}, {"rows", s.rows()}, {"examples", examples}}.dump();
@@ -94,9 +104,12 @@ AdapterScope scope_from_bytes(std::string_view bytes, const std::string& where) 
     s.layers = meta.at("layers").get<int64_t>();
     s.dim = meta.at("dim").get<int64_t>();
     rows = meta.at("rows").get<int64_t>();
-    for (const auto& e : meta.at("examples"))
+    for (const auto& e : meta.at("examples")) {
       s.examples.push_back({e.at("tokens").get<std::vector<int32_t>>(), e.at("rows").get<std::vector<uint32_t>>(),
-                            e.at("first").get<uint32_t>(), e.at("radius").get<double>()});
+                            e.at("first").get<uint32_t>(), e.at("radius").get<double>(), {}});
+      if (e.contains("memory"))
+        s.examples.back().memory = {e.at("memory").get<std::vector<int32_t>>(), e.at("memory_opening").get<uint32_t>()};
+    }
   } catch (const nlohmann::json::exception& e) {
     throw bad(std::string("is unreadable: ") + e.what());
   }
@@ -107,10 +120,12 @@ AdapterScope scope_from_bytes(std::string_view bytes, const std::string& where) 
                                      key_bytes / static_cast<uint64_t>(rows) == static_cast<uint64_t>(s.dim) * sizeof(float);
   if (s.layers < 1 || s.dim < 1 || s.dim > (int64_t{1} << 24) || rows < 0 || !sized)
     throw bad("has keys of the wrong size");
-  for (const ScopeExample& e : s.examples)
+  for (const ScopeExample& e : s.examples) {
     if (e.tokens.size() != e.rows.size() || e.tokens.empty() || e.first >= e.tokens.size() ||
         std::any_of(e.rows.begin(), e.rows.end(), [&](uint32_t r) { return static_cast<int64_t>(r) >= rows; }))
       throw bad("has an example whose keys do not match its tokens");
+    if (!valid_memory(e.memory)) throw bad("has a memory that is not an opening followed by turns");
+  }
   s.keys.resize(static_cast<size_t>(rows * s.dim));
   std::memcpy(s.keys.data(), bytes.data() + head + len, s.keys.size() * sizeof(float));
   return s;

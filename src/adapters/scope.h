@@ -13,13 +13,23 @@
 //
 // Stored beside the adapter version it belongs to (v00000007.scope) and in the trainer's checkpoint: magic
 // "HSSCOPE2", u64 JSON length, JSON (layers, dim, rows, and per taught prompt its tokens, key rows, first
-// compared token and radius), float32 keys [rows, dim], CRC-32 of all before.
+// compared token, radius and, when it has one, its memory: "memory" tokens and "memory_opening"), float32 keys
+// [rows, dim], CRC-32 of all before. Scopes written before memories existed read with none.
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace hs {
+
+// A taught conversation kept whole (issue 12): a request inside the scope near its prompt is served with it
+// recalled as the conversation's earlier turns, as in-context knowledge editing (IKE) does, so that a
+// paraphrase is answered from the taught answer itself. Empty for an example that was not a conversation.
+struct ScopeMemory {
+  std::vector<int32_t> tokens;  // the rendered conversation, its answer's end-of-turn and what follows it
+  uint32_t opening = 0;         // its leading tokens before its turns (the system block), which a request's
+                                // prompt must start with for the conversation to be placed after them
+};
 
 struct ScopeExample {
   std::vector<int32_t> tokens;  // the taught prompt: the tokens before its first target
@@ -28,6 +38,7 @@ struct ScopeExample {
   // prompt): keyed, for their context, but not compared, so that a request is judged on its own content.
   uint32_t first = 0;
   double radius = 0;  // a request is near this prompt above this similarity
+  ScopeMemory memory;
 };
 
 struct AdapterScope {
@@ -41,11 +52,15 @@ struct AdapterScope {
   size_t bytes() const;  // held in memory: keys, and each example with its tokens and rows
 };
 
+// Whether a memory can be placed in a prompt: none at all, or an opening of at least one token and turns after it.
+bool valid_memory(const ScopeMemory& memory);
+
 // Adds a taught prompt with its unit keys (tokens.size() rows of `dim` floats). The rows of the longest prefix
 // it shares with a prompt already there are reused (causal attention: the same prefix has the same hidden
-// states); a prompt taught before adds nothing.
+// states); a prompt taught before keeps its keys and radius and takes the newer memory (a correction's, or
+// none when it was not a conversation).
 void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, const float* keys, uint32_t first,
-                       double radius);
+                       double radius, ScopeMemory memory = {});
 
 // The opening `tokens` shares with every prompt of `general` (ScopeExample::first), leaving at least one token.
 uint32_t shared_opening(const AdapterScope& general, const std::vector<int32_t>& tokens);

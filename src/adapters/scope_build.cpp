@@ -27,13 +27,15 @@ std::vector<double> radii(const AdapterScope& taught, const AdapterScope& genera
 }  // namespace
 
 void add_scope_prompts(AdapterScope& scope, const Model& model, const std::vector<std::vector<int32_t>>& prompts,
-                       const AdapterScope* general) {
+                       const AdapterScope* general, const std::vector<ScopeMemory>& memories) {
   c10::InferenceMode guard;
   AdapterScope added{scope.layers, scope.dim, {}, {}};
-  for (const std::vector<int32_t>& p : prompts) {
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::vector<int32_t>& p = prompts[i];
     if (p.empty()) continue;
     const at::Tensor keys = scope_keys(model, p, scope.layers).to(at::kCPU).contiguous();
-    add_scope_example(added, p, keys.data_ptr<float>(), general ? shared_opening(*general, p) : 0, 0);
+    add_scope_example(added, p, keys.data_ptr<float>(), general ? shared_opening(*general, p) : 0, 0,
+                      i < memories.size() ? memories[i] : ScopeMemory{});
   }
   if (added.empty()) return;
   const std::vector<double> r =
@@ -45,7 +47,7 @@ void add_scope_prompts(AdapterScope& scope, const Model& model, const std::vecto
       const float* k = added.keys.data() + static_cast<size_t>(row) * static_cast<size_t>(added.dim);
       keys.insert(keys.end(), k, k + added.dim);
     }
-    add_scope_example(scope, e.tokens, keys.data(), e.first, r[i]);
+    add_scope_example(scope, e.tokens, keys.data(), e.first, r[i], e.memory);
   }
 }
 

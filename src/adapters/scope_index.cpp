@@ -68,6 +68,13 @@ ScopeIndex make_scope_index(const AdapterScope& scope, const Model& model) {
   index.members = at::tensor(members, at::TensorOptions().dtype(at::kLong)).view({n, static_cast<int64_t>(longest)})
                       .to(model.device);
   index.radius = at::tensor(effective_radii(scope), at::TensorOptions().dtype(at::kFloat)).to(model.device);
+  for (const ScopeExample& e : scope.examples) {
+    const auto outside = [&](int32_t t) { return t < 0 || t >= model.config.vocab_size; };
+    if (!valid_memory(e.memory) || std::any_of(e.memory.tokens.begin(), e.memory.tokens.end(), outside))
+      throw Error(ErrorKind::CorruptFile, "the adapter's scope recalls a conversation this model cannot be given "
+                                          "(tokens outside its vocabulary, or no turns after its opening)");
+    index.memory.push_back(e.memory);
+  }
   return index;
 }
 
@@ -87,7 +94,7 @@ ScopeMatch scope_match(const ScopeIndex& index, const at::Tensor& prompt_keys) {
   c10::InferenceMode guard;
   const at::Tensor sim = scope_similarities(index, prompt_keys);
   const int64_t e = (sim - index.radius).argmax().item<int64_t>();
-  return {sim[e].item<double>(), index.radius[e].item<double>()};
+  return {sim[e].item<double>(), index.radius[e].item<double>(), e};
 }
 
 }  // namespace hs

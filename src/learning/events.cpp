@@ -73,9 +73,27 @@ TrainingExample plain_text(const json& j, const EventContext& ctx, const std::st
   return ex;
 }
 
+// The conversation as a scope recalls it before a later request's turns: rendered as earlier turns, led by its
+// system block (its own, or the template's default), which a request must open with. None without a system
+// block, as a request's turns could then not be told from a system prompt of its own, or when the block's
+// tokens are not those the conversation starts with.
+ScopeMemory conversation_memory(const ChatTemplate& chat, const Tokenizer& tok, const std::vector<ChatMessage>& msgs) {
+  std::string system;
+  if (msgs.front().role == "system")
+    system = render_chat(chat, {msgs.front()}, false);
+  else if (!chat.default_system.empty())
+    system = render_chat(chat, {{"system", chat.default_system}}, false);
+  if (system.empty()) return {};
+  ScopeMemory m{encode(tok, render_chat_history(chat, msgs), false), 0};
+  const std::vector<int32_t> opening = encode(tok, system, false);
+  if (opening.size() >= m.tokens.size() || !std::equal(opening.begin(), opening.end(), m.tokens.begin())) return {};
+  m.opening = static_cast<uint32_t>(opening.size());
+  return m;
+}
+
 // Each assistant turn is rendered after the conversation before it with the generation prompt, exactly the
 // prompt the model sees when it answers; the turn's tokens up to its end-of-turn token are targets.
-TrainingExample chat_messages(const json& j, const EventContext& ctx, const std::string& id) {
+TrainingExample chat_messages(const json& j, const EventContext& ctx, const std::string& id, ScopeMemory& memory) {
   if (!ctx.chat) reject(id, "the model has no chat template this server understands; send prompt/completion");
   const json& arr = j.at("messages");
   if (!arr.is_array() || arr.empty()) reject(id, "\"messages\" must be a non-empty array");
@@ -112,6 +130,7 @@ TrainingExample chat_messages(const json& j, const EventContext& ctx, const std:
     rendered = full;
   }
   if (!any_assistant) reject(id, "the conversation has no assistant message to learn from");
+  memory = conversation_memory(*ctx.chat, tok, msgs);
   return ex;
 }
 
@@ -237,7 +256,7 @@ LearningEvent parse_checked(std::string_view text, const EventContext& ctx) {
     ev.kind = EventKind::Example;
     ev.example = j.contains("prompt") ? prompt_completion(j, ctx, ev.id)
                  : j.contains("text") ? plain_text(j, ctx, ev.id)
-                                      : chat_messages(j, ctx, ev.id);
+                                      : chat_messages(j, ctx, ev.id, ev.memory);
     check_length(ev.example, ctx, ev.id);
   } else {
     reject(ev.id, "\"type\" must be \"example\" or \"gradient\", not '" + type + "'");

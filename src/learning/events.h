@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "adapters/scope.h"
 #include "learning/lora_gradients.h"
 #include "tokenizer/chat_template.h"
 
@@ -30,6 +31,7 @@ struct LearningEvent {
   EventKind kind = EventKind::Example;
   std::string json;  // the event as received, compacted to one line: what the write-ahead log stores
   TrainingExample example;  // Example
+  ScopeMemory memory;       // Example given as "messages": the conversation as a scope recalls it (adapters/scope.h)
   uint64_t base_version = 0;                         // Gradient: the version the gradient was computed on
   // Gradient: (index into the adapter's values, d loss / d value), ascending, each index once (repeated
   // coordinates of the submission are summed).

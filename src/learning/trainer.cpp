@@ -675,12 +675,16 @@ void DomainTrainer::widen_scope(const std::vector<LearningEvent>& batch, State& 
     return;
   }
   std::vector<std::vector<int32_t>> prompts;
-  for (const LearningEvent& ev : batch) prompts.push_back(*scope_prompt(ev.example));
+  std::vector<ScopeMemory> memories;
+  for (const LearningEvent& ev : batch) {
+    prompts.push_back(*scope_prompt(ev.example));
+    memories.push_back(ev.memory);  // empty but for conversations
+  }
   // The general prompts' keys were read at the scope's depth (load_general_scope): a scope keeps the depth
   // it was started with, as keys read after other layers would not compare.
   auto next = state.scope ? std::make_shared<AdapterScope>(*state.scope)
                           : std::make_shared<AdapterScope>(AdapterScope{general_.layers, general_.dim, {}, {}});
-  run_compute([&] { add_scope_prompts(*next, *model_, prompts, &general_); });
+  run_compute([&] { add_scope_prompts(*next, *model_, prompts, &general_, memories); });
   state.scope = std::move(next);
 }
 

@@ -43,6 +43,18 @@ Error non_finite_logits_error(const GenerationRequest& r, size_t generated) {
                                            " overflow float arithmetic; roll the adapter back or lower its scale");
 }
 
+namespace {
+
+// The most prompt tokens a recalled conversation may add to the request (SchedulerOptions::recall_taught).
+int64_t recall_room(const GenerationRequest& r, const GenerateOptions& options) {
+  if (!options.recall_taught || !r.adapter || !r.adapter->scope) return 0;
+  size_t most = 0;
+  for (const ScopeMemory& m : r.adapter->scope->memory) most = std::max(most, m.tokens.size() - m.opening);  // valid_memory
+  return static_cast<int64_t>(most);
+}
+
+}  // namespace
+
 std::vector<GenerationResult> generate_batch(const Engine& engine, const std::vector<GenerationRequest>& requests,
                                              const TokenCallback& on_token, const GenerateOptions& options) {
   if (!engine.model) throw Error(ErrorKind::Internal, "generate called on an engine without weights");
@@ -54,9 +66,11 @@ std::vector<GenerationResult> generate_batch(const Engine& engine, const std::ve
   o.queue_capacity = static_cast<size_t>(B);
   o.max_step_tokens = std::max<int64_t>(std::max<int64_t>(1, options.prefill_chunk), B);
   o.prefix_cache_tokens = 0;  // one batch: nothing to share with later requests
+  o.recall_taught = options.recall_taught;
   o.max_seq_tokens = 2;
   for (const auto& r : requests)
-    o.max_seq_tokens = std::max<int64_t>(o.max_seq_tokens, static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens);
+    o.max_seq_tokens = std::max<int64_t>(o.max_seq_tokens, static_cast<int64_t>(r.prompt.size()) +
+                                                               r.sampling.max_tokens + recall_room(r, options));
   std::vector<GenerationResult> results(requests.size());
   std::mutex mu;
   std::condition_variable cv;

@@ -26,6 +26,9 @@ struct GenerationRequest {
   std::shared_ptr<const LoraWeights> adapter;
   double adapter_scale = 1.0;
   std::string id;  // for logs; any string
+  // sampling.max_tokens is a default (what the context had room for) rather than the client's: recalling a taught
+  // conversation (SchedulerOptions::recall_taught) may lower it to make room.
+  bool max_tokens_defaulted = false;
 };
 
 struct TokenEvent {
@@ -51,6 +54,9 @@ struct GenerationResult {
   std::string adapter_scope;
   // The taught prompt nearest the request (relative to its radius): their similarity, and that radius.
   double scope_similarity = 0, scope_radius = 0;
+  // Inside: the prompt tokens of the taught conversation it was served with before its own turns
+  // (adapters/scope.h, ScopeMemory), counted in prompt_tokens; 0 when none was recalled.
+  int64_t recalled_tokens = 0;
   double queue_seconds = 0, first_token_seconds = 0, total_seconds = 0;  // from submission
 };
 
@@ -59,6 +65,7 @@ using TokenCallback = std::function<bool(size_t row, const TokenEvent& event)>;
 
 struct GenerateOptions {
   int64_t prefill_chunk = 512;  // prompt tokens per forward during prefill
+  bool recall_taught = true;    // SchedulerOptions::recall_taught
 };
 
 // Throws InvalidArgument / ContextOverflow for a request the engine cannot run: an empty prompt or one of

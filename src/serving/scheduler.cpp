@@ -390,12 +390,39 @@ bool Scheduler::resolve_scope(Sequence& s) {
   const bool inside = match.inside();
   s.result.adapter_scope = inside ? "inside" : "outside";
   metrics_->scope->add(1, {{"decision", s.result.adapter_scope}});
-  if (inside) return true;
+  if (inside) {
+    recall(s, a->scope->memory[static_cast<size_t>(match.example)]);
+    return true;
+  }
   s.result.adapter = a->name;
   s.result.adapter_version = a->version;
   s.req.adapter.reset();
   s.prefix_seed.clear();  // its KV is the base model's
   return true;
+}
+
+// The request's own turns follow the taught conversation in place of its opening (the system block they share),
+// as the chat template renders a conversation that held both; its sampling history stays its own prompt, so
+// that repetition penalties do not count the recalled answer. Not when the request is the taught prompt itself
+// (what the adapter learnt to answer; recalled, the model tends to vary the answer it just read) or already
+// holds the conversation (a chat continued after it was taught), nor when it would not fit the slot with the
+// tokens the client asked for; a defaulted max_tokens gives way instead.
+void Scheduler::recall(Sequence& s, const ScopeMemory& m) const {
+  std::vector<int32_t>& prompt = s.req.prompt;
+  if (!options_.recall_taught || m.tokens.empty() || prompt.size() <= m.opening ||
+      !std::equal(m.tokens.begin(), m.tokens.begin() + m.opening, prompt.begin()))
+    return;
+  const size_t common = std::min(prompt.size(), m.tokens.size());
+  if (std::equal(m.tokens.begin(), m.tokens.begin() + static_cast<std::ptrdiff_t>(common), prompt.begin())) return;
+  const size_t served = m.tokens.size() + prompt.size() - m.opening;
+  const int64_t room = options_.max_seq_tokens - static_cast<int64_t>(served);
+  if (room < 1 || (s.req.sampling.max_tokens > room && !s.req.max_tokens_defaulted)) return;
+  s.req.sampling.max_tokens = static_cast<int32_t>(std::min<int64_t>(s.req.sampling.max_tokens, room));
+  std::vector<int32_t> recalled = m.tokens;
+  recalled.insert(recalled.end(), prompt.begin() + m.opening, prompt.end());
+  s.result.recalled_tokens = static_cast<int64_t>(m.tokens.size() - m.opening);
+  s.result.prompt_tokens = static_cast<int64_t>(served);
+  prompt = std::move(recalled);
 }
 
 // Puts an admitted request in its slot and copies the cached prefix of its prompt (same adapter values and
@@ -512,7 +539,7 @@ void Scheduler::emit(Sequence& s, std::vector<float>& logits) {
     if (!std::isfinite(x)) return finish(s, "error", non_finite_logits_error(s.req, generated));
   std::vector<float> raw;
   if (p.logprobs || p.top_logprobs > 0) raw = logits;
-  const int32_t id = sample_next(logits, p, s.history, s.rng, s.req.prompt.size());
+  const int32_t id = sample_next(logits, p, s.history, s.rng, s.history.size() - generated);
   const bool eos = !p.ignore_eos && std::find(engine_.eos_ids.begin(), engine_.eos_ids.end(), id) != engine_.eos_ids.end();
   if (eos || std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) != p.stop_token_ids.end())
     return finish(s, "stop");

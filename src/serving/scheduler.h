@@ -39,6 +39,7 @@ class PrefixCache;
 struct KvCache;
 struct LoraBatch;
 struct LoraWeights;
+struct ScopeMemory;
 
 struct SchedulerOptions {
   int64_t max_seqs = 16;           // requests decoded together: the KV cache's slots
@@ -49,6 +50,9 @@ struct SchedulerOptions {
   int64_t prefix_cache_tokens = 8192;  // KV positions kept for shared prompt prefixes (0: off)
   int64_t prefix_block_tokens = 32;
   double training_share = 0.25;    // of the thread's time, for trainers while requests are running
+  // A request inside an adapter's scope is served with the taught conversation nearest it before its own
+  // turns (adapters/scope.h, ScopeMemory), when both fit in its slot.
+  bool recall_taught = true;
 };
 
 // Throws InvalidArgument naming the first option out of range.
@@ -115,6 +119,7 @@ class Scheduler {
   bool wait_for_work();
   void admit();
   bool resolve_scope(Sequence& seq);
+  void recall(Sequence& seq, const ScopeMemory& memory) const;
   void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);

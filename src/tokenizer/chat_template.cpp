@@ -115,4 +115,13 @@ std::string render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>
   return out;
 }
 
+std::string render_chat_history(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages) {
+  std::vector<ChatMessage> longer = messages;
+  longer.push_back({"user", ""});
+  const std::string text = render_chat(tmpl, longer, false), later = turn("user", "");
+  if (messages.empty() || text.size() < later.size() || text.compare(text.size() - later.size(), later.size(), later) != 0)
+    throw Error(ErrorKind::Internal, "the chat template does not render a later user turn last");
+  return text.substr(0, text.size() - later.size());
+}
+
 }  // namespace hs

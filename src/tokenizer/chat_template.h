@@ -26,4 +26,8 @@ ChatTemplate detect_chat_template(const std::string& jinja);
 std::string render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt, bool enable_thinking = true);
 
+// Renders messages as the template renders them when a later user turn follows: the text a longer conversation
+// starts with (Qwen3 drops the reasoning of assistant turns before the last user turn).
+std::string render_chat_history(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages);
+
 }  // namespace hs

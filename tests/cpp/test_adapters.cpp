@@ -542,6 +542,104 @@ TEST_F(RegistryTest, ScopeIsKeyedByPromptWithRadiiThatKeepGeneralPromptsOut) {
   EXPECT_EQ(kind_of([&] { scope_from_bytes(flipped, "memory"); }), ErrorKind::CorruptFile);
 }
 
+// Issue 12: a taught conversation is kept with its prompt, the newest teaching of a prompt replacing it, on disk
+// as in memory; one that cannot be placed in a prompt is refused.
+TEST_F(RegistryTest, AScopeKeepsEachPromptsNewestConversation) {
+  AdapterScope scope{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(scope, *model_, {{1, 2, 3, 4}}, nullptr, {ScopeMemory{{1, 2, 3, 4, 10, 11}, 1}});
+  // A correction of the first prompt, and a prompt taught as no conversation.
+  add_scope_prompts(scope, *model_, {{1, 2, 3, 4}, {1, 2, 5}}, nullptr, {ScopeMemory{{1, 2, 3, 4, 12, 13}, 1}});
+  ASSERT_EQ(scope.examples.size(), 2u);
+  EXPECT_EQ(scope.examples[0].memory.tokens, (std::vector<int32_t>{1, 2, 3, 4, 12, 13}));
+  EXPECT_TRUE(scope.examples[1].memory.tokens.empty());
+  const AdapterScope back = scope_from_bytes(scope_to_bytes(scope), "memory");
+  EXPECT_EQ(back.examples[0].memory.tokens, scope.examples[0].memory.tokens);
+  EXPECT_EQ(back.examples[0].memory.opening, 1u);
+  EXPECT_TRUE(back.examples[1].memory.tokens.empty());
+  EXPECT_EQ(make_scope_index(back, *model_).memory[0].tokens, scope.examples[0].memory.tokens);
+  // Taught again as no conversation, the prompt recalls nothing rather than an answer since replaced.
+  add_scope_prompts(scope, *model_, {{1, 2, 3, 4}});
+  EXPECT_TRUE(scope.examples[0].memory.tokens.empty());
+
+  AdapterScope bad = back;
+  bad.examples[0].memory.opening = 6;  // nothing after its opening
+  EXPECT_EQ(kind_of([&] { scope_from_bytes(scope_to_bytes(bad), "memory"); }), ErrorKind::CorruptFile);
+  bad.examples[0].memory.opening = 0;  // no opening: a request's own system prompt could not be told apart
+  EXPECT_EQ(kind_of([&] { scope_from_bytes(scope_to_bytes(bad), "memory"); }), ErrorKind::CorruptFile);
+  EXPECT_EQ(kind_of([&] { make_scope_index(bad, *model_); }), ErrorKind::CorruptFile);
+  bad = back;
+  bad.examples[0].memory.tokens.push_back(static_cast<int32_t>(model_->config.vocab_size));
+  EXPECT_EQ(kind_of([&] { make_scope_index(bad, *model_); }), ErrorKind::CorruptFile);
+}
+
+// Issue 12: a request inside the scope is served with the taught conversation nearest it in place of its opening,
+// exactly as a prompt holding both would be; outside, off, or opening otherwise, with its own prompt.
+TEST_F(RegistryTest, ARequestInsideTheScopeIsServedAfterTheTaughtConversation) {
+  AdapterScope general{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(general, *model_, {{1, 2, 3, 40, 41, 42}, {1, 2, 3, 50, 51}, {1, 2, 7, 4}});
+  const std::vector<int32_t> taught = {1, 2, 3, 4, 5, 6};
+  const ScopeMemory memory{{1, 2, 3, 4, 5, 6, 20, 21, 22}, 2};  // opening {1, 2}: the system block
+  AdapterScope scope{2, model_->config.hidden_size, {}, {}};
+  add_scope_prompts(scope, *model_, {taught}, &general, {memory});
+  AdapterScope elsewhere = scope;  // a conversation that opened with another system block
+  elsewhere.examples[0].memory = {{1, 9, 3, 4, 5, 6, 20, 21, 22}, 2};
+  AdapterRegistry reg(RegistryOptions{dir_}, model_);
+  AdapterConfig cfg;
+  cfg.sparsity = 0.5;
+  reg.create("facts", cfg);
+  std::vector<float> values = random_values(reg.acquire("facts")->image->layout(), 7);
+  for (auto& x : values) x *= 20.0f;
+  reg.publish("facts", values, 1, nullptr, std::make_shared<AdapterScope>(scope));      // version 2
+  reg.publish("facts", values);                                                          // 3: everywhere
+  reg.publish("facts", values, 1, nullptr, std::make_shared<AdapterScope>(elsewhere));  // 4
+  const auto scoped = reg.weights(*reg.acquire("facts", 2)), everywhere = reg.weights(*reg.acquire("facts", 3));
+  Engine engine;
+  engine.model = model_;
+  auto run = [&](std::vector<int32_t> prompt, std::shared_ptr<const LoraWeights> adapter, bool recall = true) {
+    GenerationRequest r;
+    r.prompt = std::move(prompt);
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = 6;
+    r.sampling.ignore_eos = true;
+    r.adapter = std::move(adapter);
+    GenerateOptions o;
+    o.recall_taught = recall;
+    return generate_batch(engine, {r}, {}, o)[0];
+  };
+  const std::vector<int32_t> near = {1, 2, 3, 4, 5, 6, 7};  // holds the taught prompt's keys: inside
+  const GenerationResult inside = run(near, scoped);
+  EXPECT_EQ(inside.adapter_scope, "inside");
+  EXPECT_EQ(inside.recalled_tokens, 7);
+  EXPECT_EQ(inside.prompt_tokens, 9 + 5);
+  std::vector<int32_t> served = memory.tokens;
+  served.insert(served.end(), near.begin() + 2, near.end());
+  EXPECT_EQ(inside.ids, run(served, everywhere).ids);
+
+  const GenerationResult alone = run(near, scoped, /*recall=*/false);
+  EXPECT_EQ(alone.recalled_tokens, 0);
+  EXPECT_EQ(alone.prompt_tokens, 7);
+  EXPECT_EQ(alone.ids, run(near, everywhere).ids);
+  EXPECT_NE(alone.ids, inside.ids);  // the recalled turns change what the adapter says
+
+  const GenerationResult other = run(near, reg.weights(*reg.acquire("facts", 4)));
+  EXPECT_EQ(other.adapter_scope, "inside");
+  EXPECT_EQ(other.recalled_tokens, 0);
+  EXPECT_EQ(other.ids, alone.ids);
+
+  // The taught prompt itself, or a prompt that already holds the conversation, is served as it is.
+  for (const std::vector<int32_t>& own : {taught, served}) {
+    const GenerationResult r = run(own, scoped);
+    EXPECT_EQ(r.adapter_scope, "inside");
+    EXPECT_EQ(r.recalled_tokens, 0);
+    EXPECT_EQ(r.ids, run(own, everywhere).ids);
+  }
+
+  const GenerationResult outside = run({1, 2, 3, 40, 41, 42}, scoped);
+  EXPECT_EQ(outside.adapter_scope, "outside");
+  EXPECT_EQ(outside.recalled_tokens, 0);
+  EXPECT_EQ(outside.prompt_tokens, 6);
+}
+
 TEST_F(RegistryTest, ScopeTravelsWithItsVersionAndIsPrunedWithIt) {
   AdapterScope taught{2, model_->config.hidden_size, {}, {}};
   add_scope_prompts(taught, *model_, {{1, 2, 3, 4, 5, 6}});

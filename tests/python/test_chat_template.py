@@ -48,3 +48,20 @@ def test_template_without_generation_prompt(default_model_path, hf_gguf_tokenize
     hf = hf_gguf_tokenizer
     ours = render(default_model_path, tmp_path, add_generation_prompt=False)
     assert ours[2] == hf.apply_chat_template(CONVERSATIONS[2], tokenize=False, add_generation_prompt=False)
+
+
+@pytest.mark.parametrize("model", ["qwen3", "smollm2"])
+def test_history_is_what_a_longer_conversation_starts_with(model, qwen_tok_dir, default_model_path,
+                                                           hf_gguf_tokenizer, tmp_path):
+    """A conversation rendered as history (what a scope recalls before a request's turns, adapters/scope.h) is
+    the start of the template's rendering of that conversation with a later user turn: Qwen3 drops the reasoning
+    of assistant turns that are no longer last."""
+    path, hf = (qwen_tok_dir, AutoTokenizer.from_pretrained(qwen_tok_dir)) if model == "qwen3" else (
+        default_model_path, hf_gguf_tokenizer)
+    ours = render(path, tmp_path, history=True)
+    later = {"role": "user", "content": "And then?"}
+    for conv, got in zip(CONVERSATIONS, ours):
+        ref = hf.apply_chat_template(conv + [later], tokenize=False, add_generation_prompt=True)
+        assert ref == got + "<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n", (got, ref)
+    if model == "qwen3":
+        assert "reasoning here" not in ours[3] and "answer two" in ours[3]

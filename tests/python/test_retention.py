@@ -1,6 +1,7 @@
 """Learning with the default settings of `hyprstream train` (the teaching recipe, issue 12), asked through
 `hyprstream serve` with the official OpenAI SDK: ten invented facts from the evaluation set
-(bench/data/learning_eval.json) taught in one batch are recalled and mostly paraphrased, their version passes the
+(bench/data/learning_eval.json) taught in one batch are recalled and paraphrased (at least 7 in 10, issue 12's
+goal; a paraphrase is served with the taught conversation nearest it recalled), their version passes the
 publication guard, and the base model and another domain keep their answers. The trained adapter's own answers to
 40 unrelated prompts keep their first sentence (at least 95% of them, issue 12's goal): its relevance scope
 sends them to the base model. The scope's keys are the hidden states transformers computes. A harmful update (a
@@ -90,7 +91,8 @@ def test_ten_taught_facts_are_recalled_pass_the_guard_and_leave_the_base_and_oth
         for q, b, a in changed[:5]:
             print(f"  changed: {q!r}\n    base:    {b!r}\n    adapter: {a!r}")
         assert hits >= 9, list(zip(questions, recalled))
-        assert para_hits >= 10, list(zip(paraphrases, paraphrased))  # 12 of 20 measured; the goal is 14
+        # 19 of 20 measured by the eval bench, 12 without recalling the taught conversation; the goal is 14.
+        assert para_hits >= 14, list(zip(paraphrases, paraphrased))
         assert len(changed) <= 2, changed  # at least 38 of 40 (95%) unchanged
         assert answers(srv, base, CONTROLS) == before
         assert answers(srv, "other", CONTROLS[:10]) == other_before
@@ -151,3 +153,76 @@ def test_scope_keys_are_the_hidden_states_transformers_computes(default_model_pa
         # The chat template's opening (the system prompt) is keyed but left out of comparisons.
         assert 0 < example["first"] < len(example["tokens"]) - 3 and 0 < example["radius"] < 1
         assert np.abs(got - expected).max() < 2e-4, np.abs(got - expected).max()
+
+
+def test_a_question_inside_the_scope_is_served_after_the_taught_conversation(default_model_path, hf_gguf_tokenizer,
+                                                                             tmp_path):
+    """Each taught conversation is kept in the scope as transformers' apply_chat_template renders it, with its
+    system block as its opening. A request inside the scope is served with it as earlier turns: the prompt the
+    server counts is the template's rendering of the taught turns followed by the request's own. The taught question
+    itself, a chat that already holds the exchange, a request that opens with another system block, or one
+    outside, is served with its own prompt; so is one the slot has no room for, unless its max_tokens was left to
+    the server."""
+    tok, adir = hf_gguf_tokenizer, tmp_path / "adapters"
+    convs = [[{"role": "user", "content": FACTS[0]["question"]}, {"role": "assistant", "content": FACTS[0]["answer"]}],
+             [{"role": "system", "content": "You answer questions about invented places."},
+              {"role": "user", "content": FACTS[1]["question"]}, {"role": "assistant", "content": FACTS[1]["answer"]}]]
+
+    def rendered(messages, generation_prompt=True):
+        return list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+                    ["input_ids"])
+
+    data = tmp_path / "recall.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "messages": c}) + "\n" for i, c in enumerate(convs)))
+    cli_ok("train", "--domain", "recall", "--data", data, "--model", default_model_path, "--adapter-dir", adir,
+           "--steps-per-batch", "1", "--distill-weight", "0", "--max-drift", "0", "--stop-loss", "0", timeout=1800)
+    version = json.loads((adir / "recall" / "manifest.json").read_text())["versions"][-1]
+    meta, _ = read_scope(adir / "recall" / version["scope"]["file"])
+    for conv, example in zip(convs, meta["examples"], strict=True):
+        assert example["memory"] == rendered(conv, False)
+        opening = tok.decode(example["memory"][:example["memory_opening"]])
+        system = conv[0]["content"] if conv[0]["role"] == "system" else None
+        assert opening.startswith("<|im_start|>system\n") and opening.endswith("<|im_end|>\n"), opening
+        assert system is None or opening == f"<|im_start|>system\n{system}<|im_end|>\n", opening
+
+    def ask(srv, messages, **extra):
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed", max_retries=0, timeout=600)
+        out = client.chat.completions.create(model="recall", messages=messages, temperature=0, **extra)
+        return out.usage, out.model_extra["adapter"]["scope"]
+
+    def paraphrased(conv, fact):
+        return conv[:-2] + [{"role": "user", "content": fact["paraphrases"][0]}]
+
+    own = paraphrased(convs[0], FACTS[0])
+    served, alone = rendered(convs[0] + own[-1:]), rendered(own)
+    with Server("--model", default_model_path, adapter_dir=adir) as srv:
+        for conv, fact in zip(convs, FACTS):
+            usage, scope = ask(srv, paraphrased(conv, fact), max_tokens=8)
+            assert scope["decision"] == "inside", scope
+            expected = rendered(conv + paraphrased(conv, fact)[-1:])
+            assert (usage.prompt_tokens, scope["recalled_tokens"]) == (
+                len(expected), len(expected) - len(rendered(paraphrased(conv, fact)))), scope
+        # The taught question itself is what the adapter learnt to answer, and a chat that already holds the
+        # taught exchange is not given it twice: both are served as they are.
+        for messages in (convs[0][:-1], convs[0] + own[-1:]):
+            usage, scope = ask(srv, messages, max_tokens=8)
+            assert scope["decision"] == "inside" and scope["recalled_tokens"] == 0, scope
+            assert usage.prompt_tokens == len(rendered(messages))
+        other_system = [{"role": "system", "content": "Be brief."}, own[-1]]
+        usage, scope = ask(srv, other_system, max_tokens=8)
+        assert scope["decision"] == "inside" and scope["recalled_tokens"] == 0, scope
+        assert usage.prompt_tokens == len(rendered(other_system))
+        unrelated = [{"role": "user", "content": "What is the capital of France?"}]
+        usage, scope = ask(srv, unrelated, max_tokens=8)
+        assert scope == {**scope, "decision": "outside", "recalled_tokens": 0}
+        assert usage.prompt_tokens == len(rendered(unrelated))
+        assert srv.stop() == 0, "".join(srv.log)
+    # A slot four tokens longer than the recalled prompt: eight asked-for tokens keep the request's own prompt,
+    # while a max_tokens left to the server gives way to the recalled conversation.
+    with Server("--model", default_model_path, "--max-seq-tokens", len(served) + 4, adapter_dir=adir) as srv:
+        usage, scope = ask(srv, own, max_tokens=8)
+        assert scope["recalled_tokens"] == 0 and usage.prompt_tokens == len(alone), scope
+        usage, scope = ask(srv, own)
+        assert scope["recalled_tokens"] == len(served) - len(alone) and usage.prompt_tokens == len(served), scope
+        assert 1 <= usage.completion_tokens <= 4, usage
+        assert srv.stop() == 0, "".join(srv.log)

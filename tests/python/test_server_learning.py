@@ -233,8 +233,9 @@ def test_feedback_with_a_correction_changes_the_next_answer(learning):
 
 @pytest.mark.slow
 def test_a_taught_domain_answers_unrelated_prompts_as_the_base_model(learning):
-    """The domain's adapter answers its taught fact and the fact's paraphrases (inside its scope); unrelated prompts
-    get the base model's answers, word for word, and each response and /metrics say which happened."""
+    """The domain's adapter answers its taught fact and the fact's paraphrases (inside its scope; a paraphrase is
+    served with the taught conversation recalled before it); unrelated prompts get the base model's answers, word
+    for word, and each response and /metrics say which happened."""
     srv, _ = learning
     data = json.loads((Path(__file__).resolve().parents[2] / "bench" / "data" / "learning_eval.json").read_text())
     fact, controls = data["facts"][3], [c["prompt"] for c in data["controls"][:10]]
@@ -247,6 +248,11 @@ def test_a_taught_domain_answers_unrelated_prompts_as_the_base_model(learning):
         text, adapter = ask(srv, question, "scoped")
         assert adapter == {"name": "scoped", "version": 2, "scope": "inside"}, (question, text)
     assert fact["key"] in ask(srv, fact["question"], "scoped")[0]
+    status, out, _ = srv.request("POST", "/v1/chat/completions", {
+        "model": "scoped", "messages": [{"role": "user", "content": fact["paraphrases"][0]}], "temperature": 0,
+        "max_tokens": 32})
+    assert out["adapter"]["scope"]["recalled_tokens"] > 0, out
+    assert fact["key"] in out["choices"][0]["message"]["content"], out
     for prompt in controls:
         text, adapter = ask(srv, prompt, "scoped")
         assert adapter == {"name": "scoped", "version": 2, "scope": "outside"}, (prompt, text)
@@ -254,7 +260,7 @@ def test_a_taught_domain_answers_unrelated_prompts_as_the_base_model(learning):
             "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 32})
         assert out["adapter"] is None and text == out["choices"][0]["message"]["content"], prompt
     now = {d: srv.metric("hyprstream_adapter_scope_total", decision=d) for d in ("inside", "outside")}
-    assert (now["inside"] - counted["inside"], now["outside"] - counted["outside"]) == (4, 10), (counted, now)
+    assert (now["inside"] - counted["inside"], now["outside"] - counted["outside"]) == (5, 10), (counted, now)
 
 
 def peft_a(adir, domain, version, tmp_path):

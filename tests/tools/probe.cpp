@@ -138,7 +138,9 @@ void run_chat(const json& req) {
   for (const auto& conv : req.at("conversations")) {
     std::vector<hs::ChatMessage> msgs;
     for (const auto& m : conv) msgs.push_back({m.at("role"), m.at("content")});
-    out.push_back(hs::render_chat(tmpl, msgs, req.value("add_generation_prompt", true), req.value("enable_thinking", true)));
+    out.push_back(req.value("history", false)
+                      ? hs::render_chat_history(tmpl, msgs)
+                      : hs::render_chat(tmpl, msgs, req.value("add_generation_prompt", true), req.value("enable_thinking", true)));
   }
   std::cout << json{{"rendered", out}}.dump() << "\n";
 }

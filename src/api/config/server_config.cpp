@@ -82,6 +82,18 @@ Binding text(const std::string& key, std::string& field, std::set<std::string> a
           }};
 }
 
+Binding boolean(const std::string& key, bool& field) {
+  return {key,
+          [key, &field](const toml::node& n) {
+            if (!n.is_boolean()) bad_key(key, "must be true or false");
+            field = n.as_boolean()->get();
+          },
+          [key, &field](toml::table& root) {
+            auto [s, k] = split_key(key);
+            section(root, s).insert_or_assign(k, field);
+          }};
+}
+
 Binding milliseconds(const std::string& key, std::chrono::milliseconds& field) {
   return {key,
           [key, &field](const toml::node& n) {
@@ -128,7 +140,7 @@ std::vector<Binding> bindings(ServerConfig& c) {
       integer("scheduler.queue_capacity", s.queue_capacity, 1, big), integer("scheduler.max_adapters", s.max_adapters, 1, 1024),
       integer("scheduler.prefix_cache_tokens", s.prefix_cache_tokens, 0, big),
       integer("scheduler.prefix_block_tokens", s.prefix_block_tokens, 1, 4096),
-      number("scheduler.training_share", s.training_share, 0, 1),
+      number("scheduler.training_share", s.training_share, 0, 1), boolean("scheduler.recall_taught", s.recall_taught),
       text("adapters.dir", c.service.adapters.root),
       integer("adapters.resident_bytes", c.service.adapters.resident_bytes, 0, int64_t{1} << 40),
       integer("adapters.hot_adapters", c.service.adapters.hot_adapters, 1, 4096),

@@ -157,6 +157,7 @@ void prepare_request(ApiContext& ctx, const GenerationParams& params, Generation
                     std::to_string(prompt) + " in the prompt and asks for " + std::to_string(max_tokens) +
                     " more (max_tokens), " + std::to_string(prompt + max_tokens) + " in all");
   request.sampling.max_tokens = static_cast<int32_t>(max_tokens);
+  request.max_tokens_defaulted = !params.max_tokens;
 }
 
 }  // namespace hs::api

@@ -96,7 +96,8 @@ nlohmann::json result_adapter_json(const GenerationResult& r) {
   if (r.adapter.empty()) return nullptr;
   nlohmann::json j = {{"name", r.adapter}, {"version", r.adapter_version}};
   if (!r.adapter_scope.empty())
-    j["scope"] = {{"decision", r.adapter_scope}, {"similarity", r.scope_similarity}, {"radius", r.scope_radius}};
+    j["scope"] = {{"decision", r.adapter_scope}, {"similarity", r.scope_similarity}, {"radius", r.scope_radius},
+                  {"recalled_tokens", r.recalled_tokens}};
   return j;
 }
 
