@@ -26,6 +26,8 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 
 void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, const float* keys, uint32_t first,
                        double radius, ScopeMemory memory) {
+  if (!valid_memory(memory))
+    throw Error(ErrorKind::InvalidArgument, "a scope memory needs an opening of at least one token and turns after it");
   if (tokens.empty()) return;
   size_t shared = 0;
   const ScopeExample* donor = nullptr;

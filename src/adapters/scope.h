@@ -49,7 +49,7 @@ struct AdapterScope {
 
   int64_t rows() const { return dim > 0 ? static_cast<int64_t>(keys.size()) / dim : 0; }
   bool empty() const { return examples.empty(); }
-  size_t bytes() const;  // held in memory: keys, and each example with its tokens and rows
+  size_t bytes() const;  // held in memory: keys, and each example with its tokens, rows and memory
 };
 
 // Whether a memory can be placed in a prompt: none at all, or an opening of at least one token and turns after it.
@@ -58,7 +58,7 @@ bool valid_memory(const ScopeMemory& memory);
 // Adds a taught prompt with its unit keys (tokens.size() rows of `dim` floats). The rows of the longest prefix
 // it shares with a prompt already there are reused (causal attention: the same prefix has the same hidden
 // states); a prompt taught before keeps its keys and radius and takes the newer memory (a correction's, or
-// none when it was not a conversation).
+// none when it was not a conversation). Throws InvalidArgument for a memory that fails valid_memory.
 void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, const float* keys, uint32_t first,
                        double radius, ScopeMemory memory = {});
 

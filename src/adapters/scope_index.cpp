@@ -74,8 +74,16 @@ ScopeIndex make_scope_index(const AdapterScope& scope, const Model& model) {
       throw Error(ErrorKind::CorruptFile, "the adapter's scope recalls a conversation this model cannot be given "
                                           "(tokens outside its vocabulary, or no turns after its opening)");
     index.memory.push_back(e.memory);
+    index.prompts.push_back(e.tokens);
   }
   return index;
+}
+
+bool starts_with_taught(const ScopeIndex& index, const std::vector<int32_t>& prompt) {
+  return std::any_of(index.prompts.begin(), index.prompts.end(), [&](const std::vector<int32_t>& taught) {
+    const size_t n = std::min(taught.size(), prompt.size());
+    return std::equal(taught.begin(), taught.begin() + static_cast<std::ptrdiff_t>(n), prompt.begin());
+  });
 }
 
 at::Tensor scope_similarities(const ScopeIndex& index, const at::Tensor& prompt_keys) {

@@ -18,7 +18,12 @@ struct ScopeIndex {
   at::Tensor members;  // [examples, longest] int64: each example's compared rows, padded with `rows` (always matched)
   at::Tensor radius;   // [examples] float32: what each taught prompt's similarity must exceed (scope_index.cpp)
   std::vector<ScopeMemory> memory;  // per example, on the host: its taught conversation, if it has one
+  std::vector<std::vector<int32_t>> prompts;  // per example, on the host: the taught prompt
 };
+
+// Whether `prompt` starts with a taught prompt of the index, or is the start of one: a request that asks what
+// was taught, in the words it was taught.
+bool starts_with_taught(const ScopeIndex& index, const std::vector<int32_t>& prompt);
 
 // The keys of a prompt: the base model's hidden states after `layers` decoder layers (fewer when the model has
 // fewer), each scaled to unit length; float32 [tokens, hidden] on the model's device.

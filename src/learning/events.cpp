@@ -76,8 +76,9 @@ TrainingExample plain_text(const json& j, const EventContext& ctx, const std::st
 // The conversation as a scope recalls it before a later request's turns: rendered as earlier turns, led by its
 // system block (its own, or the template's default), which a request must open with. None without a system
 // block, as a request's turns could then not be told from a system prompt of its own, or when the block's
-// tokens are not those the conversation starts with.
-ScopeMemory conversation_memory(const ChatTemplate& chat, const Tokenizer& tok, const std::vector<ChatMessage>& msgs) {
+// tokens are not those the conversation starts with. `msgs` holds an assistant message.
+ScopeMemory conversation_memory(const ChatTemplate& chat, const Tokenizer& tok, std::vector<ChatMessage> msgs) {
+  while (msgs.back().role != "assistant") msgs.pop_back();  // an unanswered turn teaches nothing to recall
   std::string system;
   if (msgs.front().role == "system")
     system = render_chat(chat, {msgs.front()}, false);

@@ -391,7 +391,7 @@ bool Scheduler::resolve_scope(Sequence& s) {
   s.result.adapter_scope = inside ? "inside" : "outside";
   metrics_->scope->add(1, {{"decision", s.result.adapter_scope}});
   if (inside) {
-    recall(s, a->scope->memory[static_cast<size_t>(match.example)]);
+    if (!starts_with_taught(*a->scope, s.req.prompt)) recall(s, a->scope->memory[static_cast<size_t>(match.example)]);
     return true;
   }
   s.result.adapter = a->name;
@@ -403,20 +403,19 @@ bool Scheduler::resolve_scope(Sequence& s) {
 
 // The request's own turns follow the taught conversation in place of its opening (the system block they share),
 // as the chat template renders a conversation that held both; its sampling history stays its own prompt, so
-// that repetition penalties do not count the recalled answer. Not when the request is the taught prompt itself
-// (what the adapter learnt to answer; recalled, the model tends to vary the answer it just read) or already
-// holds the conversation (a chat continued after it was taught), nor when it would not fit the slot with the
-// tokens the client asked for; a defaulted max_tokens gives way instead.
+// that repetition penalties do not count the recalled answer. Not when it would not fit the slot with the
+// tokens the client asked for; a defaulted max_tokens gives way instead, down to kRecallRoom. (resolve_scope
+// does not recall for a request that starts with a taught prompt: what the adapter learnt to answer, or a chat
+// continued from it; recalled, the model sometimes varied the answer it had just read.)
 void Scheduler::recall(Sequence& s, const ScopeMemory& m) const {
+  constexpr int64_t kRecallRoom = 64;
   std::vector<int32_t>& prompt = s.req.prompt;
   if (!options_.recall_taught || m.tokens.empty() || prompt.size() <= m.opening ||
       !std::equal(m.tokens.begin(), m.tokens.begin() + m.opening, prompt.begin()))
     return;
-  const size_t common = std::min(prompt.size(), m.tokens.size());
-  if (std::equal(m.tokens.begin(), m.tokens.begin() + static_cast<std::ptrdiff_t>(common), prompt.begin())) return;
   const size_t served = m.tokens.size() + prompt.size() - m.opening;
   const int64_t room = options_.max_seq_tokens - static_cast<int64_t>(served);
-  if (room < 1 || (s.req.sampling.max_tokens > room && !s.req.max_tokens_defaulted)) return;
+  if (s.req.sampling.max_tokens > room && (!s.req.max_tokens_defaulted || room < kRecallRoom)) return;
   s.req.sampling.max_tokens = static_cast<int32_t>(std::min<int64_t>(s.req.sampling.max_tokens, room));
   std::vector<int32_t> recalled = m.tokens;
   recalled.insert(recalled.end(), prompt.begin() + m.opening, prompt.end());

@@ -570,6 +570,8 @@ TEST_F(RegistryTest, AScopeKeepsEachPromptsNewestConversation) {
   bad = back;
   bad.examples[0].memory.tokens.push_back(static_cast<int32_t>(model_->config.vocab_size));
   EXPECT_EQ(kind_of([&] { make_scope_index(bad, *model_); }), ErrorKind::CorruptFile);
+  EXPECT_EQ(kind_of([&] { add_scope_prompts(scope, *model_, {{1, 2, 6}}, nullptr, {ScopeMemory{{1, 2}, 2}}); }),
+            ErrorKind::InvalidArgument);
 }
 
 // Issue 12: a request inside the scope is served with the taught conversation nearest it in place of its opening,
@@ -579,8 +581,9 @@ TEST_F(RegistryTest, ARequestInsideTheScopeIsServedAfterTheTaughtConversation) {
   add_scope_prompts(general, *model_, {{1, 2, 3, 40, 41, 42}, {1, 2, 3, 50, 51}, {1, 2, 7, 4}});
   const std::vector<int32_t> taught = {1, 2, 3, 4, 5, 6};
   const ScopeMemory memory{{1, 2, 3, 4, 5, 6, 20, 21, 22}, 2};  // opening {1, 2}: the system block
+  const ScopeMemory second{{1, 2, 8, 9, 10, 30, 31}, 2};
   AdapterScope scope{2, model_->config.hidden_size, {}, {}};
-  add_scope_prompts(scope, *model_, {taught}, &general, {memory});
+  add_scope_prompts(scope, *model_, {taught, {1, 2, 8, 9, 10}}, &general, {memory, second});
   AdapterScope elsewhere = scope;  // a conversation that opened with another system block
   elsewhere.examples[0].memory = {{1, 9, 3, 4, 5, 6, 20, 21, 22}, 2};
   AdapterRegistry reg(RegistryOptions{dir_}, model_);
@@ -595,25 +598,33 @@ TEST_F(RegistryTest, ARequestInsideTheScopeIsServedAfterTheTaughtConversation) {
   const auto scoped = reg.weights(*reg.acquire("facts", 2)), everywhere = reg.weights(*reg.acquire("facts", 3));
   Engine engine;
   engine.model = model_;
-  auto run = [&](std::vector<int32_t> prompt, std::shared_ptr<const LoraWeights> adapter, bool recall = true) {
+  auto run = [&](std::vector<int32_t> prompt, std::shared_ptr<const LoraWeights> adapter, bool recall = true,
+                 float frequency_penalty = 0) {
     GenerationRequest r;
     r.prompt = std::move(prompt);
     r.sampling.temperature = 0;
-    r.sampling.max_tokens = 6;
+    r.sampling.frequency_penalty = frequency_penalty;
+    r.sampling.max_tokens = frequency_penalty > 0 ? 16 : 6;
     r.sampling.ignore_eos = true;
     r.adapter = std::move(adapter);
     GenerateOptions o;
     o.recall_taught = recall;
     return generate_batch(engine, {r}, {}, o)[0];
   };
-  const std::vector<int32_t> near = {1, 2, 3, 4, 5, 6, 7};  // holds the taught prompt's keys: inside
+  const std::vector<int32_t> near = {1, 2, 9, 3, 4, 5, 6};  // inside, nearest the first taught prompt
   const GenerationResult inside = run(near, scoped);
   EXPECT_EQ(inside.adapter_scope, "inside");
   EXPECT_EQ(inside.recalled_tokens, 7);
-  EXPECT_EQ(inside.prompt_tokens, 9 + 5);
+  EXPECT_EQ(inside.prompt_tokens, 9 + 5);  // the conversation, then the request past its opening
   std::vector<int32_t> served = memory.tokens;
   served.insert(served.end(), near.begin() + 2, near.end());
   EXPECT_EQ(inside.ids, run(served, everywhere).ids);
+  // A frequency penalty counts the tokens generated, after the recalled prompt as after any other.
+  EXPECT_EQ(run(near, scoped, true, 1.5f).ids, run(served, everywhere, true, 1.5f).ids);
+  // The conversation recalled is the one whose taught prompt the request is nearest.
+  const GenerationResult nearer = run({1, 2, 9, 8, 9, 10}, scoped);
+  EXPECT_EQ(nearer.recalled_tokens, 5);
+  EXPECT_EQ(nearer.ids, run({1, 2, 8, 9, 10, 30, 31, 9, 8, 9, 10}, everywhere).ids);
 
   const GenerationResult alone = run(near, scoped, /*recall=*/false);
   EXPECT_EQ(alone.recalled_tokens, 0);
@@ -626,8 +637,9 @@ TEST_F(RegistryTest, ARequestInsideTheScopeIsServedAfterTheTaughtConversation) {
   EXPECT_EQ(other.recalled_tokens, 0);
   EXPECT_EQ(other.ids, alone.ids);
 
-  // The taught prompt itself, or a prompt that already holds the conversation, is served as it is.
-  for (const std::vector<int32_t>& own : {taught, served}) {
+  // The taught prompt itself, or a prompt that continues it (a chat that holds the conversation, or another
+  // answer to the question), is served as it is.
+  for (const std::vector<int32_t>& own : {taught, served, std::vector<int32_t>{1, 2, 3, 4, 5, 6, 40, 41}}) {
     const GenerationResult r = run(own, scoped);
     EXPECT_EQ(r.adapter_scope, "inside");
     EXPECT_EQ(r.recalled_tokens, 0);
