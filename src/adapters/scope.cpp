@@ -15,14 +15,14 @@ namespace {
 
 constexpr char kMagic[8] = {'H', 'S', 'S', 'C', 'O', 'P', 'E', '2'};
 
+}  // namespace
+
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   const size_t n = std::min(a.size(), b.size());
   size_t k = 0;
   while (k < n && a[k] == b[k]) ++k;
   return k;
 }
-
-}  // namespace
 
 void add_scope_example(AdapterScope& scope, const std::vector<int32_t>& tokens, const float* keys, uint32_t first,
                        double radius, ScopeMemory memory) {

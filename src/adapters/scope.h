@@ -52,6 +52,9 @@ struct AdapterScope {
   size_t bytes() const;  // held in memory: keys, and each example with its tokens, rows and memory
 };
 
+// How many leading tokens `a` and `b` share.
+size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b);
+
 // Whether a memory can be placed in a prompt: none at all, or an opening of at least one token and turns after it.
 bool valid_memory(const ScopeMemory& memory);
 

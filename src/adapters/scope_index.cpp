@@ -81,8 +81,7 @@ ScopeIndex make_scope_index(const AdapterScope& scope, const Model& model) {
 
 bool starts_with_taught(const ScopeIndex& index, const std::vector<int32_t>& prompt) {
   return std::any_of(index.prompts.begin(), index.prompts.end(), [&](const std::vector<int32_t>& taught) {
-    const size_t n = std::min(taught.size(), prompt.size());
-    return std::equal(taught.begin(), taught.begin() + static_cast<std::ptrdiff_t>(n), prompt.begin());
+    return common_prefix(taught, prompt) == std::min(taught.size(), prompt.size());
   });
 }
 

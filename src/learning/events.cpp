@@ -87,7 +87,7 @@ ScopeMemory conversation_memory(const ChatTemplate& chat, const Tokenizer& tok, 
   if (system.empty()) return {};
   ScopeMemory m{encode(tok, render_chat_history(chat, msgs), false), 0};
   const std::vector<int32_t> opening = encode(tok, system, false);
-  if (opening.size() >= m.tokens.size() || !std::equal(opening.begin(), opening.end(), m.tokens.begin())) return {};
+  if (opening.size() >= m.tokens.size() || common_prefix(opening, m.tokens) < opening.size()) return {};
   m.opening = static_cast<uint32_t>(opening.size());
   return m;
 }

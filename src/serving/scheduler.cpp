@@ -391,7 +391,7 @@ bool Scheduler::resolve_scope(Sequence& s) {
   s.result.adapter_scope = inside ? "inside" : "outside";
   metrics_->scope->add(1, {{"decision", s.result.adapter_scope}});
   if (inside) {
-    if (!starts_with_taught(*a->scope, s.req.prompt)) recall(s, a->scope->memory[static_cast<size_t>(match.example)]);
+    recall(s, *a->scope, match.example);
     return true;
   }
   s.result.adapter = a->name;
@@ -401,17 +401,18 @@ bool Scheduler::resolve_scope(Sequence& s) {
   return true;
 }
 
-// The request's own turns follow the taught conversation in place of its opening (the system block they share),
-// as the chat template renders a conversation that held both; its sampling history stays its own prompt, so
-// that repetition penalties do not count the recalled answer. Not when it would not fit the slot with the
-// tokens the client asked for; a defaulted max_tokens gives way instead, down to kRecallRoom. (resolve_scope
-// does not recall for a request that starts with a taught prompt: what the adapter learnt to answer, or a chat
-// continued from it; recalled, the model sometimes varied the answer it had just read.)
-void Scheduler::recall(Sequence& s, const ScopeMemory& m) const {
+// The request's own turns follow the conversation taught with `example` in place of its opening (the system block
+// they share), as the chat template renders a conversation that held both; its sampling history stays its own
+// prompt, so that repetition penalties do not count the recalled answer. Not for a request that starts with a
+// taught prompt (what the adapter learnt to answer, or a chat continued from it; recalled, the model sometimes
+// varied the answer it had just read), nor when it would not fit the slot with the tokens the client asked for;
+// a defaulted max_tokens gives way instead, down to kRecallRoom.
+void Scheduler::recall(Sequence& s, const ScopeIndex& scope, int64_t example) const {
   constexpr int64_t kRecallRoom = 64;
+  const ScopeMemory& m = scope.memory[static_cast<size_t>(example)];
   std::vector<int32_t>& prompt = s.req.prompt;
   if (!options_.recall_taught || m.tokens.empty() || prompt.size() <= m.opening ||
-      !std::equal(m.tokens.begin(), m.tokens.begin() + m.opening, prompt.begin()))
+      common_prefix(m.tokens, prompt) < m.opening || starts_with_taught(scope, prompt))
     return;
   const size_t served = m.tokens.size() + prompt.size() - m.opening;
   const int64_t room = options_.max_seq_tokens - static_cast<int64_t>(served);

@@ -39,7 +39,7 @@ class PrefixCache;
 struct KvCache;
 struct LoraBatch;
 struct LoraWeights;
-struct ScopeMemory;
+struct ScopeIndex;
 
 struct SchedulerOptions {
   int64_t max_seqs = 16;           // requests decoded together: the KV cache's slots
@@ -119,7 +119,7 @@ class Scheduler {
   bool wait_for_work();
   void admit();
   bool resolve_scope(Sequence& seq);
-  void recall(Sequence& seq, const ScopeMemory& memory) const;
+  void recall(Sequence& seq, const ScopeIndex& scope, int64_t example) const;
   void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);
