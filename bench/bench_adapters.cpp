@@ -13,6 +13,7 @@
 #include "adapters/registry.h"
 #include "bench_common.h"
 #include "common/error.h"
+#include "model/decode_graphs.h"
 #include "storage/adapter_image.h"
 #include "storage/atomic_file.h"
 
@@ -65,6 +66,18 @@ double median_ms(int repeats, Fn fn) {
     t.push_back(seconds_since(t0) * 1e3);
   }
   return median(t);
+}
+
+// Graph replay against eager decode, greedy, with one adapter and with a batch mixing four adapters and rows
+// without one.
+json graph_vs_eager(const hs::Model& m, const std::vector<std::shared_ptr<const hs::LoraWeights>>& w, int64_t context) {
+  const std::vector<const hs::LoraWeights*> one = {w[0].get()};
+  const std::vector<const hs::LoraWeights*> mixed = {w[0].get(), w[1].get(), nullptr, w[2].get(),
+                                                     w[3].get(), nullptr,  w[0].get(), w[1].get()};
+  const hs::LoraBatch one_batch = hs::make_lora_batch(one, {1.0}, m);
+  const hs::LoraBatch mixed_batch = hs::make_lora_batch(mixed, std::vector<double>(mixed.size(), 1.0), m);
+  return {{"batch_1_one_adapter", hs::bench::compare_graph_decode(m, 1, context, 64, &one_batch)},
+          {"batch_8_mixed_adapters", hs::bench::compare_graph_decode(m, 8, context, 64, &mixed_batch)}};
 }
 
 }  // namespace
@@ -220,6 +233,7 @@ int main(int argc, char** argv) {
                        {"batch_4_same_adapter_overhead_pct", pct(b4same, b4)},
                        {"batch_4_four_adapters_ms", b4mixed},
                        {"batch_4_four_adapters_overhead_pct", pct(b4mixed, b4)}};
+      if (hs::DecodeGraphs::supported(m)) out["graph_vs_eager"] = graph_vs_eager(m, w, a.context);
     }
     out["peak_rss_mb"] = hs::bench::peak_rss_mb();
     hs::remove_tree(dir);

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/fs_util.h"
 #include "model/config.h"
+#include "model/decode_graphs.h"
 #include "serving/engine.h"
 
 namespace hs::bench {
@@ -99,25 +100,78 @@ at::Tensor random_tokens(int64_t rows, int64_t n, int64_t vocab, const Model& m)
   return at::randint(0, vocab, {rows, n}, gen, at::TensorOptions().dtype(at::kLong)).to(m.device);
 }
 
-BatchStep step_for(const at::Tensor& tokens, int64_t start, const Model& m) {
-  const int64_t rows = tokens.size(0), n = tokens.size(1);
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(m.device);
-  return BatchStep{tokens, at::full({rows}, start, i64), at::full({rows}, n, i64), start + n, false};
+namespace {
+
+// The batch's per-row scales [rows, 1, K] as a token-major step needs them, [1, rows * per_row, K].
+LoraBatch per_token(const LoraBatch& lora, int64_t per_row) {
+  LoraBatch out = lora;
+  if (!lora.uniform && lora.row_scale.defined()) {
+    const at::Tensor& s = lora.row_scale;
+    out.row_scale = s.expand({s.size(0), per_row, s.size(2)}).reshape({1, -1, s.size(2)});
+  }
+  return out;
+}
+
+SlotStep rows_step(const std::vector<std::vector<int64_t>>& tokens, int64_t start) {
+  SlotStep s;
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    s.tokens.insert(s.tokens.end(), tokens[r].begin(), tokens[r].end());
+    s.row_slot.push_back(static_cast<int64_t>(r));
+    s.row_start.push_back(start);
+    s.row_len.push_back(static_cast<int64_t>(tokens[r].size()));
+    s.logits_rows.push_back(static_cast<int64_t>(r));
+  }
+  return s;
+}
+
+}  // namespace
+
+DecodeRun greedy_decode(const Model& m, int64_t rows, int64_t context, int64_t steps, const LoraBatch* lora,
+                        bool graphs, bool keep_logits) {
+  KvCache cache = make_kv_cache(m, rows, context + steps + 8);
+  std::unique_ptr<DecodeGraphs> decode_graphs = graphs ? std::make_unique<DecodeGraphs>(m, cache) : nullptr;
+  const at::Tensor prompt = random_tokens(rows, context, m.config.vocab_size, m).cpu();
+  std::vector<std::vector<int64_t>> rows_tokens(rows);
+  for (int64_t r = 0; r < rows; ++r) rows_tokens[r].assign(prompt[r].data_ptr<int64_t>(), prompt[r].data_ptr<int64_t>() + context);
+  const LoraBatch prefill_lora = lora ? per_token(*lora, context) : LoraBatch{};
+  const LoraBatch decode_lora = lora ? per_token(*lora, 1) : LoraBatch{};
+  DecodeRun run;
+  run.prompt = rows_tokens[0];
+  at::Tensor logits = forward_slots(m, cache, rows_step(rows_tokens, 0), lora ? &prefill_lora : nullptr);
+  int64_t pos = context;
+  auto decode_one = [&] {
+    if (keep_logits) run.logits.push_back(logits[0].cpu());
+    const at::Tensor ids = logits.argmax(-1).cpu();  // the host sees token ids only
+    run.tokens.emplace_back(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + rows);
+    for (int64_t r = 0; r < rows; ++r) rows_tokens[r] = {run.tokens.back()[r]};
+    const SlotStep step = rows_step(rows_tokens, pos++);
+    const LoraBatch* l = lora ? &decode_lora : nullptr;
+    logits = decode_graphs ? decode_graphs->run(step, l) : forward_slots(m, cache, step, l);
+  };
+  for (int w = 0; w < 2; ++w) decode_one();  // the first captures the bucket's graph
+  logits.argmax(-1).cpu();
+  auto t0 = Clock::now();
+  for (int64_t s = 0; s < steps; ++s) decode_one();
+  logits.argmax(-1).cpu();
+  run.seconds_per_step = seconds_since(t0) / static_cast<double>(steps);
+  run.graph_captures = decode_graphs ? decode_graphs->captures() : 0;
+  return run;
 }
 
 double time_decode(const Model& m, int64_t rows, int64_t context, int64_t steps, const LoraBatch* lora) {
-  KvCache cache = make_kv_cache(m, rows, context + steps + 8);
-  at::Tensor logits = forward(m, cache, step_for(random_tokens(rows, context, m.config.vocab_size, m), 0, m), lora);
-  at::Tensor next = logits.argmax(-1).view({rows, 1});
-  // Two warm-up steps, then the timed ones; greedy tokens stay on the device.
-  int64_t pos = context;
-  for (int w = 0; w < 2; ++w, ++pos) next = forward(m, cache, step_for(next, pos, m), lora).argmax(-1).view({rows, 1});
-  next.cpu();
-  auto t0 = Clock::now();
-  for (int64_t s = 0; s < steps; ++s, ++pos)
-    next = forward(m, cache, step_for(next, pos, m), lora).argmax(-1).view({rows, 1});
-  next.cpu();
-  return seconds_since(t0) / static_cast<double>(steps);
+  return greedy_decode(m, rows, context, steps, lora, DecodeGraphs::supported(m)).seconds_per_step;
+}
+
+nlohmann::json compare_graph_decode(const Model& m, int64_t rows, int64_t context, int64_t steps,
+                                    const LoraBatch* lora) {
+  const DecodeRun eager = greedy_decode(m, rows, context, steps, lora, false);
+  const DecodeRun graph = greedy_decode(m, rows, context, steps, lora, true);
+  int64_t first = -1;
+  for (size_t s = 0; s < eager.tokens.size() && first < 0; ++s)
+    if (eager.tokens[s] != graph.tokens[s]) first = static_cast<int64_t>(s);
+  return {{"rows", rows}, {"steps", eager.tokens.size()}, {"same", first < 0}, {"first_difference", first},
+          {"eager_ms_per_step", eager.seconds_per_step * 1e3}, {"graph_ms_per_step", graph.seconds_per_step * 1e3},
+          {"graph_captures", graph.graph_captures}};
 }
 
 }  // namespace hs::bench

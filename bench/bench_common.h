@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "model/forward.h"
 #include "model/load.h"
@@ -50,11 +51,27 @@ std::shared_ptr<Model> load_bench_model(const ModelArgs& args, std::string* desc
 
 at::Tensor random_tokens(int64_t rows, int64_t n, int64_t vocab, const Model& m);
 
-// All rows at the same position, each with n new tokens.
-BatchStep step_for(const at::Tensor& tokens, int64_t start, const Model& m);
+// Greedy decode through the serving path: one forward_slots step prefills `rows` prompts of `context` random
+// tokens (the same for every call), then `steps` single-token steps, eager or replayed from captured graphs
+// (model/decode_graphs.h), after two warm-up steps. `lora` is per row ([rows, 1, K] scales), as
+// make_lora_batch builds it. Only token ids reach the host.
+struct DecodeRun {
+  double seconds_per_step = 0;
+  std::vector<int64_t> prompt;  // row 0's prompt
+  std::vector<std::vector<int64_t>> tokens;  // per step, every row's token (warm-up steps included)
+  std::vector<at::Tensor> logits;            // per step, row 0's float32 logits on the host, when asked
+  int64_t graph_captures = 0;
+};
+DecodeRun greedy_decode(const Model& m, int64_t rows, int64_t context, int64_t steps, const LoraBatch* lora,
+                        bool graphs, bool keep_logits = false);
 
 // Seconds per greedy decode step at `rows` sequences that each hold `context` tokens, with per-row
-// adapters when `lora` is given.
+// adapters when `lora` is given; through captured graphs where the model supports them.
 double time_decode(const Model& m, int64_t rows, int64_t context, int64_t steps, const LoraBatch* lora = nullptr);
+
+// Whether eager and graph decode give the same greedy tokens: {"rows", "steps", "same", "first_difference"
+// (-1 when none), "eager_ms_per_step", "graph_ms_per_step", "graph_captures"}.
+nlohmann::json compare_graph_decode(const Model& m, int64_t rows, int64_t context, int64_t steps,
+                                    const LoraBatch* lora = nullptr);
 
 }  // namespace hs::bench

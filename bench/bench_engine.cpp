@@ -2,13 +2,19 @@
 // Prints one JSON object. Runs on a model file or on random weights of a given configuration.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "bench_common.h"
 #include "common/error.h"
+#include "model/decode_graphs.h"
+#include "serving/sampling.h"
 
 namespace {
 
@@ -24,6 +30,8 @@ struct Args {
   int64_t context = 128;  // tokens in the cache before decode is timed
   int repeats = 3;
   std::string llama_bench;  // path to llama.cpp's llama-bench: run it on the same GGUF as a peer
+  bool cuda_graphs = true;  // off: decode eagerly even where graphs are supported
+  std::string logits_out;   // writes row 0's decode logits (float32, [steps, vocab]) here, for a parity check
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -46,22 +54,68 @@ Args parse_args(int argc, char** argv) {
                           {"--decode-steps", [&](const std::string& v) { a.decode_steps = std::stoll(v); }},
                           {"--context", [&](const std::string& v) { a.context = std::stoll(v); }},
                           {"--repeats", [&](const std::string& v) { a.repeats = std::stoi(v); }},
-                          {"--llama-bench", [&](const std::string& v) { a.llama_bench = v; }}});
+                          {"--llama-bench", [&](const std::string& v) { a.llama_bench = v; }},
+                          {"--logits-out", [&](const std::string& v) { a.logits_out = v; }},
+                          {"--cuda-graphs", [&](const std::string& v) {
+                             if (v != "on" && v != "off")
+                               throw hs::Error(hs::ErrorKind::InvalidArgument, "--cuda-graphs takes on or off, not " + v);
+                             a.cuda_graphs = v == "on";
+                           }}});
   return a;
 }
 
-// Best of `repeats` prefill times of one prompt of n tokens.
+// Best of `repeats` prefill times of one prompt of n tokens, through the serving path (one slot, one row).
 double time_prefill(const hs::Model& m, int64_t n, int repeats) {
-  at::Tensor tokens = hs::bench::random_tokens(1, n, m.config.vocab_size, m);
+  at::Tensor tokens = hs::bench::random_tokens(1, n, m.config.vocab_size, m).cpu();
+  hs::SlotStep step;
+  step.tokens.assign(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + n);
+  step.row_slot = {0};
+  step.row_start = {0};
+  step.row_len = {n};
+  step.logits_rows = {0};
   double best = 1e30;
   for (int r = 0; r < repeats + 1; ++r) {  // the first run warms up allocators and kernels
     hs::KvCache cache = hs::make_kv_cache(m, 1, n);
     auto t0 = Clock::now();
-    at::Tensor logits = hs::forward(m, cache, hs::bench::step_for(tokens, 0, m));
-    logits.argmax(-1).cpu();
+    hs::forward_slots(m, cache, step).argmax(-1).cpu();
     if (r > 0) best = std::min(best, seconds_since(t0));
   }
   return best;
+}
+
+// Row 0's prompt and greedy tokens with its logits at each step written to `path` (float32 [steps, vocab]),
+// for bench/gpu/transformers_peer.py to compare with transformers on the same weights.
+json dump_decode_logits(const hs::Model& m, int64_t context, int64_t steps, bool graphs, const std::string& path) {
+  const hs::bench::DecodeRun run = hs::bench::greedy_decode(m, 1, context, steps, nullptr, graphs, true);
+  std::ofstream out(path, std::ios::binary);
+  for (const at::Tensor& l : run.logits) out.write(static_cast<const char*>(l.data_ptr()), l.numel() * sizeof(float));
+  if (!out) throw hs::Error(hs::ErrorKind::Io, "cannot write " + path);
+  std::vector<int64_t> tokens;
+  for (const auto& t : run.tokens) tokens.push_back(t[0]);
+  return {{"prompt", run.prompt}, {"tokens", tokens}, {"logits_file", path}, {"graphs", graphs},
+          {"vocab", m.config.vocab_size}};
+}
+
+// Microseconds per row of what the scheduler does on the host with a row's logits under the default sampling
+// parameters (logprob included): the cost that sampling on the device would remove from every step.
+json time_host_sampling(int64_t vocab) {
+  at::Generator gen = at::detail::createCPUGenerator(7);
+  const at::Tensor logits = at::randn({vocab}, gen) * 3;
+  const hs::SamplingParams p;
+  std::mt19937_64 rng(1);
+  const std::vector<int32_t> history(64, 1);
+  std::vector<double> us;
+  for (int r = 0; r < 50; ++r) {
+    std::vector<float> row(logits.data_ptr<float>(), logits.data_ptr<float>() + vocab);
+    auto t0 = Clock::now();
+    const std::vector<float> raw = row;
+    const int32_t id = hs::sample_next(row, p, history, rng, history.size());
+    volatile float lp = hs::token_logprob(raw, id);
+    (void)lp;
+    us.push_back(seconds_since(t0) * 1e6);
+  }
+  std::sort(us.begin(), us.end());
+  return {{"vocab", vocab}, {"us_per_row_median", us[us.size() / 2]}};
 }
 
 // Runs llama.cpp's llama-bench on the same GGUF with the same thread count and returns tokens/s per test
@@ -108,11 +162,16 @@ int main(int argc, char** argv) {
       double s = time_prefill(m, n, a.repeats);
       out["prefill"][std::to_string(n)] = {{"ms", s * 1e3}, {"tokens_per_s", n / s}};
     }
+    const bool graphs = a.cuda_graphs && hs::DecodeGraphs::supported(m);
+    out["decode_path"] = graphs ? "cuda graphs" : "eager";
     for (int64_t b : a.batches) {
-      double s = hs::bench::time_decode(m, b, a.context, a.decode_steps);
+      double s = hs::bench::greedy_decode(m, b, a.context, a.decode_steps, nullptr, graphs).seconds_per_step;
       out["decode"]["batch_" + std::to_string(b)] = {
           {"ms_per_step", s * 1e3}, {"tokens_per_s", b / s}, {"context", a.context}, {"steps", a.decode_steps}};
+      if (graphs) out["graph_vs_eager"]["batch_" + std::to_string(b)] = hs::bench::compare_graph_decode(m, b, a.context, a.decode_steps);
     }
+    if (!a.logits_out.empty()) out["parity"] = dump_decode_logits(m, a.context, a.decode_steps, graphs, a.logits_out);
+    out["host_sampling"] = json::array({time_host_sampling(m.config.vocab_size), time_host_sampling(151936)});
     out["peak_rss_mb"] = hs::bench::peak_rss_mb();
     if (!a.llama_bench.empty()) {
       if (m.format != "gguf") throw hs::Error(hs::ErrorKind::InvalidArgument, "--llama-bench needs a GGUF model");

@@ -1,34 +1,27 @@
 #include "model/forward.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <string>
 #include <cmath>
 #include <tuple>
 #include <utility>
 
+#include <ATen/cuda/CUDAContext.h>
+
 #include "common/error.h"
+#include "model/slot_attention.h"
 
 namespace hs {
 
-// Device-side indices of a SlotStep, built once per step and shared by every layer.
-struct SlotAttention {
-  at::Tensor write_slot, write_pos;  // [N]: where each token's keys and values go
-  // Rows of one token (decodes) attend together over the slots [one_first, one_first + one_slots): one query
-  // per slot (zeros where a slot has no such row), keys masked beyond each slot's length.
-  at::Tensor one_token, one_slot;    // [R1]: the token index and slot (from one_first) of each such row
-  at::Tensor one_mask;               // [one_slots, 1, 1, extent]
-  int64_t one_first = 0, one_slots = 0, one_extent = 0;
-  // Rows of several tokens (prefill chunks) attend one at a time, causally from their start position.
-  struct Chunk {
-    int64_t first_token, len, slot, start;
-    at::Tensor mask;                 // [1, 1, len, start + len]
-  };
-  std::vector<Chunk> chunks;
-};
-
 namespace {
 
-// RMSNorm as transformers computes it: in float32, cast back before the weight multiply.
+// RMSNorm as transformers computes it: in float32, cast back before the weight multiply. On CUDA, ATen's
+// fused kernel instead of eight launches; it rounds once, after the weight multiply (a difference within one
+// rounding of the model's dtype).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (x.is_cuda()) return at::rms_norm(x, {weight.size(0)}, weight, eps);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
@@ -88,29 +81,50 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const Model& model, const at::Tens
   return {rows(model.rope_cos), rows(model.rope_sin)};
 }
 
+// Decode rows through the flash kernel, reading each row's keys where its slot keeps them: [R1, H, D].
+at::Tensor flash_decode_rows(int64_t layer, const at::Tensor& q, KvCache& cache, const SlotAttention& a,
+                             double scale) {
+  const int64_t KVH = cache.k[layer].size(2), D = cache.k[layer].size(3);
+  const at::Tensor queries = a.one_token.defined() ? q[0].index_select(0, a.one_token) : q[0];
+  return std::get<0>(at::_flash_attention_forward(
+      queries, cache.k[layer].view({-1, KVH, D}), cache.v[layer].view({-1, KVH, D}), a.flash_cu_q, a.flash_cu_k,
+      /*max_q=*/1, /*max_k=*/cache.capacity + 1, 0.0, /*is_causal=*/false, /*return_debug_mask=*/false, scale,
+      std::nullopt, std::nullopt, a.flash_len));
+}
+
+// Decode rows through one masked attention over a range of slots: [R1, H, D].
+at::Tensor masked_decode_rows(int64_t layer, const at::Tensor& q, KvCache& cache, const SlotAttention& a,
+                              double scale) {
+  // The query heads sharing a key head are that head's "sequence" of queries (one token each, so no causal
+  // order among them): grouped-query attention without copying keys and values per query head.
+  const int64_t S = a.one_slots, H = q.size(2), D = q.size(3), KVH = cache.k[layer].size(2);
+  at::Tensor queries = at::zeros({S, H, D}, q.options());
+  queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token));
+  at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
+  at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
+  at::Tensor o = at::scaled_dot_product_attention(queries.view({S, KVH, H / KVH, D}), keys, values, a.one_mask, 0.0,
+                                                  false, scale);  // [S, KVH, H / KVH, D]
+  return o.reshape({S, H, D}).index_select(0, a.one_slot);
+}
+
 // Attention of a token-major step: q [1, N, H, D], k and v [1, N, KVH, D]; returns [1, H, N, D].
 at::Tensor attend_slots(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         KvCache& cache, const SlotAttention& a, double scale) {
-  cache.k[layer].index_put_({a.write_slot, a.write_pos}, k[0]);
-  cache.v[layer].index_put_({a.write_slot, a.write_pos}, v[0]);
+  const int64_t KVH = k.size(2), D = k.size(3);
+  cache.k[layer].view({-1, KVH, D}).index_copy_(0, a.write_flat, k[0]);
+  cache.v[layer].view({-1, KVH, D}).index_copy_(0, a.write_flat, v[0]);
+  if (a.flash && !a.one_token.defined()) return flash_decode_rows(layer, q, cache, a, scale).transpose(0, 1).unsqueeze(0);
   at::Tensor out = at::empty_like(q[0]);  // [N, H, D]
-  if (a.one_token.defined()) {
-    // The query heads sharing a key head are that head's "sequence" of queries (one token each, so no causal
-    // order among them): grouped-query attention without copying keys and values per query head.
-    const int64_t S = a.one_slots, H = q.size(2), D = q.size(3), KVH = cache.k[layer].size(2);
-    at::Tensor queries = at::zeros({S, H, D}, q.options());
-    queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token));
-    at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
-    at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
-    at::Tensor o = at::scaled_dot_product_attention(queries.view({S, KVH, H / KVH, D}), keys, values, a.one_mask, 0.0,
-                                                    false, scale);  // [S, KVH, H / KVH, D]
-    out.index_copy_(0, a.one_token, o.reshape({S, H, D}).index_select(0, a.one_slot));
-  }
+  if (a.one_token.defined())
+    out.index_copy_(0, a.one_token, a.flash ? flash_decode_rows(layer, q, cache, a, scale)
+                                            : masked_decode_rows(layer, q, cache, a, scale));
   for (const SlotAttention::Chunk& c : a.chunks) {
     at::Tensor queries = q[0].narrow(0, c.first_token, c.len).transpose(0, 1).unsqueeze(0);  // [1, H, len, D]
     at::Tensor keys = cache.k[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
     at::Tensor values = cache.v[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
-    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, c.mask, 0.0, false, scale,
+    // A chunk from position 0 is plain causal attention, which the fused kernels take without a mask.
+    const std::optional<at::Tensor> mask = c.start == 0 ? std::nullopt : std::optional<at::Tensor>(c.mask);
+    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, mask, 0.0, /*is_causal=*/c.start == 0, scale,
                                                     /*enable_gqa=*/true);  // [1, H, len, D]
     out.narrow(0, c.first_token, c.len).copy_(o[0].transpose(0, 1));
   }
@@ -255,46 +269,100 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, co
   return output_logits(model, x);
 }
 
+bool flash_decode(const Model& model) {
+  static const bool allowed = [] {
+    const char* v = std::getenv("HYPRSTREAM_FLASH_DECODE");
+    return !v || std::string(v) != "0";
+  }();
+  const int64_t D = model.config.head_dim;
+  if (!allowed || !model.device.is_cuda() || (model.dtype != at::kBFloat16 && model.dtype != at::kHalf) || D % 8 != 0 ||
+      D > 256)
+    return false;
+  // The flash kernel runs on Ampere (compute capability 8.0) and later.
+  const int index = model.device.has_index() ? model.device.index() : at::cuda::current_device();
+  return at::cuda::getDeviceProperties(index)->major >= 8;
+}
+
+void set_flash_decode(SlotAttention& a, const KvCache& cache, const at::Tensor& slot, const at::Tensor& len) {
+  const auto i32 = at::TensorOptions().dtype(at::kInt).device(slot.device());
+  a.flash = true;
+  a.flash_cu_q = at::arange(slot.size(0) + 1, i32);
+  // With lengths given (seqused_k), the kernel reads only each row's start from cu_k; the array still needs
+  // rows + 1 entries, and the last one is never read.
+  a.flash_cu_k = at::cat({(slot * (cache.capacity + 1)).to(at::kInt), at::zeros({1}, i32)});
+  a.flash_len = len.to(at::kInt);
+}
+
+at::Tensor slot_hidden(const Model& model, KvCache& cache, const SlotAttention& a, const at::Tensor& tokens,
+                       const LoraBatch* lora) {
+  LayerContext ctx;
+  ctx.cache = &cache;
+  ctx.slots = &a;
+  std::tie(ctx.cos, ctx.sin) = rope_tables(model, a.write_pos.unsqueeze(0));
+  at::Tensor x = embed_tokens(model, tokens.unsqueeze(0));  // [1, N, hidden]
+  for (int64_t li = 0; li < model.config.num_layers; ++li) x = decoder_layer(model, li, x, ctx, lora);
+  return x[0];
+}
+
 namespace {
 
-SlotAttention slot_attention(const Model& model, const KvCache& cache, const SlotStep& step,
-                             std::vector<int64_t>& positions) {
+// The masked path's fields for decode rows: their token indices, slots and key lengths.
+void set_masked_decode(SlotAttention& a, const std::vector<int64_t>& one_token, std::vector<int64_t> one_slot,
+                       const std::vector<int64_t>& one_len, int64_t slots, const at::Device& dev) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong);
+  std::vector<int64_t> slot_len(static_cast<size_t>(slots), 1);  // a slot without a row reads one (ignored) key
+  for (size_t i = 0; i < one_slot.size(); ++i) {
+    slot_len[static_cast<size_t>(one_slot[i])] = one_len[i];
+    a.one_extent = std::max(a.one_extent, one_len[i]);
+  }
+  a.one_first = *std::min_element(one_slot.begin(), one_slot.end());
+  a.one_slots = *std::max_element(one_slot.begin(), one_slot.end()) - a.one_first + 1;
+  for (int64_t& s : one_slot) s -= a.one_first;
+  a.one_token = at::tensor(one_token, i64).to(dev);
+  a.one_slot = at::tensor(one_slot, i64).to(dev);
+  std::vector<int64_t> lens(slot_len.begin() + a.one_first, slot_len.begin() + a.one_first + a.one_slots);
+  a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) < at::tensor(lens, i64).view({-1, 1, 1, 1})).to(dev);
+}
+
+SlotAttention slot_attention(const Model& model, const KvCache& cache, const SlotStep& step) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   const auto dev = model.device;
   SlotAttention a;
-  std::vector<int64_t> write_slot, one_token, one_slot;
-  std::vector<int64_t> slot_len(cache.rows, 1);  // a slot without a row reads one (ignored) position
+  std::vector<int64_t> write_flat, positions, one_token, one_slot, one_len;
   int64_t first = 0;
   for (size_t r = 0; r < step.row_slot.size(); ++r) {
     const int64_t slot = step.row_slot[r], start = step.row_start[r], len = step.row_len[r];
-    if (len < 1 || slot < 0 || slot >= cache.rows || start + len > cache.capacity)
-      throw Error(ErrorKind::Internal, "a step row does not fit its KV slot");
+    if (len < 1 || slot < 0 || slot >= cache.rows || start < 0 || start + len > cache.capacity)
+      throw Error(ErrorKind::Internal, "step row " + std::to_string(r) + " (slot " + std::to_string(slot) + ", positions " +
+                                           std::to_string(start) + " + " + std::to_string(len) +
+                                           ") does not fit a KV cache of " + std::to_string(cache.rows) + " slots of " +
+                                           std::to_string(cache.capacity) + " positions");
     for (int64_t t = 0; t < len; ++t) {
-      write_slot.push_back(slot);
+      write_flat.push_back(slot * (cache.capacity + 1) + start + t);
       positions.push_back(start + t);
     }
     if (len == 1) {
       one_token.push_back(first);
       one_slot.push_back(slot);
-      slot_len[slot] = start + 1;
-      a.one_extent = std::max(a.one_extent, start + 1);
+      one_len.push_back(start + 1);
     } else {
-      at::Tensor mask = at::arange(start + len, i64).view({1, 1, 1, -1}) <=
-                        (at::arange(len, i64) + start).view({1, 1, -1, 1});
-      a.chunks.push_back({first, len, slot, start, mask.to(dev)});
+      at::Tensor mask;
+      if (start > 0)
+        mask = (at::arange(start + len, i64).view({1, 1, 1, -1}) <= (at::arange(len, i64) + start).view({1, 1, -1, 1})).to(dev);
+      a.chunks.push_back({first, len, slot, start, mask});
     }
     first += len;
   }
-  a.write_slot = at::tensor(write_slot, i64).to(dev);
+  if (static_cast<int64_t>(positions.size()) != static_cast<int64_t>(step.tokens.size()))
+    throw Error(ErrorKind::Internal, "step rows and tokens disagree");
+  a.write_flat = at::tensor(write_flat, i64).to(dev);
   a.write_pos = at::tensor(positions, i64).to(dev);
-  if (!one_token.empty()) {
-    a.one_first = *std::min_element(one_slot.begin(), one_slot.end());
-    a.one_slots = *std::max_element(one_slot.begin(), one_slot.end()) - a.one_first + 1;
-    for (int64_t& s : one_slot) s -= a.one_first;
-    a.one_token = at::tensor(one_token, i64).to(dev);
-    a.one_slot = at::tensor(one_slot, i64).to(dev);
-    std::vector<int64_t> lens(slot_len.begin() + a.one_first, slot_len.begin() + a.one_first + a.one_slots);
-    a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) < at::tensor(lens, i64).view({-1, 1, 1, 1})).to(dev);
+  if (one_token.empty()) return a;
+  if (!flash_decode(model)) {
+    set_masked_decode(a, one_token, std::move(one_slot), one_len, cache.rows, dev);
+  } else {
+    if (one_token.size() < positions.size()) a.one_token = at::tensor(one_token, i64).to(dev);
+    set_flash_decode(a, cache, at::tensor(one_slot, i64).to(dev), at::tensor(one_len, i64).to(dev));
   }
   return a;
 }
@@ -305,22 +373,15 @@ at::Tensor forward_slots(const Model& model, KvCache& cache, const SlotStep& ste
   const int64_t N = static_cast<int64_t>(step.tokens.size());
   if (N == 0 || step.row_slot.size() != step.row_start.size() || step.row_slot.size() != step.row_len.size())
     throw Error(ErrorKind::Internal, "a malformed slot step");
-  std::vector<int64_t> positions;
-  const SlotAttention attention = slot_attention(model, cache, step, positions);
-  if (static_cast<int64_t>(positions.size()) != N) throw Error(ErrorKind::Internal, "step rows and tokens disagree");
+  const SlotAttention attention = slot_attention(model, cache, step);
   const auto i64 = at::TensorOptions().dtype(at::kLong);
-  LayerContext ctx;
-  ctx.cache = &cache;
-  ctx.slots = &attention;
-  std::tie(ctx.cos, ctx.sin) = rope_tables(model, attention.write_pos.unsqueeze(0));
-  at::Tensor x = embed_tokens(model, at::tensor(step.tokens, i64).to(model.device).unsqueeze(0));  // [1, N, hidden]
-  for (int64_t li = 0; li < model.config.num_layers; ++li) x = decoder_layer(model, li, x, ctx, lora);
+  at::Tensor hidden = slot_hidden(model, cache, attention, at::tensor(step.tokens, i64).to(model.device), lora);
   std::vector<int64_t> last(step.row_len.size());
   int64_t end = 0;
   for (size_t r = 0; r < step.row_len.size(); ++r) last[r] = (end += step.row_len[r]) - 1;
   std::vector<int64_t> picked;
   for (int64_t r : step.logits_rows) picked.push_back(last.at(static_cast<size_t>(r)));
-  return output_logits(model, x[0].index_select(0, at::tensor(picked, i64).to(model.device)));
+  return output_logits(model, hidden.index_select(0, at::tensor(picked, i64).to(model.device)));
 }
 
 }  // namespace hs

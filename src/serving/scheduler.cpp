@@ -10,10 +10,12 @@
 
 #include "adapters/lora_weights.h"
 #include "common/metrics.h"
+#include "model/decode_graphs.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "serving/output_text.h"
 #include "serving/prefix_cache.h"
+#include "serving/row_logits.h"
 
 namespace hs {
 
@@ -60,7 +62,7 @@ struct Scheduler::Metrics {
   std::unique_ptr<MetricsRegistry> own;  // when the caller passed none
   MetricFamily *requests, *rejected, *ttft, *itl, *e2e, *queue, *prompt_tokens, *generated_tokens, *running,
       *waiting, *kv_usage, *kv_slots, *prefix_queried, *prefix_hit, *steps, *step_tokens, *step_seconds,
-      *forward_seconds, *train_jobs, *train_seconds, *scope;
+      *forward_seconds, *graph_steps, *graph_captures, *train_jobs, *train_seconds, *scope;
 
   explicit Metrics(MetricsRegistry* r) {
     if (!r) r = (own = std::make_unique<MetricsRegistry>()).get();
@@ -84,6 +86,9 @@ struct Scheduler::Metrics {
     step_seconds = &r->counter("hyprstream_step_seconds_total", "Engine thread time in serving steps, all of it");
     forward_seconds = &r->counter("hyprstream_forward_seconds_total",
                                   "Of the step time, the model's forward (the rest is the scheduler's overhead)");
+    graph_steps = &r->counter("hyprstream_graph_steps_total", "Decode steps replayed from a CUDA graph");
+    graph_captures = &r->counter("hyprstream_graph_captures_total",
+                                 "CUDA graphs captured (per bucket of rows, again for each new LoRA stack)");
     train_jobs = &r->counter("hyprstream_training_jobs_total", "Trainer compute jobs run on the engine thread");
     train_seconds = &r->counter("hyprstream_training_seconds_total", "Engine thread time spent training");
     scope = &r->counter("hyprstream_adapter_scope_total",
@@ -91,6 +96,29 @@ struct Scheduler::Metrics {
                         "outside: the base model did)");
   }
 };
+
+namespace {
+
+// Logits of a step on the device: decode-only steps replay a CUDA graph where there are graphs; a graph that
+// cannot be captured turns them off (said once on stderr) and the step runs eagerly.
+at::Tensor step_logits(std::unique_ptr<DecodeGraphs>& graphs, const Model& model, KvCache& cache, const SlotStep& step,
+                       const LoraBatch* lora, MetricFamily& graph_steps, MetricFamily& graph_captures) {
+  if (graphs && DecodeGraphs::serves(step)) {
+    try {
+      const int64_t before = graphs->captures();
+      at::Tensor logits = graphs->run(step, lora);
+      graph_steps.add(1);
+      graph_captures.add(static_cast<double>(graphs->captures() - before));
+      return logits;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "hyprstream: CUDA graphs are off for this run, decode steps run eagerly: %s\n", e.what());
+      graphs.reset();
+    }
+  }
+  return forward_slots(model, cache, step, lora);
+}
+
+}  // namespace
 
 void validate_scheduler_options(const SchedulerOptions& o) {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
@@ -113,6 +141,7 @@ Scheduler::Scheduler(const Engine& engine, SchedulerOptions options, MetricsRegi
   options_.max_seq_tokens = std::min(options_.max_seq_tokens, model.config.context_length);
   cache_ = std::make_unique<KvCache>(make_kv_cache(model, options_.max_seqs, options_.max_seq_tokens));
   prefix_ = std::make_unique<PrefixCache>(model, options_.prefix_block_tokens, options_.prefix_cache_tokens);
+  if (options_.cuda_graphs && DecodeGraphs::supported(model)) graphs_ = std::make_unique<DecodeGraphs>(model, *cache_);
   slots_.resize(static_cast<size_t>(options_.max_seqs));
   stats_.kv_slots = options_.max_seqs;
   stats_.kv_tokens = options_.max_seqs * options_.max_seq_tokens;
@@ -473,12 +502,16 @@ void Scheduler::step() {
   }
   if (rows.empty()) return;
 
-  at::Tensor logits;
+  std::vector<RowLogits> logits;
   {
     c10::InferenceMode guard;
     const LoraBatch* lora = step_adapters(rows, step);
     const auto t0 = Clock::now();
-    logits = forward_slots(*engine_.model, *cache_, step, lora).to(at::kCPU).contiguous();
+    const at::Tensor device_logits = step_logits(graphs_, *engine_.model, *cache_, step, lora, *metrics_->graph_steps,
+                                                 *metrics_->graph_captures);
+    std::vector<bool> full;
+    for (const Sequence* s : sampled) full.push_back(needs_full_logits(s->req.sampling));
+    logits = fetch_row_logits(device_logits, full);
     metrics_->forward_seconds->add(seconds_between(t0, Clock::now()));
   }
   metrics_->steps->add(1);
@@ -492,13 +525,7 @@ void Scheduler::step() {
       prefix_->store(s.prefix_seed, s.req.prompt, s.computed, *cache_, s.slot);
     }
   }
-  const int64_t V = logits.size(1);
-  std::vector<float> row(V);
-  for (size_t i = 0; i < sampled.size(); ++i) {
-    const float* src = logits[static_cast<int64_t>(i)].data_ptr<float>();
-    row.assign(src, src + V);
-    emit(*sampled[i], row);
-  }
+  for (size_t i = 0; i < sampled.size(); ++i) emit(*sampled[i], logits[i]);
 }
 
 // The LoRA stack for a step's rows with per-token scales, or null when no row has an adapter. The stack is
@@ -532,14 +559,14 @@ const LoraBatch* Scheduler::step_adapters(const std::vector<Sequence*>& rows, co
 }
 
 // Samples the sequence's next token from its logits and streams it, or ends the sequence.
-void Scheduler::emit(Sequence& s, std::vector<float>& logits) {
+void Scheduler::emit(Sequence& s, RowLogits& logits) {
   const SamplingParams& p = s.req.sampling;
   const size_t generated = s.result.ids.size();
-  for (float x : logits)
-    if (!std::isfinite(x)) return finish(s, "error", non_finite_logits_error(s.req, generated));
-  std::vector<float> raw;
-  if (p.logprobs || p.top_logprobs > 0) raw = logits;
-  const int32_t id = sample_next(logits, p, s.history, s.rng, s.history.size() - generated);
+  if (!logits.finite) return finish(s, "error", non_finite_logits_error(s.req, generated));
+  std::vector<float> raw;  // penalties modify a whole row; logprobs read it unmodified
+  if (!logits.full.empty() && (p.logprobs || p.top_logprobs > 0)) raw = logits.full;
+  const int32_t id = sample_row(logits, p, s.history, s.rng, s.history.size() - generated);
+  if (!raw.empty()) logits.full = std::move(raw);
   const bool eos = !p.ignore_eos && std::find(engine_.eos_ids.begin(), engine_.eos_ids.end(), id) != engine_.eos_ids.end();
   if (eos || std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) != p.stop_token_ids.end())
     return finish(s, "stop");
@@ -554,8 +581,8 @@ void Scheduler::emit(Sequence& s, std::vector<float>& logits) {
   metrics_->generated_tokens->add(1);
   ++generated_;
   bool hit_stop = false;
-  TokenEvent ev{id, s.out->push(id, &hit_stop), p.logprobs ? token_logprob(raw, id) : 0.0f, {}};
-  if (p.top_logprobs > 0) ev.top_logprobs = top_logprobs(raw, p.top_logprobs);
+  TokenEvent ev{id, s.out->push(id, &hit_stop), p.logprobs ? row_logprob(logits, id) : 0.0f, {}};
+  if (p.top_logprobs > 0) ev.top_logprobs = row_top_logprobs(logits, p.top_logprobs);
   s.result.ids.push_back(id);
   s.result.logprobs.push_back(ev.logprob);
   s.history.push_back(id);

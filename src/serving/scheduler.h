@@ -35,7 +35,9 @@ namespace hs {
 
 class MetricsRegistry;
 class MetricFamily;
+class DecodeGraphs;
 class PrefixCache;
+struct RowLogits;
 struct KvCache;
 struct LoraBatch;
 struct LoraWeights;
@@ -53,6 +55,9 @@ struct SchedulerOptions {
   // A request inside an adapter's scope is served with the taught conversation nearest it before its own
   // turns (adapters/scope.h, ScopeMemory), when both fit in its slot.
   bool recall_taught = true;
+  // On CUDA, decode-only steps replay a captured graph per bucket of rows (model/decode_graphs.h); off runs
+  // every step eagerly (vLLM's enforce_eager).
+  bool cuda_graphs = true;
 };
 
 // Throws InvalidArgument naming the first option out of range.
@@ -123,7 +128,7 @@ class Scheduler {
   void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);
-  void emit(Sequence& seq, std::vector<float>& logits);
+  void emit(Sequence& seq, RowLogits& logits);
   const LoraBatch* step_adapters(const std::vector<Sequence*>& rows, const struct SlotStep& step);
   void run_jobs(bool serving);
   void publish_stats();
@@ -134,6 +139,7 @@ class Scheduler {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<PrefixCache> prefix_;
+  std::unique_ptr<DecodeGraphs> graphs_;  // on CUDA, unless options_.cuda_graphs is off
 
   // Engine thread only.
   std::vector<std::unique_ptr<Sequence>> slots_;  // by KV slot; null when free

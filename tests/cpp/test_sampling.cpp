@@ -1,8 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/error.h"
+#include "serving/row_logits.h"
 #include "serving/sampling.h"
 
 namespace hs {
@@ -100,4 +105,78 @@ TEST(Sampling, RejectsOutOfRangeParameters) {
   EXPECT_THROW(validate_sampling(p), Error);
 }
 
+}  // namespace hs
+
+namespace hs {
+namespace {
+
+// The scheduler samples most rows from their 64 largest logits, reduced on the device; the token, its logprob
+// and the top logprobs must be what the whole row gives with the same generator.
+TEST(Sampling, ARowReducedToItsLargestLogitsSamplesAsTheWholeRow) {
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  SamplingParams wide;
+  wide.temperature = 1.3f;
+  wide.top_k = kDeviceTopK;
+  wide.top_p = 1;
+  wide.min_p = 0;
+  SamplingParams narrow;
+  narrow.top_k = 10;
+  narrow.top_p = 0.5f;
+  const std::vector<SamplingParams> params = {SamplingParams{}, greedy, wide, narrow};
+  for (int64_t seed = 0; seed < 10; ++seed) {
+    at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+    const at::Tensor logits = at::randn({3, 1000}, gen) * 3;
+    const std::vector<RowLogits> reduced = fetch_row_logits(logits, {false, false, false});
+    const std::vector<RowLogits> whole = fetch_row_logits(logits, {true, true, true});
+    for (size_t r = 0; r < 3; ++r)
+      for (const SamplingParams& p : params) {
+        ASSERT_FALSE(needs_full_logits(p));
+        std::mt19937_64 rng_reduced(static_cast<uint64_t>(seed)), rng_whole(static_cast<uint64_t>(seed));
+        for (int draw = 0; draw < 5; ++draw) {
+          RowLogits row = reduced[r];
+          std::vector<float> full = whole[r].full;
+          const int32_t id = sample_row(row, p, {}, rng_reduced, 0);
+          ASSERT_EQ(id, sample_next(full, p, {}, rng_whole, 0)) << "seed " << seed << " row " << r;
+          EXPECT_NEAR(row_logprob(reduced[r], id), token_logprob(whole[r].full, id), 1e-5);
+        }
+        const auto top = row_top_logprobs(reduced[r], 20), expected = top_logprobs(whole[r].full, 20);
+        ASSERT_EQ(top.size(), expected.size());
+        for (size_t i = 0; i < top.size(); ++i) {
+          EXPECT_EQ(top[i].first, expected[i].first);
+          EXPECT_NEAR(top[i].second, expected[i].second, 1e-5);
+        }
+      }
+  }
+}
+
+TEST(Sampling, PenaltiesAndWideTopKFetchTheWholeRowAndNonFiniteRowsAreFlagged) {
+  SamplingParams p;
+  EXPECT_FALSE(needs_full_logits(p));
+  p.repetition_penalty = 1.1f;
+  EXPECT_TRUE(needs_full_logits(p));
+  p = SamplingParams{};
+  p.frequency_penalty = 0.5f;
+  EXPECT_TRUE(needs_full_logits(p));
+  p = SamplingParams{};
+  p.top_k = 0;
+  EXPECT_TRUE(needs_full_logits(p));
+  p.temperature = 0;  // greedy reads only the largest logit
+  EXPECT_FALSE(needs_full_logits(p));
+  p = SamplingParams{};
+  p.top_k = kDeviceTopK + 1;
+  EXPECT_TRUE(needs_full_logits(p));
+
+  at::Tensor logits = at::zeros({2, 100});
+  logits[1][7] = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<RowLogits> rows = fetch_row_logits(logits, {false, true});
+  EXPECT_TRUE(rows[0].finite);
+  EXPECT_FALSE(rows[1].finite);
+  EXPECT_EQ(rows[1].full.size(), 100u);
+  EXPECT_EQ(rows[0].top_ids.size(), static_cast<size_t>(kDeviceTopK));
+  // Ties: lower id first, as the host orders candidates.
+  EXPECT_TRUE(std::is_sorted(rows[0].top_ids.begin(), rows[0].top_ids.end()));
+}
+
+}  // namespace
 }  // namespace hs

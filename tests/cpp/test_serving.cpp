@@ -1,11 +1,12 @@
-// Pieces of the server: the prefix cache (reuse, seeds, eviction, the last token always computed), metrics in
-// Prometheus' text format, strict JSON and file locks.
+// Pieces of the server: the prefix cache (reuse, seeds, eviction, the last token always computed), which steps
+// the decode graphs take, metrics in Prometheus' text format, strict JSON and file locks.
 #include <gtest/gtest.h>
 
 #include "common/error.h"
 #include "common/file_lock.h"
 #include "common/metrics.h"
 #include "common/strict_json.h"
+#include "model/decode_graphs.h"
 #include "model/forward.h"
 #include "model/load.h"
 #include "model/model.h"
@@ -64,6 +65,26 @@ TEST(PrefixCache, EvictsTheLeastRecentlyUsedBlockAndCanBeTurnedOff) {
   PrefixCache off(*model, 4, 0);
   off.store("a", {1, 2, 3, 4, 9}, 5, cache, 0);
   EXPECT_EQ(off.load("a", {1, 2, 3, 4, 9}, cache, 0), 0);
+}
+
+// A graph replays a fixed shape: rows of one token whose logits come back in row order. Anything else (a
+// prefill chunk, a row without logits, rows out of order) must run eagerly. Replays themselves need a GPU:
+// bench/gpu/run.sh compares their greedy tokens with eager decoding.
+TEST(DecodeGraphs, TakeOnlyStepsOfSingleTokenRowsWithLogitsInRowOrder) {
+  SlotStep decode{{5, 6, 7}, {2, 0, 1}, {10, 3, 8}, {1, 1, 1}, {0, 1, 2}};
+  EXPECT_TRUE(DecodeGraphs::serves(decode));
+  SlotStep chunk = decode;
+  chunk.tokens.push_back(8);
+  chunk.row_len[1] = 2;
+  EXPECT_FALSE(DecodeGraphs::serves(chunk));
+  SlotStep reordered = decode;
+  reordered.logits_rows = {0, 2, 1};
+  EXPECT_FALSE(DecodeGraphs::serves(reordered));
+  SlotStep without_logits = decode;
+  without_logits.logits_rows = {0, 1};
+  EXPECT_FALSE(DecodeGraphs::serves(without_logits));
+  EXPECT_FALSE(DecodeGraphs::serves(SlotStep{}));
+  EXPECT_FALSE(DecodeGraphs::supported(*tiny_model()));  // CPU: eager steps only
 }
 
 TEST(Metrics, WritesPrometheusTextWithEscapedLabelsAndCumulativeBuckets) {

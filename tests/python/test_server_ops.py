@@ -455,6 +455,7 @@ def test_print_config_without_a_file_equals_the_documented_default_file():
     ("learning", "batch_events", 0, "'learning.batch_events' must lie in"),
     ("learning", "rehearsal_examples", 5000, "'learning.rehearsal_examples' must lie in"),
     ("scheduler", "recall_taught", 1, "'scheduler.recall_taught' must be true or false"),
+    ("scheduler", "cuda_graphs", "yes", "'scheduler.cuda_graphs' must be true or false"),
     ("scheduler", "max_step_tokens", 8, "max_step_tokens (8) must be at least max_seqs (16)"),
     ("server", "idle_timeout_ms", 10**12, "'server.idle_timeout_ms' must be an integer of milliseconds"),
 ])

@@ -141,6 +141,7 @@ std::vector<Binding> bindings(ServerConfig& c) {
       integer("scheduler.prefix_cache_tokens", s.prefix_cache_tokens, 0, big),
       integer("scheduler.prefix_block_tokens", s.prefix_block_tokens, 1, 4096),
       number("scheduler.training_share", s.training_share, 0, 1), boolean("scheduler.recall_taught", s.recall_taught),
+      boolean("scheduler.cuda_graphs", s.cuda_graphs),
       text("adapters.dir", c.service.adapters.root),
       integer("adapters.resident_bytes", c.service.adapters.resident_bytes, 0, int64_t{1} << 40),
       integer("adapters.hot_adapters", c.service.adapters.hot_adapters, 1, 4096),
