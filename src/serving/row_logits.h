@@ -1,8 +1,8 @@
 #pragma once
 // What the host receives of a step's logits. A row sampled without penalties and with top_k within
 // kDeviceTopK needs only its most likely tokens and the log-normaliser, reduced on the device: the host then
-// copies and scans a few hundred bytes instead of the vocabulary (1.9 ms per row at 151,936 tokens on a CPU
-// core, bench/bench_engine.cpp host_sampling). Other rows come whole.
+// copies and scans a few hundred bytes instead of the vocabulary (sampling a whole row of 151,936 logits costs
+// it about 2 ms: hyprstream-bench's host_sampling). Other rows come whole.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -21,18 +21,20 @@ struct RowLogits {
   std::vector<float> full;       // the whole row, when its sampling needs it
   std::vector<float> top_values; // otherwise its kDeviceTopK largest logits, largest first (ties: lower id first)
   std::vector<int32_t> top_ids;
-  double log_normalizer = 0;     // logsumexp of the whole row
+  double log_normalizer = 0;     // logsumexp of the whole row, with top_values
 };
 
-// Whether sampling with `p` can reach beyond the row's kDeviceTopK most likely tokens: penalties change
-// logits anywhere in the vocabulary, and top_k 0 (off) or above kDeviceTopK keeps more candidates.
-bool needs_full_logits(const SamplingParams& p);
+// How many of a row's largest logits sampling with `p` reads (top_k, or 1 when greedy, and the top logprobs),
+// or 0 when it can reach beyond kDeviceTopK: penalties change logits anywhere in the vocabulary, and top_k 0
+// (off) or above kDeviceTopK keeps more candidates.
+int64_t candidates_needed(const SamplingParams& p);
 
-// Rows of float32 logits [rows, vocab] (any device): whole where full[r], else reduced.
-std::vector<RowLogits> fetch_row_logits(const at::Tensor& logits, const std::vector<bool>& full);
+// Rows of float32 logits [rows, vocab] (any device): reduced where needed[r] > 0, else whole. A reduced row
+// whose needed[r]-th largest logit ties with the first one left out comes whole too: which of equal logits the
+// device keeps is unspecified, and the host keeps the lower ids.
+std::vector<RowLogits> fetch_row_logits(const at::Tensor& logits, const std::vector<int64_t>& needed);
 
-// The token sample_next would pick from the whole row with the same generator state (the candidate set can
-// differ only when logits tie exactly at the kDeviceTopK-th place).
+// The token sample_next picks from the whole row with the same generator state.
 int32_t sample_row(RowLogits& row, const SamplingParams& p, const std::vector<int32_t>& history, std::mt19937_64& rng,
                    size_t generated_from);
 

@@ -509,9 +509,9 @@ void Scheduler::step() {
     const auto t0 = Clock::now();
     const at::Tensor device_logits = step_logits(graphs_, *engine_.model, *cache_, step, lora, *metrics_->graph_steps,
                                                  *metrics_->graph_captures);
-    std::vector<bool> full;
-    for (const Sequence* s : sampled) full.push_back(needs_full_logits(s->req.sampling));
-    logits = fetch_row_logits(device_logits, full);
+    std::vector<int64_t> needed;
+    for (const Sequence* s : sampled) needed.push_back(candidates_needed(s->req.sampling));
+    logits = fetch_row_logits(device_logits, needed);
     metrics_->forward_seconds->add(seconds_between(t0, Clock::now()));
   }
   metrics_->steps->add(1);

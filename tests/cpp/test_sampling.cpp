@@ -111,27 +111,35 @@ namespace hs {
 namespace {
 
 // The scheduler samples most rows from their 64 largest logits, reduced on the device; the token, its logprob
-// and the top logprobs must be what the whole row gives with the same generator.
+// and the top logprobs must be what the whole row gives with the same generator. Rows 2 and 3 tie: row 2 has
+// 70 equal logits at the top (more than the device keeps), row 3 a group of equal logits across the cut.
 TEST(Sampling, ARowReducedToItsLargestLogitsSamplesAsTheWholeRow) {
   SamplingParams greedy;
   greedy.temperature = 0;
+  greedy.top_logprobs = 5;
   SamplingParams wide;
   wide.temperature = 1.3f;
   wide.top_k = kDeviceTopK;
   wide.top_p = 1;
   wide.min_p = 0;
+  wide.top_logprobs = 20;
   SamplingParams narrow;
   narrow.top_k = 10;
   narrow.top_p = 0.5f;
   const std::vector<SamplingParams> params = {SamplingParams{}, greedy, wide, narrow};
   for (int64_t seed = 0; seed < 10; ++seed) {
     at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
-    const at::Tensor logits = at::randn({3, 1000}, gen) * 3;
-    const std::vector<RowLogits> reduced = fetch_row_logits(logits, {false, false, false});
-    const std::vector<RowLogits> whole = fetch_row_logits(logits, {true, true, true});
-    for (size_t r = 0; r < 3; ++r)
-      for (const SamplingParams& p : params) {
-        ASSERT_FALSE(needs_full_logits(p));
+    at::Tensor logits = at::randn({4, 1000}, gen) * 3;
+    const at::Tensor order = at::randperm(1000, gen);
+    logits[2].index_fill_(0, order.narrow(0, 0, 70), 20.0);
+    logits[3].index_fill_(0, order.narrow(0, 0, 50), 20.0);
+    logits[3].index_fill_(0, order.narrow(0, 50, 30), 15.0);  // ranks 50 to 79 tie
+    for (const SamplingParams& p : params) {
+      const int64_t needed = candidates_needed(p);
+      ASSERT_GT(needed, 0);
+      const std::vector<RowLogits> reduced = fetch_row_logits(logits, std::vector<int64_t>(4, needed));
+      const std::vector<RowLogits> whole = fetch_row_logits(logits, std::vector<int64_t>(4, 0));
+      for (size_t r = 0; r < 4; ++r) {
         std::mt19937_64 rng_reduced(static_cast<uint64_t>(seed)), rng_whole(static_cast<uint64_t>(seed));
         for (int draw = 0; draw < 5; ++draw) {
           RowLogits row = reduced[r];
@@ -140,42 +148,50 @@ TEST(Sampling, ARowReducedToItsLargestLogitsSamplesAsTheWholeRow) {
           ASSERT_EQ(id, sample_next(full, p, {}, rng_whole, 0)) << "seed " << seed << " row " << r;
           EXPECT_NEAR(row_logprob(reduced[r], id), token_logprob(whole[r].full, id), 1e-5);
         }
-        const auto top = row_top_logprobs(reduced[r], 20), expected = top_logprobs(whole[r].full, 20);
+        const auto top = row_top_logprobs(reduced[r], p.top_logprobs);
+        const auto expected = top_logprobs(whole[r].full, p.top_logprobs);
         ASSERT_EQ(top.size(), expected.size());
         for (size_t i = 0; i < top.size(); ++i) {
           EXPECT_EQ(top[i].first, expected[i].first);
           EXPECT_NEAR(top[i].second, expected[i].second, 1e-5);
         }
       }
+      EXPECT_TRUE(reduced[0].full.empty());  // no ties: reduced
+      EXPECT_FALSE(reduced[2].full.empty());  // more equal logits at the top than the device keeps
+      EXPECT_EQ(reduced[3].full.empty(), needed < 50);  // the tie matters only when sampling reaches it
+    }
   }
 }
 
 TEST(Sampling, PenaltiesAndWideTopKFetchTheWholeRowAndNonFiniteRowsAreFlagged) {
   SamplingParams p;
-  EXPECT_FALSE(needs_full_logits(p));
+  EXPECT_EQ(candidates_needed(p), 40);
   p.repetition_penalty = 1.1f;
-  EXPECT_TRUE(needs_full_logits(p));
+  EXPECT_EQ(candidates_needed(p), 0);
   p = SamplingParams{};
   p.frequency_penalty = 0.5f;
-  EXPECT_TRUE(needs_full_logits(p));
+  EXPECT_EQ(candidates_needed(p), 0);
   p = SamplingParams{};
   p.top_k = 0;
-  EXPECT_TRUE(needs_full_logits(p));
-  p.temperature = 0;  // greedy reads only the largest logit
-  EXPECT_FALSE(needs_full_logits(p));
+  EXPECT_EQ(candidates_needed(p), 0);
+  p.temperature = 0;  // greedy reads only the largest logit, and the top logprobs asked for
+  EXPECT_EQ(candidates_needed(p), 1);
+  p.top_logprobs = 7;
+  EXPECT_EQ(candidates_needed(p), 7);
   p = SamplingParams{};
   p.top_k = kDeviceTopK + 1;
-  EXPECT_TRUE(needs_full_logits(p));
+  EXPECT_EQ(candidates_needed(p), 0);
 
-  at::Tensor logits = at::zeros({2, 100});
+  at::Tensor logits = at::randn({3, 100});
   logits[1][7] = std::numeric_limits<float>::quiet_NaN();
-  const std::vector<RowLogits> rows = fetch_row_logits(logits, {false, true});
+  logits[2][3] = std::numeric_limits<float>::infinity();
+  const std::vector<RowLogits> rows = fetch_row_logits(logits, {40, 0, 40});
   EXPECT_TRUE(rows[0].finite);
+  EXPECT_EQ(rows[0].top_ids.size(), static_cast<size_t>(kDeviceTopK));
   EXPECT_FALSE(rows[1].finite);
   EXPECT_EQ(rows[1].full.size(), 100u);
-  EXPECT_EQ(rows[0].top_ids.size(), static_cast<size_t>(kDeviceTopK));
-  // Ties: lower id first, as the host orders candidates.
-  EXPECT_TRUE(std::is_sorted(rows[0].top_ids.begin(), rows[0].top_ids.end()));
+  EXPECT_FALSE(rows[2].finite);
+  EXPECT_TRUE(rows[2].full.empty());
 }
 
 }  // namespace
