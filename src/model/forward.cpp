@@ -1,14 +1,14 @@
 #include "model/forward.h"
 
+#include <ATen/cuda/CUDAContext.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string>
-#include <cmath>
 #include <tuple>
 #include <utility>
-
-#include <ATen/cuda/CUDAContext.h>
 
 #include "common/error.h"
 #include "model/slot_attention.h"
