@@ -152,11 +152,7 @@ at::Tensor DecodeGraphs::run(const SlotStep& step, const LoraBatch* lora) {
   for (int64_t r = 0; r < bucket; ++r) {
     const bool real = r < rows;
     const int64_t slot = real ? step.row_slot[r] : 0, start = real ? step.row_start[r] : cache_.capacity;
-    if (real && (slot < 0 || slot >= cache_.rows || start < 0 || start >= cache_.capacity))
-      throw Error(ErrorKind::Internal, "decode row " + std::to_string(r) + " (slot " + std::to_string(slot) +
-                                           ", position " + std::to_string(start) + ") does not fit a KV cache of " +
-                                           std::to_string(cache_.rows) + " slots of " +
-                                           std::to_string(cache_.capacity) + " positions");
+    if (real) check_row_fits(cache_, static_cast<size_t>(r), slot, start, 1);
     in[kToken][r] = real ? step.tokens[r] : 0;
     in[kSlot][r] = slot;
     in[kPosition][r] = start;

@@ -269,6 +269,14 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, co
   return output_logits(model, x);
 }
 
+void check_row_fits(const KvCache& cache, size_t r, int64_t slot, int64_t start, int64_t len) {
+  if (len < 1 || slot < 0 || slot >= cache.rows || start < 0 || start + len > cache.capacity)
+    throw Error(ErrorKind::Internal, "step row " + std::to_string(r) + " (slot " + std::to_string(slot) + ", positions " +
+                                         std::to_string(start) + " + " + std::to_string(len) +
+                                         ") does not fit a KV cache of " + std::to_string(cache.rows) + " slots of " +
+                                         std::to_string(cache.capacity) + " positions");
+}
+
 bool flash_decode(const Model& model) {
   static const bool allowed = [] {
     const char* v = std::getenv("HYPRSTREAM_FLASH_DECODE");
@@ -332,11 +340,7 @@ SlotAttention slot_attention(const Model& model, const KvCache& cache, const Slo
   int64_t first = 0;
   for (size_t r = 0; r < step.row_slot.size(); ++r) {
     const int64_t slot = step.row_slot[r], start = step.row_start[r], len = step.row_len[r];
-    if (len < 1 || slot < 0 || slot >= cache.rows || start < 0 || start + len > cache.capacity)
-      throw Error(ErrorKind::Internal, "step row " + std::to_string(r) + " (slot " + std::to_string(slot) + ", positions " +
-                                           std::to_string(start) + " + " + std::to_string(len) +
-                                           ") does not fit a KV cache of " + std::to_string(cache.rows) + " slots of " +
-                                           std::to_string(cache.capacity) + " positions");
+    check_row_fits(cache, r, slot, start, len);
     for (int64_t t = 0; t < len; ++t) {
       write_flat.push_back(slot * (cache.capacity + 1) + start + t);
       positions.push_back(start + t);

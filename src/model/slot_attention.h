@@ -33,6 +33,9 @@ struct SlotAttention {
   std::vector<Chunk> chunks;
 };
 
+// Throws Internal unless row `r` of a step (slot, start position, tokens) fits the cache.
+void check_row_fits(const KvCache& cache, size_t r, int64_t slot, int64_t start, int64_t len);
+
 // Whether decode rows of this model take the flash path: CUDA, half precision, a head size the kernel takes.
 // HYPRSTREAM_FLASH_DECODE=0 in the environment turns it off (to compare with the masked path).
 bool flash_decode(const Model& model);

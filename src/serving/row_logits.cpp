@@ -88,9 +88,12 @@ std::vector<RowLogits> fetch_row_logits(const at::Tensor& logits, const std::vec
   return rows;
 }
 
-int32_t sample_row(RowLogits& row, const SamplingParams& p, const std::vector<int32_t>& history, std::mt19937_64& rng,
-                   size_t generated_from) {
-  if (!row.full.empty()) return sample_next(row.full, p, history, rng, generated_from);
+int32_t sample_row(const RowLogits& row, const SamplingParams& p, const std::vector<int32_t>& history,
+                   std::mt19937_64& rng, size_t generated_from) {
+  if (!row.full.empty()) {
+    std::vector<float> logits = row.full;  // penalties are applied to a copy
+    return sample_next(logits, p, history, rng, generated_from);
+  }
   if (candidates_needed(p) == 0) throw Error(ErrorKind::Internal, "a reduced row was sampled with parameters that need all logits");
   // The candidates in the host's order: sampling among them by position draws as sample_next does.
   std::vector<float> candidates = row.top_values;

@@ -34,8 +34,9 @@ int64_t candidates_needed(const SamplingParams& p);
 // device keeps is unspecified, and the host keeps the lower ids.
 std::vector<RowLogits> fetch_row_logits(const at::Tensor& logits, const std::vector<int64_t>& needed);
 
-// The token sample_next picks from the whole row with the same generator state.
-int32_t sample_row(RowLogits& row, const SamplingParams& p, const std::vector<int32_t>& history, std::mt19937_64& rng,
+// The token sample_next picks from the whole row with the same generator state. The row is left as it is (the
+// logprobs read it afterwards).
+int32_t sample_row(const RowLogits& row, const SamplingParams& p, const std::vector<int32_t>& history, std::mt19937_64& rng,
                    size_t generated_from);
 
 // log softmax of the unmodified row at `id`, which must be among the row's candidates when it is reduced.

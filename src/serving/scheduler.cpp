@@ -559,14 +559,11 @@ const LoraBatch* Scheduler::step_adapters(const std::vector<Sequence*>& rows, co
 }
 
 // Samples the sequence's next token from its logits and streams it, or ends the sequence.
-void Scheduler::emit(Sequence& s, RowLogits& logits) {
+void Scheduler::emit(Sequence& s, const RowLogits& logits) {
   const SamplingParams& p = s.req.sampling;
   const size_t generated = s.result.ids.size();
   if (!logits.finite) return finish(s, "error", non_finite_logits_error(s.req, generated));
-  std::vector<float> raw;  // penalties modify a whole row; logprobs read it unmodified
-  if (!logits.full.empty() && (p.logprobs || p.top_logprobs > 0)) raw = logits.full;
   const int32_t id = sample_row(logits, p, s.history, s.rng, s.history.size() - generated);
-  if (!raw.empty()) logits.full = std::move(raw);
   const bool eos = !p.ignore_eos && std::find(engine_.eos_ids.begin(), engine_.eos_ids.end(), id) != engine_.eos_ids.end();
   if (eos || std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) != p.stop_token_ids.end())
     return finish(s, "stop");

@@ -128,7 +128,7 @@ class Scheduler {
   void start(std::unique_ptr<Sequence> seq, int64_t slot);
   void step();
   void finish(Sequence& seq, const std::string& reason, std::optional<Error> error = std::nullopt);
-  void emit(Sequence& seq, RowLogits& logits);
+  void emit(Sequence& seq, const RowLogits& logits);
   const LoraBatch* step_adapters(const std::vector<Sequence*>& rows, const struct SlotStep& step);
   void run_jobs(bool serving);
   void publish_stats();

@@ -192,6 +192,15 @@ TEST(Sampling, PenaltiesAndWideTopKFetchTheWholeRowAndNonFiniteRowsAreFlagged) {
   EXPECT_EQ(rows[1].full.size(), 100u);
   EXPECT_FALSE(rows[2].finite);
   EXPECT_TRUE(rows[2].full.empty());
+
+  // Penalties apply to the draw, not to the row the logprobs read afterwards.
+  p = SamplingParams{};
+  p.temperature = 0;
+  p.repetition_penalty = 2.0f;
+  const RowLogits whole = fetch_row_logits(at::tensor(logits_fixture()).view({1, -1}), {0})[0];
+  std::mt19937_64 rng(1);
+  EXPECT_EQ(sample_row(whole, p, {1}, rng, 0), 2);  // token 1's 3.0 halves below token 2's 2.5
+  EXPECT_EQ(whole.full, logits_fixture());
 }
 
 }  // namespace
