@@ -58,6 +58,20 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
+double current_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      double kb = 0;
+      status >> kb;
+      return kb / 1024.0;
+    }
+    status.ignore(1 << 20, '\n');
+  }
+  return 0;
+}
+
 void parse_flags(int argc, char** argv, ModelArgs& model, const FlagHandlers& extra) {
   FlagHandlers all = extra;
   all["--model"] = [&](const std::string& v) { model.model = v; };

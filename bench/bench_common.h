@@ -44,6 +44,7 @@ int run(const std::function<nlohmann::json()>& body);
 // Host, CPU model, cores, torch threads and whether CUDA is present.
 nlohmann::json machine_json();
 double peak_rss_mb();
+double current_rss_mb();  // VmRSS now
 
 // args.model ("default", a folder or a .gguf), or random weights of args.random_config when that is set.
 // `described` receives a name for the JSON output.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -97,6 +98,59 @@ json dump_decode_logits(const hs::Model& m, int64_t context, int64_t steps, bool
           {"vocab", m.config.vocab_size}};
 }
 
+// A one-row step of `tokens` continuing row r's slot at `start`.
+void add_row(hs::SlotStep& s, int64_t r, int64_t start, const std::vector<int64_t>& tokens) {
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  s.row_slot.push_back(r);
+  s.row_start.push_back(start);
+  s.row_len.push_back(static_cast<int64_t>(tokens.size()));
+  s.logits_rows.push_back(r);
+}
+
+// Decode of rows of different lengths in one batch (each row reads its own number of keys from its own slot),
+// checked against each row's whole sequence prefilled alone (causal attention from position 0, another
+// kernel). A row that read another row's keys, or too many or too few, would differ by far more than rounding:
+// max_rel_error is the largest |decode - prefill| over the largest |prefill| of a row, at every checked step.
+json ragged_decode_check(const hs::Model& m, int64_t rows, int64_t context, int64_t steps, bool graphs) {
+  hs::KvCache cache = hs::make_kv_cache(m, rows, context + steps + 1);
+  std::unique_ptr<hs::DecodeGraphs> decode_graphs = graphs ? std::make_unique<hs::DecodeGraphs>(m, cache) : nullptr;
+  const at::Tensor prompt = hs::bench::random_tokens(rows, context, m.config.vocab_size, m).cpu();
+  std::vector<std::vector<int64_t>> seq(rows);
+  hs::SlotStep prefill;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t len = std::max<int64_t>(1, context - 9 * r);
+    seq[r].assign(prompt[r].data_ptr<int64_t>(), prompt[r].data_ptr<int64_t>() + len);
+    add_row(prefill, r, 0, seq[r]);
+  }
+  at::Tensor logits = hs::forward_slots(m, cache, prefill);
+  double worst = 0;
+  int64_t agree = 0, checked = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const at::Tensor ids = logits.argmax(-1).cpu();
+    hs::SlotStep step;
+    for (int64_t r = 0; r < rows; ++r) {
+      seq[r].push_back(ids[r].item<int64_t>());
+      add_row(step, r, static_cast<int64_t>(seq[r].size()) - 1, {seq[r].back()});
+    }
+    logits = decode_graphs ? decode_graphs->run(step, nullptr) : hs::forward_slots(m, cache, step);
+    if (s % 8 != 7 && s != steps - 1) continue;
+    for (int64_t r = 0; r < rows; ++r) {
+      hs::KvCache alone = hs::make_kv_cache(m, 1, static_cast<int64_t>(seq[r].size()));
+      hs::SlotStep whole;
+      add_row(whole, 0, 0, seq[r]);
+      const at::Tensor ref = hs::forward_slots(m, alone, whole)[0].cpu();
+      const at::Tensor got = logits[r].cpu();
+      worst = std::max(worst, ((got - ref).abs().max() / ref.abs().max()).item<double>());
+      agree += got.argmax().item<int64_t>() == ref.argmax().item<int64_t>();
+      ++checked;
+    }
+  }
+  std::vector<int64_t> lengths;
+  for (int64_t r = 0; r < rows; ++r) lengths.push_back(static_cast<int64_t>(seq[r].size()) - steps);
+  return {{"rows", rows}, {"prompt_lengths", lengths}, {"steps", steps}, {"graphs", graphs},
+          {"checked", checked}, {"argmax_agree", agree}, {"max_rel_error", worst}};
+}
+
 // Microseconds per row of sampling under the default parameters (logprob included) on the host: from the whole
 // row, as the scheduler did for every row, and from the row reduced to its largest logits (serving/row_logits.h;
 // the reduction on this machine's CPU, which on a GPU runs on the device).
@@ -156,15 +210,19 @@ int main(int argc, char** argv) {
     out["machine"] = hs::bench::machine_json();
     auto t0 = Clock::now();
     std::string described;
+    at::empty({1}).add_(1);  // torch's own start-up memory belongs to the process, not the model
+    const double rss_before = hs::bench::current_rss_mb();
     std::shared_ptr<hs::Model> model = hs::bench::load_bench_model(a.model, &described);
     const hs::Model& m = *model;
     out["model"] = described;
     out["load_s"] = seconds_since(t0);
+    // What loading the model added to the resident set (weights, maps, tables), against the file's size.
+    out["model_rss_mb"] = hs::bench::current_rss_mb() - rss_before;
     out["architecture"] = hs::architecture_name(m.config.arch);
     out["parameters"] = hs::parameter_count(m);
     out["dtype"] = m.dtype == at::kBFloat16 ? "bfloat16" : "float32";
     out["device"] = m.device.str();
-    out["weights"] = m.int8_weights ? "int8" : out["dtype"];
+    out["weights"] = m.weight_format == hs::WeightFormat::Int8 ? "int8" : m.weight_format == hs::WeightFormat::Int4 ? "int4" : out["dtype"].get<std::string>();
     for (int64_t n : a.prompt_lengths) {
       double s = time_prefill(m, n, a.repeats);
       out["prefill"][std::to_string(n)] = {{"ms", s * 1e3}, {"tokens_per_s", n / s}};
@@ -177,6 +235,7 @@ int main(int argc, char** argv) {
           {"ms_per_step", s * 1e3}, {"tokens_per_s", b / s}, {"context", a.context}, {"steps", a.decode_steps}};
       if (graphs) out["graph_vs_eager"]["batch_" + std::to_string(b)] = hs::bench::compare_graph_decode(m, b, a.context, a.decode_steps);
     }
+    out["ragged_decode"] = ragged_decode_check(m, 8, a.context, 32, graphs);
     if (!a.logits_out.empty()) out["parity"] = dump_decode_logits(m, a.context, a.decode_steps, graphs, a.logits_out);
     out["host_sampling"] = json::array({time_host_sampling(m.config.vocab_size), time_host_sampling(151936)});
     out["peak_rss_mb"] = hs::bench::peak_rss_mb();

@@ -5,7 +5,8 @@
 #   transformers eager decode and prefill (peer.json), our engine bench with CUDA graphs (engine.json) and the
 #   logits parity of our decode against transformers (parity.json), our eager path without the flash decode
 #   kernel (engine-masked.json), the adapter bench (adapters.json), and transformers with a static cache and
-#   torch.compile (peer-compile.json).
+#   torch.compile (peer-compile.json), and the learning bench on random weights (learning.json). engine.json's
+#   ragged_decode checks rows of different lengths decoded in one batch against each row alone.
 # Each step has a time limit; a failed step is reported and the others still run. Two files go to $OUT
 # (default bench/results/gpu-run): results.json (every step's JSON, exit status and seconds) and logs.txt.
 #
@@ -101,6 +102,8 @@ step engine-eager 120 "$bench/hyprstream-bench" "${model[@]}" --batches 1,8 --de
   --repeats 1 --cuda-graphs off
 HYPRSTREAM_FLASH_DECODE=0 step engine-masked 120 "$bench/hyprstream-bench" "${model[@]}" --batches 1,8 \
   --decode-steps 16 --prompt-lengths 128 --repeats 1
+step learning 90 "$bench/hyprstream-bench-learning" --random-config "$config" --device "$device" --dtype "$dtype" \
+  --submissions 2000 --singles 200 --train-batches 0 --serve 0
 [ "${COMPILE:-1}" = 1 ] && [ $shared = 1 ] && step peer-compile 170 "$py" bench/gpu/transformers_peer.py compile \
   --dir "$weights" --config "$config" --device "$device" --steps "$steps"
 
@@ -123,4 +126,7 @@ print("prefill:", {k: round(v["ms"], 2) for k, v in e.get("prefill", {}).items()
 print("parity:", par)
 print("adapters:", a.get("decode"), a.get("graph_vs_eager"))
 print("compile peer:", c.get("static_compile"))
+print("ragged rows vs alone:", e.get("ragged_decode"), "masked:", m.get("ragged_decode"))
+learning = results.get("learning", {})
+print("learning:", learning.get("single_updates"), learning.get("sustained_submissions"))
 PY

@@ -57,8 +57,7 @@ LoraBatch stack_adapters(const std::vector<const LoraWeights*>& slots, const Mod
   const int64_t L = model.config.num_layers;
   int64_t rank = 0;
   for (const auto* w : slots) rank = std::max(rank, w->rank);
-  batch.a.resize(L);
-  batch.b.resize(L);
+  LoraProjections stacked_a(L), stacked_b(L);
   for (int64_t l = 0; l < L; ++l)
     for (int p = 0; p < kLoraProjections; ++p) {
       const LoraWeights* shape = nullptr;
@@ -66,8 +65,8 @@ LoraBatch stack_adapters(const std::vector<const LoraWeights*>& slots, const Mod
         if (w->a[l][p].defined()) shape = w;
       if (!shape) continue;
       if (slots.size() == 1) {
-        batch.a[l][p] = shape->a[l][p];
-        batch.b[l][p] = shape->b[l][p];
+        stacked_a[l][p] = shape->a[l][p];
+        stacked_b[l][p] = shape->b[l][p];
         continue;
       }
       // Slots without this projection stay zero.
@@ -80,9 +79,10 @@ LoraBatch stack_adapters(const std::vector<const LoraWeights*>& slots, const Mod
         a.narrow(0, s * rank, w.rank).copy_(w.a[l][p]);
         b.narrow(1, s * rank, w.rank).copy_(w.b[l][p]);
       }
-      batch.a[l][p] = a;
-      batch.b[l][p] = b;
+      stacked_a[l][p] = a;
+      stacked_b[l][p] = b;
     }
+  set_lora_groups(batch, stacked_a, stacked_b, model.config);
   return batch;
 }
 

@@ -28,6 +28,11 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, ErrorKind 
   return std::shared_ptr<MappedFile>(new MappedFile(path, static_cast<const uint8_t*>(p), size));
 }
 
+void MappedFile::drop_resident_pages() const {
+  // The map is read-only and private, so no page was ever written: dropping one loses nothing.
+  ::madvise(const_cast<uint8_t*>(data_), size_, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() { ::munmap(const_cast<uint8_t*>(data_), size_); }
 
 }  // namespace hs

@@ -84,15 +84,15 @@ std::vector<at::Tensor> dense_leaves(const Model& model, const TileLayout& layou
 // The leaves as the forward reads them, in the model's dtype (the casts are recorded by autograd).
 LoraBatch lora_of(const Model& model, const TileLayout& layout, const std::vector<at::Tensor>& params, double scale) {
   LoraBatch lora;
-  lora.a.resize(model.config.num_layers);
-  lora.b.resize(model.config.num_layers);
   lora.slots = 1;
   lora.uniform = true;
   lora.uniform_scale = scale;
+  LoraProjections a(model.config.num_layers), b(model.config.num_layers);
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
     const LoraTensorInfo& t = layout.tensors[i];
-    (t.is_b ? lora.b : lora.a)[t.layer][static_cast<int>(t.module)] = params[i].to(model.dtype);
+    (t.is_b ? b : a)[t.layer][static_cast<int>(t.module)] = params[i].to(model.dtype);
   }
+  set_lora_groups(lora, a, b, model.config);
   return lora;
 }
 

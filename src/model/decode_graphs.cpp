@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,25 +23,20 @@ enum InputRow : int64_t { kToken, kSlot, kPosition, kKeys, kInputs };
 // mixing the two does not recapture on every change.
 constexpr size_t kGraphsPerBucket = 2;
 
-// The data addresses of a LoRA stack: a graph reads the stack it was captured with, so a stack elsewhere
+// A LoRA stack's data addresses and parts: a graph reads the stack it was captured with, so a stack elsewhere
 // needs a new capture (one at the same addresses and shapes is read as it is now).
-std::vector<const void*> lora_addresses(const LoraBatch* lora) {
+std::vector<const void*> lora_key(const LoraBatch* lora) {
   std::vector<const void*> out;
   if (!lora) return out;
-  for (size_t l = 0; l < lora->a.size(); ++l)
-    for (int p = 0; p < kLoraProjections; ++p) {
-      out.push_back(lora->a[l][p].defined() ? lora->a[l][p].data_ptr() : nullptr);
-      out.push_back(lora->b[l][p].defined() ? lora->b[l][p].data_ptr() : nullptr);
+  for (const auto& layer : lora->groups)
+    for (const LoraGroup& g : layer) {
+      out.push_back(g.a.defined() ? g.a.data_ptr() : nullptr);
+      out.push_back(g.b.defined() ? g.b.data_ptr() : nullptr);
+      // With the width (part of the key too), the parts give the group's shapes: a stack at recycled
+      // addresses with other parts needs its own capture.
+      out.push_back(reinterpret_cast<const void*>(static_cast<intptr_t>(g.parts)));
     }
   return out;
-}
-
-// The stack's rank width (slots times rank), from any projection it has.
-int64_t lora_width(const LoraBatch& lora) {
-  for (const auto& layer : lora.a)
-    for (const at::Tensor& a : layer)
-      if (a.defined()) return a.size(0);
-  return 0;
 }
 
 }  // namespace
@@ -83,7 +79,7 @@ at::Tensor DecodeGraphs::decode_step(Graph& g, const LoraBatch* lora) {
 
 std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(int64_t bucket, const LoraBatch* lora) {
   auto g = std::make_unique<Graph>();
-  g->lora = lora_addresses(lora);
+  g->lora = lora_key(lora);
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(model_.device);
   // Padding rows: token 0 written to slot 0's scratch position, reading one key.
   g->input = at::stack({at::zeros({bucket}, i64), at::zeros({bucket}, i64), at::full({bucket}, cache_.capacity, i64),
@@ -93,7 +89,7 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(int64_t bucket, const
   if (lora) {
     captured = *lora;
     captured.uniform = false;
-    g->width = lora_width(*lora);
+    g->width = lora->width;
     g->row_scale = at::zeros({1, bucket, g->width}, at::TensorOptions().dtype(model_.dtype).device(model_.device));
     captured.row_scale = g->row_scale;
   }
@@ -123,8 +119,8 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(int64_t bucket, const
 // The bucket's graph for this LoRA stack, most recently used last, capturing it when there is none.
 DecodeGraphs::Graph& DecodeGraphs::graph_for(int64_t bucket, const LoraBatch* lora) {
   std::vector<std::unique_ptr<Graph>>& kept = graphs_[bucket];
-  const std::vector<const void*> key = lora_addresses(lora);
-  const int64_t width = lora ? lora_width(*lora) : 0;
+  const std::vector<const void*> key = lora_key(lora);
+  const int64_t width = lora ? lora->width : 0;
   auto it = std::find_if(kept.begin(), kept.end(), [&](const auto& g) { return g->lora == key && g->width == width; });
   std::unique_ptr<Graph> g;
   if (it != kept.end()) {

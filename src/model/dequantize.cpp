@@ -126,12 +126,60 @@ void dequant_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// Codes of one group of 32 from 16 bytes of nibbles: low nibbles are elements 0-15, high nibbles 16-31.
+void nibbles_split(const uint8_t* qs, uint8_t* codes) {
+  for (int j = 0; j < 16; ++j) {
+    codes[j] = qs[j] & 0x0f;
+    codes[j + 16] = qs[j] >> 4;
+  }
+}
+
+// Q4_K's 64 elements per 32 bytes: low nibbles are the first group of 32, high nibbles the second.
+void q4k_codes(const uint8_t* b, uint8_t* codes, float* scale, float* zero) {
+  const float d = half_to_float(load_u16(b)), dmin = half_to_float(load_u16(b + 2));
+  const uint8_t* q = b + 16;
+  for (int g = 0; g < 8; g += 2, q += 32) {
+    for (int half = 0; half < 2; ++half) {
+      uint8_t sc, m;
+      q4k_scale_min(g + half, b + 4, &sc, &m);
+      scale[g + half] = d * sc;
+      zero[g + half] = 8 * (d * sc) - dmin * m;
+      for (int l = 0; l < 32; ++l) codes[(g + half) * 32 + l] = half ? q[l] >> 4 : q[l] & 0x0f;
+    }
+  }
+}
+
 template <typename BlockFn>
 void dequant_blocks(const uint8_t* src, float* dst, int64_t n, int64_t block_elems, int64_t block_bytes, BlockFn fn) {
   for (int64_t k = 0; k < n / block_elems; ++k) fn(src + k * block_bytes, dst + k * block_elems);
 }
 
 }  // namespace
+
+bool int4_codes(uint32_t type, const uint8_t* src, int64_t n, uint8_t* codes, float* scale, float* zero) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::Q4_0:
+      for (int64_t g = 0; g < n / 32; ++g) {
+        const uint8_t* b = src + g * 18;
+        scale[g] = half_to_float(load_u16(b));
+        zero[g] = 0;
+        nibbles_split(b + 2, codes + g * 32);
+      }
+      return true;
+    case GgmlType::Q4_1:
+      for (int64_t g = 0; g < n / 32; ++g) {
+        const uint8_t* b = src + g * 20;
+        scale[g] = half_to_float(load_u16(b));
+        zero[g] = half_to_float(load_u16(b + 2)) + 8 * scale[g];
+        nibbles_split(b + 4, codes + g * 32);
+      }
+      return true;
+    case GgmlType::Q4_K:
+      for (int64_t k = 0; k < n / 256; ++k) q4k_codes(src + k * 144, codes + k * 256, scale + k * 8, zero + k * 8);
+      return true;
+    default: return false;
+  }
+}
 
 void dequantize(uint32_t type, const uint8_t* src, float* dst, int64_t n) {
   switch (static_cast<GgmlType>(type)) {

@@ -11,4 +11,9 @@ float half_to_float(uint16_t h);
 // Throws Unsupported for a type it does not know.
 void dequantize(uint32_t ggml_type, const uint8_t* src, float* dst, int64_t n);
 
+// The 4-bit codes of n elements of a Q4_0, Q4_1 or Q4_K tensor, with a scale and zero per group of 32 such
+// that element = (code - 8) * scale + zero: the blocks' own codes and scales, giving dequantize's values up to
+// float32 rounding. False, writing nothing, for other types.
+bool int4_codes(uint32_t ggml_type, const uint8_t* src, int64_t n, uint8_t* codes, float* scale, float* zero);
+
 }  // namespace hs

@@ -1,5 +1,6 @@
 #include "model/forward.h"
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/cuda/CUDAContext.h>
 
 #include <algorithm>
@@ -11,25 +12,33 @@
 #include <utility>
 
 #include "common/error.h"
+#include "model/int4_weights.h"
 #include "model/slot_attention.h"
 
 namespace hs {
 
 namespace {
 
-// RMSNorm as transformers computes it: in float32, cast back before the weight multiply. On CUDA, ATen's
-// fused kernel instead of eight launches; it rounds once, after the weight multiply (a difference within one
-// rounding of the model's dtype).
+// RMSNorm over the last dimension as transformers computes it: in float32, cast back before the weight
+// multiply. The weight is [D], or one row per head ([heads, D]) for norms of several heads at once. On CUDA,
+// ATen's fused kernel instead of eight launches; with a [D] weight it rounds once, after the weight multiply
+// (a difference within one rounding of the model's dtype).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  if (x.is_cuda()) return at::rms_norm(x, {weight.size(0)}, weight, eps);
+  const int64_t D = x.size(-1);
+  if (x.is_cuda()) {
+    if (weight.dim() == 1) return at::rms_norm(x, {D}, weight, eps);
+    return at::rms_norm(x, {D}, std::nullopt, eps) * weight;
+  }
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
 }
 
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+// Rotary embedding of heads x [B, T, heads, D] with the step's tables [B, T, 1, D]. The sine table carries
+// rotate-half's sign (build_rope_tables), so that x cos + rotate_half(x) sin is three kernels:
+// rotate_half(x) sin = roll(x, D / 2) * [-sin, sin].
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
+  return at::addcmul(x * cos, at::roll(x, x.size(-1) / 2, -1), signed_sin);
 }
 
 // Rows up to which running the int8 kernel one row at a time beats dequantising for a dense matmul: the
@@ -38,9 +47,12 @@ constexpr int64_t kInt8KernelMaxRows = 8;
 
 at::Tensor linear(const at::Tensor& x, const Linear& lin) {
   at::Tensor y;
-  if (lin.q8.defined()) {
+  if (lin.q4.defined()) {
+    y = int4_linear(x, lin);
+  } else if (lin.q8.defined()) {
     at::Tensor x2 = x.reshape({-1, x.size(-1)});
-    if (x2.size(0) <= kInt8KernelMaxRows) {
+    // The kernel has no derivative: a pass that needs x's gradient multiplies by the dequantized weight.
+    if (x2.size(0) <= kInt8KernelMaxRows && !(at::GradMode::is_enabled() && x.requires_grad())) {
       at::Tensor xb = x2.to(at::kBFloat16).contiguous();
       std::vector<at::Tensor> rows;
       for (int64_t r = 0; r < xb.size(0); ++r)
@@ -58,17 +70,17 @@ at::Tensor linear(const at::Tensor& x, const Linear& lin) {
   return lin.bias.defined() ? y + lin.bias : y;
 }
 
-// A projection plus, where the batch has adapters for it, each row's scaled B (A x) (see LoraBatch).
-at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora, int64_t layer, int proj) {
+// A (fused) projection plus, where the batch adapts any of its parts, each row's scaled B (A x) (see LoraGroup).
+at::Tensor project(const at::Tensor& x, const Linear& lin, const LoraBatch* lora, int64_t layer, LoraGroupIndex group) {
   at::Tensor y = linear(x, lin);
-  if (!lora || !lora->a[layer][proj].defined()) return y;
-  const at::Tensor& a = lora->a[layer][proj];
-  const at::Tensor& b = lora->b[layer][proj];
-  const int64_t in = x.size(-1), out = b.size(0);
-  at::Tensor u = at::mm(x.reshape({-1, in}), a.t());  // [rows * T, slots * rank]
-  if (lora->uniform) return at::addmm(y.reshape({-1, out}), u, b.t(), 1.0, lora->uniform_scale).view(y.sizes());
-  u = (u.view({x.size(0), -1, a.size(0)}) * lora->row_scale).view({-1, a.size(0)});
-  return at::addmm(y.reshape({-1, out}), u, b.t()).view(y.sizes());
+  if (!lora || !lora->groups[layer][group].a.defined()) return y;
+  const LoraGroup& g = lora->groups[layer][group];
+  const int64_t in = x.size(-1), out = y.size(-1);
+  at::Tensor u = at::mm(x.reshape({-1, in}), g.a.t());  // [rows * T, parts * width]
+  if (lora->uniform) return at::addmm(y.reshape({-1, out}), u, g.b.t(), 1.0, lora->uniform_scale).view(y.sizes());
+  // Every part's rank components scaled by the row's slot mask: [rows, T, parts, width] * [rows|1, 1|T, 1, width].
+  u = (u.view({x.size(0), -1, g.parts, lora->width}) * lora->row_scale.unsqueeze(2)).view({-1, g.parts * lora->width});
+  return at::addmm(y.reshape({-1, out}), u, g.b.t()).view(y.sizes());
 }
 
 // RoPE rows at positions pos ([B, T] int64): [B, T, 1, head_dim] each. Padding tokens may sit past the
@@ -199,7 +211,10 @@ void build_rope_tables(Model& model) {
   at::Tensor freqs = at::arange(c.context_length, i64).to(at::kFloat).unsqueeze(-1) * inv_freq;  // [ctx, D/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   model.rope_cos = emb.cos().to(model.dtype);
-  model.rope_sin = emb.sin().to(model.dtype);
+  // rotate_half's sign folded in: its first half rotates in -x2 (forward.cpp: rope).
+  at::Tensor sin = emb.sin();
+  sin.narrow(-1, 0, c.head_dim / 2).neg_();
+  model.rope_sin = sin.to(model.dtype);
 }
 
 LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
@@ -210,29 +225,46 @@ LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
 }
 
 at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens) {
-  return model.weights.embed.index_select(0, tokens.reshape({-1}))
-      .view({tokens.size(0), tokens.size(1), model.config.hidden_size});
+  const at::Tensor flat = tokens.reshape({-1});
+  const ModelWeights& w = model.weights;
+  // A tied table kept only in int8 (int4 models): the rows dequantized.
+  at::Tensor rows = w.embed.defined() ? w.embed.index_select(0, flat)
+                                      : w.lm_head.q8.index_select(0, flat).to(model.dtype) *
+                                            w.lm_head.q8_scale.index_select(0, flat).to(model.dtype).unsqueeze(1);
+  return rows.view({tokens.size(0), tokens.size(1), model.config.hidden_size});
 }
+
+namespace {
+
+// Queries and keys of a fused q/k/v output [B, T, (H + 2 KVH) D]: Qwen3's per-head norms and RoPE run over
+// the query and key heads at once. Returns q [B, T, H, D] and k [B, T, KVH, D].
+std::pair<at::Tensor, at::Tensor> rotated_qk(const Model& model, const LayerWeights& l, const at::Tensor& qkv,
+                                             const LayerContext& ctx) {
+  const ModelConfig& c = model.config;
+  const int64_t H = c.num_heads, KVH = c.num_kv_heads, D = c.head_dim;
+  at::Tensor qk = qkv.narrow(-1, 0, (H + KVH) * D).view({qkv.size(0), qkv.size(1), H + KVH, D});
+  if (l.qk_norm.defined()) qk = rms_norm(qk, l.qk_norm, c.rms_norm_eps);
+  qk = rope(qk, ctx.cos, ctx.sin);
+  return {qk.narrow(2, 0, H), qk.narrow(2, H, KVH)};
+}
+
+}  // namespace
 
 at::Tensor decoder_layer(const Model& model, int64_t li, const at::Tensor& x, const LayerContext& ctx,
                          const LoraBatch* lora) {
   const ModelConfig& c = model.config;
   const LayerWeights& l = model.weights.layers[li];
-  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t B = x.size(0), T = x.size(1), kv_out = c.num_kv_heads * c.head_dim;
   at::Tensor h = rms_norm(x, l.attn_norm, c.rms_norm_eps);
-  at::Tensor q = project(h, l.q, lora, li, 0).view({B, T, c.num_heads, c.head_dim});
-  at::Tensor k = project(h, l.k, lora, li, 1).view({B, T, c.num_kv_heads, c.head_dim});
-  at::Tensor v = project(h, l.v, lora, li, 2).view({B, T, c.num_kv_heads, c.head_dim});
-  if (l.q_norm.defined()) {
-    q = rms_norm(q, l.q_norm, c.rms_norm_eps);
-    k = rms_norm(k, l.k_norm, c.rms_norm_eps);
-  }
-  q = q * ctx.cos + rotate_half(q) * ctx.sin;
-  k = k * ctx.cos + rotate_half(k) * ctx.sin;
+  at::Tensor qkv = project(h, l.qkv, lora, li, kLoraQkv);
+  auto [q, k] = rotated_qk(model, l, qkv, ctx);
+  at::Tensor v = qkv.narrow(-1, qkv.size(-1) - kv_out, kv_out).view({B, T, c.num_kv_heads, c.head_dim});
   at::Tensor attn = attend(model, li, q, k, v, ctx);  // [B, H, T, D]
-  at::Tensor out = x + project(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o, lora, li, 3);
+  at::Tensor out = x + project(attn.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim}), l.o, lora, li, kLoraO);
   h = rms_norm(out, l.ffn_norm, c.rms_norm_eps);
-  return out + project(at::silu(project(h, l.gate, lora, li, 4)) * project(h, l.up, lora, li, 5), l.down, lora, li, 6);
+  at::Tensor gate_up = project(h, l.gate_up, lora, li, kLoraGateUp);
+  const int64_t ff = c.intermediate_size;
+  return out + project(at::silu(gate_up.narrow(-1, 0, ff)) * gate_up.narrow(-1, ff, ff), l.down, lora, li, kLoraDown);
 }
 
 at::Tensor output_logits(const Model& model, const at::Tensor& hidden) {

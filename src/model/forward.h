@@ -57,7 +57,8 @@ struct SlotStep {
 at::Tensor forward_slots(const Model& model, KvCache& cache, const SlotStep& step, const LoraBatch* lora = nullptr);
 
 // Fills model.rope_cos / rope_sin, as transformers computes them (float32 positions times float32 inverse
-// frequencies, then cos and sin, cast to the model's dtype). Loading calls it.
+// frequencies, then cos and sin, cast to the model's dtype), the sine's first half negated (rotate-half's
+// sign, so that RoPE needs no negation per step). Loading calls it.
 void build_rope_tables(Model& model);
 
 // The pieces of the forward pass, for callers that run the layers one at a time (training with activation
@@ -65,7 +66,7 @@ void build_rope_tables(Model& model);
 
 // What every layer of a step shares: rotary tables at the step's positions, and where keys come from.
 struct LayerContext {
-  at::Tensor cos, sin;          // [B, T, 1, head_dim] in the model's dtype
+  at::Tensor cos, sin;          // [B, T, 1, head_dim] in the model's dtype; sin signed as model.rope_sin
   // Null: causal attention over the step's own tokens, every row starting at position 0 with any padding at
   // its end (training); flash-style kernels then keep attention memory linear in T.
   KvCache* cache = nullptr;

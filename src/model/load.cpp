@@ -1,11 +1,13 @@
 #include "model/load.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <set>
 
 #include <ATen/Parallel.h>
 
@@ -14,6 +16,7 @@
 #include "model/config.h"
 #include "model/dequantize.h"
 #include "model/forward.h"
+#include "model/int4_weights.h"
 #include "common/gguf_file.h"
 #include "model/model.h"
 #include "model/safetensors_file.h"
@@ -86,20 +89,96 @@ ModelWeights build_weights(const ModelConfig& c, const WeightSource& src) {
 }
 
 // Weight-only int8, symmetric per output row: the decode step then reads a byte per weight.
-void quantize_int8(ModelWeights& w) {
-  for_each_linear(w, [](Linear& lin) {
-    at::Tensor f = lin.weight.to(at::kFloat);
-    at::Tensor scale = (f.abs().amax(1) / 127.0).clamp_min(1e-12);
-    lin.q8 = at::round(f / scale.unsqueeze(1)).clamp(-127, 127).to(at::kChar).contiguous();
-    lin.q8_scale = scale.to(at::kBFloat16);
-    lin.weight = at::Tensor();
-  });
+void quantize_int8_linear(Linear& lin) {
+  at::Tensor f = lin.weight.to(at::kFloat);
+  at::Tensor scale = (f.abs().amax(1) / 127.0).clamp_min(1e-12);
+  lin.q8 = at::round(f / scale.unsqueeze(1)).clamp(-127, 127).to(at::kChar).contiguous();
+  lin.q8_scale = scale.to(at::kBFloat16);
+  lin.weight = at::Tensor();
 }
 
-// The model's weights from a source, in the form it computes with (int8 when asked for).
-void set_weights(Model& m, const WeightSource& src) {
+void quantize_int8(ModelWeights& w) { for_each_linear(w, quantize_int8_linear); }
+
+// One projection of the parts' rows, each part becoming a view of its rows (see LayerWeights::qkv).
+Linear fuse(const std::vector<Linear*>& parts) {
+  Linear fused;
+  auto cat = [&](at::Tensor Linear::*field) {
+    if (!(parts[0]->*field).defined()) return;
+    std::vector<at::Tensor> rows;
+    for (const Linear* p : parts) rows.push_back(p->*field);
+    fused.*field = at::cat(rows, 0);
+    int64_t first = 0;
+    for (Linear* p : parts) {
+      const int64_t n = (p->*field).size(0);
+      p->*field = (fused.*field).narrow(0, first, n);
+      first += n;
+    }
+  };
+  for (at::Tensor Linear::*field : {&Linear::weight, &Linear::bias, &Linear::q8, &Linear::q8_scale}) cat(field);
+  return fused;
+}
+
+void fuse_projections(ModelWeights& w, const ModelConfig& c) {
+  for (LayerWeights& l : w.layers) {
+    l.qkv = fuse({&l.q, &l.k, &l.v});
+    l.gate_up = fuse({&l.gate, &l.up});
+    if (l.q_norm.defined())
+      l.qk_norm = at::cat({l.q_norm.expand({c.num_heads, c.head_dim}), l.k_norm.expand({c.num_kv_heads, c.head_dim})});
+  }
+}
+
+// A GGUF projection's own 4-bit codes by Hugging Face name; undefined codes when the file stores it otherwise.
+using Int4Source = std::function<Int4Codes(const std::string& name)>;
+
+// 4-bit projections (model/int4_weights.h): each part of a fused projection takes its own codes from the GGUF
+// where the file stores it in a 4-bit type, and is quantized from its float weight otherwise (codes are per row,
+// so the parts' codes concatenate exactly). The float weights and their views go.
+void quantize_int4_projections(ModelWeights& w, const Int4Source& source, int64_t layers) {
+  for (int64_t i = 0; i < layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights& l = w.layers[i];
+    const std::pair<Linear*, std::vector<std::pair<Linear*, std::string>>> fused[] = {
+        {&l.qkv, {{&l.q, "self_attn.q_proj"}, {&l.k, "self_attn.k_proj"}, {&l.v, "self_attn.v_proj"}}},
+        {&l.o, {{&l.o, "self_attn.o_proj"}}},
+        {&l.gate_up, {{&l.gate, "mlp.gate_proj"}, {&l.up, "mlp.up_proj"}}},
+        {&l.down, {{&l.down, "mlp.down_proj"}}}};
+    for (const auto& [lin, parts] : fused) {
+      if (!int4_kernel_fits(lin->weight.size(0), lin->weight.size(1))) continue;  // stays dense
+      std::vector<Int4Codes> codes;
+      for (const auto& [part, name] : parts) {
+        Int4Codes c = source ? source(p + name + ".weight") : Int4Codes{};
+        codes.push_back(c.codes.defined() ? c : quantize_int4(part->weight));
+      }
+      set_int4(*lin, codes.size() == 1 ? codes[0] : cat_int4(codes));
+      for (const auto& part : parts) part.first->weight = at::Tensor();
+    }
+  }
+}
+
+// The model's weights from a source, in the form it computes with (projections fused; int8 or int4 when asked
+// for, int4 taking a GGUF's own 4-bit codes from `int4_source`).
+void set_weights(Model& m, const WeightSource& src, const Int4Source& int4_source = nullptr) {
   m.weights = build_weights(m.config, src);
-  if (m.int8_weights) quantize_int8(m.weights);
+  m.parameters = count_parameters(m.weights);
+  if (m.weight_format == WeightFormat::Int8) quantize_int8(m.weights);
+  fuse_projections(m.weights, m.config);
+  if (m.weight_format == WeightFormat::Int4) {
+    quantize_int4_projections(m.weights, int4_source, m.config.num_layers);
+    // The vocabulary projection (and, tied, the embedding table) in int8: most GGUF files store it in 8 bits.
+    quantize_int8_linear(m.weights.lm_head);
+    if (m.weights.lm_head_tied) {
+      m.weights.embed_head = m.weights.embed.narrow(0, 0, std::min<int64_t>(kEmbedHeadRows, m.weights.embed.size(0))).clone();
+      m.weights.embed = at::Tensor();
+    }
+  }
+  // The fused copies replace views into the maps: their pages need not stay resident (they are read again
+  // from the file if a view still needs them).
+  std::set<const MappedFile*> files;
+  for (const auto& f : m.files)
+    if (files.insert(f.get()).second) f->drop_resident_pages();
+  // The float weights that quantization or fusion replaced were freed into malloc's heap; give the pages back
+  // (measured: 420 MB of the default model's resident set in int4 without it).
+  malloc_trim(0);
   build_rope_tables(m);
 }
 
@@ -242,7 +321,20 @@ std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
     }
     return out;
   };
-  set_weights(*m, src);
+  Int4Source int4_source = [&](const std::string& hf) -> Int4Codes {
+    const GgufTensorInfo* t = g.find_tensor(gguf_name(hf));
+    if (!t || t->ne.size() != 2 || !t->data) return {};
+    Int4Codes c = int4_from_gguf(t->type, t->data, static_cast<int64_t>(t->ne[1]), static_cast<int64_t>(t->ne[0]));
+    if (c.codes.defined() && m->config.arch == Architecture::Llama) {
+      const bool q = hf.find("q_proj") != std::string::npos, k = hf.find("k_proj") != std::string::npos;
+      if (q || k) {
+        const int64_t heads = q ? m->config.num_heads : m->config.num_kv_heads;
+        c = {unpermute_rope_rows(c.codes, heads), unpermute_rope_rows(c.scale, heads), unpermute_rope_rows(c.zero, heads)};
+      }
+    }
+    return c;
+  };
+  set_weights(*m, src, int4_source);
   return m;
 }
 
@@ -268,12 +360,13 @@ std::shared_ptr<Model> new_model(const LoadOptions& options, const std::string& 
   m->device = parse_device(options.device);
   m->dtype = parse_dtype(options.dtype, m->device);
   m->source = source;
-  if (options.quantize == "int8") {
-    // The int8 matmul kernel wants bfloat16 activations on the CPU.
-    if (!m->device.is_cpu()) throw Error(ErrorKind::Unsupported, "--quantize int8 is implemented for the cpu device only");
-    m->int8_weights = true;
+  if (options.quantize == "int8" || options.quantize == "int4") {
+    // The quantized matmul kernels are torch's CPU kernels.
+    if (!m->device.is_cpu())
+      throw Error(ErrorKind::Unsupported, "--quantize " + options.quantize + " is implemented for the cpu device only");
+    m->weight_format = options.quantize == "int8" ? WeightFormat::Int8 : WeightFormat::Int4;
   } else if (options.quantize != "none") {
-    throw Error(ErrorKind::InvalidArgument, "quantize '" + options.quantize + "' is not supported (none, int8)");
+    throw Error(ErrorKind::InvalidArgument, "quantize '" + options.quantize + "' is not supported (none, int8, int4)");
   }
   return m;
 }

@@ -13,7 +13,8 @@ struct ModelConfig;
 struct LoadOptions {
   std::string dtype = "auto";   // "auto" (float32 on cpu, bfloat16 on cuda), "float32", "bfloat16"
   std::string device = "cpu";   // "cpu", "cuda", "cuda:N"
-  std::string quantize = "none";  // "int8": weight-only int8 projections (CPU), for faster decoding
+  std::string quantize = "none";  // "int8" or "int4" (model/int4_weights.h): weight-only quantized
+                                  // projections (CPU), for faster decoding
 };
 
 // path is a Hugging Face model folder or a .gguf file.

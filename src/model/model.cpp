@@ -37,10 +37,12 @@ void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn) {
   fn(w.lm_head);
 }
 
-int64_t parameter_count(const Model& model) {
+int64_t count_parameters(ModelWeights& w) {
   int64_t n = 0;
-  for_each_weight(const_cast<ModelWeights&>(model.weights), [&](const std::string&, at::Tensor& t) { n += t.numel(); });
+  for_each_weight(w, [&](const std::string&, at::Tensor& t) { n += t.numel(); });
   return n;
 }
+
+int64_t parameter_count(const Model& model) { return model.parameters; }
 
 }  // namespace hs

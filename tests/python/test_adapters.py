@@ -82,10 +82,13 @@ def test_sparse_adapter_matches_peft_loading_our_export(tiny, tmp_path):
     assert np.abs(ours - theirs).max() < TOL
 
 
-@pytest.mark.parametrize("rank,alpha,rslora", [(16, 32, False), (4, 8, True)])
-def test_peft_adapter_imported_dense_matches_peft(tiny, tmp_path, rank, alpha, rslora):
+# Subsets leave parts of the forward's fused projections without an adapter: k alone in q/k/v, gate in gate/up.
+@pytest.mark.parametrize("rank,alpha,rslora,targets", [(16, 32, False, MODULES), (4, 8, True, MODULES),
+                                                       (16, 16, False, ["q_proj", "v_proj", "up_proj"]),
+                                                       (8, 8, False, ["k_proj", "gate_proj", "down_proj"])])
+def test_peft_adapter_imported_dense_matches_peft(tiny, tmp_path, rank, alpha, rslora, targets):
     folder, model = tiny
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=MODULES, lora_dropout=0.0, use_rslora=rslora,
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, use_rslora=rslora,
                      init_lora_weights=False)
     torch.manual_seed(7)
     peft_model = get_peft_model(copy.deepcopy(model), cfg).eval()
@@ -255,6 +258,25 @@ def test_adapter_cli_errors(tmp_path):
     assert [a["name"] for a in listed] == ["twice"]
     cli_ok("adapters", "rm", "twice", "--adapter-dir", adir)
     assert json.loads(cli_ok("adapters", "list", "--json", "--adapter-dir", adir)) == []
+
+
+def test_int4_model_takes_the_adapters_of_its_dense_form(default_model_path, tmp_path):
+    """An adapter made on the float32 model serves on the same file loaded with --quantize int4 (the same base
+    model: its fingerprint reads the embedding rows as the file holds them), changes the text, and at scale 0
+    gives the int4 base model's text."""
+    adir = tmp_path / "adapters"
+    create_adapter(default_model_path, adir, "loud", tmp_path, b_std=1.0, sparsity=0.9)
+    gen = ["generate", "--model", "default", "--quantize", "int4", "--adapter-dir", adir, "--prompt",
+           "The capital of France is", "--max-tokens", "16", "--temperature", "0", "--json"]
+
+    def final(*extra):
+        return json.loads(cli_ok(*gen, *extra).splitlines()[-1])
+
+    base = final()
+    assert final("--adapter", "loud", "--adapter-scale", "0")["text"] == base["text"]
+    adapted = final("--adapter", "loud")
+    assert adapted["adapter"] == {"name": "loud", "version": 2}
+    assert adapted["text"] != base["text"]
 
 
 def test_cli_adapter_changes_generation_and_scale_zero_is_the_base_model(default_model_path, tmp_path):
