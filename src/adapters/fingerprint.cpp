@@ -37,8 +37,7 @@ std::string model_fingerprint(const Model& model) {
     f.tensor(w.layers[0].attn_norm);
     f.tensor(w.layers[0].ffn_norm);
   }
-  const at::Tensor& embed = w.embed.defined() ? w.embed : w.embed_head;  // the same rows in every weight format
-  f.tensor(embed.narrow(0, 0, std::min<int64_t>(kEmbedHeadRows, embed.size(0))));
+  f.tensor(w.embed_head);  // the same rows in every weight format
   char buf[32];
   std::snprintf(buf, sizeof(buf), "hs1-%016llx", static_cast<unsigned long long>(f.h));
   return buf;

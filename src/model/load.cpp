@@ -160,16 +160,15 @@ void quantize_int4_projections(ModelWeights& w, const Int4Source& source, int64_
 void set_weights(Model& m, const WeightSource& src, const Int4Source& int4_source = nullptr) {
   m.weights = build_weights(m.config, src);
   m.parameters = count_parameters(m.weights);
+  m.weights.embed_head =
+      m.weights.embed.narrow(0, 0, std::min<int64_t>(kEmbedHeadRows, m.weights.embed.size(0))).clone();
   if (m.weight_format == WeightFormat::Int8) quantize_int8(m.weights);
   fuse_projections(m.weights, m.config);
   if (m.weight_format == WeightFormat::Int4) {
     quantize_int4_projections(m.weights, int4_source, m.config.num_layers);
     // The vocabulary projection (and, tied, the embedding table) in int8: most GGUF files store it in 8 bits.
     quantize_int8_linear(m.weights.lm_head);
-    if (m.weights.lm_head_tied) {
-      m.weights.embed_head = m.weights.embed.narrow(0, 0, std::min<int64_t>(kEmbedHeadRows, m.weights.embed.size(0))).clone();
-      m.weights.embed = at::Tensor();
-    }
+    if (m.weights.lm_head_tied) m.weights.embed = at::Tensor();
   }
   // The fused copies replace views into the maps: their pages need not stay resident (they are read again
   // from the file if a view still needs them).

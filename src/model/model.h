@@ -47,8 +47,8 @@ constexpr int64_t kEmbedHeadRows = 64;
 
 struct ModelWeights {
   at::Tensor embed;       // [vocab, hidden]; undefined when tied to an lm_head kept only in int8 (int4 models)
-  // The embedding table's first rows as the file holds them, kept when the table itself is quantized: part of
-  // what identifies the base model (adapters/fingerprint.h), whatever form it computes in.
+  // The embedding table's first rows as the file holds them, kept whatever form the table computes in (int4
+  // models drop the table itself): part of what identifies the base model (adapters/fingerprint.h).
   at::Tensor embed_head;
   at::Tensor final_norm;  // [hidden]
   Linear lm_head;         // its weight is the embed tensor itself when tied (int4 models: its int8 form only)
