@@ -1,6 +1,5 @@
 #include "model/forward.h"
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/cuda/CUDAContext.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "model/cpu_ops.h"
 #include "model/int4_weights.h"
 #include "model/slot_attention.h"
 
@@ -25,6 +25,8 @@ namespace {
 // (a difference within one rounding of the model's dtype).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const int64_t D = x.size(-1);
+  if (takes_cpu_loops(x) && weight.scalar_type() == at::kFloat)
+    return cpu_rms_norm(x, weight, eps);
   if (x.is_cuda()) {
     if (weight.dim() == 1) return at::rms_norm(x, {D}, weight, eps);
     return at::rms_norm(x, {D}, std::nullopt, eps) * weight;
@@ -38,35 +40,33 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // rotate-half's sign (build_rope_tables), so that x cos + rotate_half(x) sin is three kernels:
 // rotate_half(x) sin = roll(x, D / 2) * [-sin, sin].
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
+  if (takes_cpu_loops(x) && cos.scalar_type() == at::kFloat && cos.size(0) == x.size(0) && cos.size(1) == x.size(1))
+    return cpu_rope(x, cos, signed_sin);
   return at::addcmul(x * cos, at::roll(x, x.size(-1) / 2, -1), signed_sin);
 }
 
-// Rows up to which running the int8 kernel one row at a time beats dequantising for a dense matmul: the
-// kernel is fast for one row (the weights then stay in cache across rows) and slow for several at once.
-constexpr int64_t kInt8KernelMaxRows = 8;
+// x [..., in] times a weight kept quantized. The kernels have no derivative: a pass that needs x's gradient
+// multiplies by the dequantized weight instead.
+at::Tensor quantized_linear(const at::Tensor& x, const Linear& lin) {
+  if (lin.q4.defined()) return int4_linear(x, lin);
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  const bool grad = tracks_grad(x);
+  at::Tensor y;
+  if (lin.rows.defined()) {
+    y = grad ? at::linear(x2, ggml_dequantize_rows(lin.rows).to(x.scalar_type())) : ggml_matmul(x2, lin.rows);
+  } else {
+    // At any row count the int8 kernel keeps pace with, or beats, a float32 product (2 cores, 49152 x 576: 1
+    // row in 1.7 ms, 8 in 5.4, 128 in 87 against 124 dequantized).
+    y = grad ? at::linear(x2, lin.q8.to(x.scalar_type()) * lin.q8_scale.to(x.scalar_type()).unsqueeze(1))
+             : at::_weight_int8pack_mm(x2.to(at::kBFloat16).contiguous(), lin.q8, lin.q8_scale);
+  }
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = y.size(-1);
+  return y.to(x.scalar_type()).view(shape);
+}
 
 at::Tensor linear(const at::Tensor& x, const Linear& lin) {
-  at::Tensor y;
-  if (lin.q4.defined()) {
-    y = int4_linear(x, lin);
-  } else if (lin.q8.defined()) {
-    at::Tensor x2 = x.reshape({-1, x.size(-1)});
-    // The kernel has no derivative: a pass that needs x's gradient multiplies by the dequantized weight.
-    if (x2.size(0) <= kInt8KernelMaxRows && !(at::GradMode::is_enabled() && x.requires_grad())) {
-      at::Tensor xb = x2.to(at::kBFloat16).contiguous();
-      std::vector<at::Tensor> rows;
-      for (int64_t r = 0; r < xb.size(0); ++r)
-        rows.push_back(at::_weight_int8pack_mm(xb.narrow(0, r, 1), lin.q8, lin.q8_scale));
-      y = (rows.size() == 1 ? rows[0] : at::cat(rows, 0)).to(x.scalar_type());
-    } else {
-      y = at::linear(x2, lin.q8.to(x.scalar_type()) * lin.q8_scale.to(x.scalar_type()).unsqueeze(1));
-    }
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = y.size(-1);
-    y = y.view(shape);
-  } else {
-    y = at::linear(x, lin.weight);
-  }
+  const at::Tensor y = lin.weight.defined() ? at::linear(x, lin.weight) : quantized_linear(x, lin);
   return lin.bias.defined() ? y + lin.bias : y;
 }
 
@@ -110,10 +110,16 @@ at::Tensor masked_decode_rows(int64_t layer, const at::Tensor& q, KvCache& cache
   // The query heads sharing a key head are that head's "sequence" of queries (one token each, so no causal
   // order among them): grouped-query attention without copying keys and values per query head.
   const int64_t S = a.one_slots, H = q.size(2), D = q.size(3), KVH = cache.k[layer].size(2);
-  at::Tensor queries = at::zeros({S, H, D}, q.options());
-  queries.index_copy_(0, a.one_slot, q[0].index_select(0, a.one_token));
+  const at::Tensor rows = a.chunks.empty() ? q[0] : q[0].index_select(0, a.one_token);  // [R1, H, D]
   at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
   at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
+  // A single row reads all of its slot's keys: no mask, and no scatter to slots and back.
+  if (rows.size(0) == 1)
+    return at::scaled_dot_product_attention(rows.view({1, KVH, H / KVH, D}), keys, values, std::nullopt, 0.0, false,
+                                            scale)
+        .reshape({1, H, D});
+  at::Tensor queries = at::zeros({S, H, D}, q.options());
+  queries.index_copy_(0, a.one_slot, rows);
   at::Tensor o = at::scaled_dot_product_attention(queries.view({S, KVH, H / KVH, D}), keys, values, a.one_mask, 0.0,
                                                   false, scale);  // [S, KVH, H / KVH, D]
   return o.reshape({S, H, D}).index_select(0, a.one_slot);
@@ -126,6 +132,8 @@ at::Tensor attend_slots(int64_t layer, const at::Tensor& q, const at::Tensor& k,
   cache.k[layer].view({-1, KVH, D}).index_copy_(0, a.write_flat, k[0]);
   cache.v[layer].view({-1, KVH, D}).index_copy_(0, a.write_flat, v[0]);
   if (a.flash && !a.one_token.defined()) return flash_decode_rows(layer, q, cache, a, scale).transpose(0, 1).unsqueeze(0);
+  if (!a.flash && a.one_token.defined() && a.chunks.empty())  // decode rows only: no scatter into a step's tokens
+    return masked_decode_rows(layer, q, cache, a, scale).transpose(0, 1).unsqueeze(0);
   at::Tensor out = at::empty_like(q[0]);  // [N, H, D]
   if (a.one_token.defined())
     out.index_copy_(0, a.one_token, a.flash ? flash_decode_rows(layer, q, cache, a, scale)
@@ -227,10 +235,15 @@ LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
 at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens) {
   const at::Tensor flat = tokens.reshape({-1});
   const ModelWeights& w = model.weights;
-  // A tied table kept only in int8 (int4 models): the rows dequantized.
-  at::Tensor rows = w.embed.defined() ? w.embed.index_select(0, flat)
-                                      : w.lm_head.q8.index_select(0, flat).to(model.dtype) *
-                                            w.lm_head.q8_scale.index_select(0, flat).to(model.dtype).unsqueeze(1);
+  // A tied table kept only in the vocabulary projection's quantized form (int4 models): the rows dequantized.
+  at::Tensor rows;
+  if (w.embed.defined())
+    rows = w.embed.index_select(0, flat);
+  else if (w.lm_head.rows.defined())
+    rows = ggml_dequantize_rows(w.lm_head.rows, flat).to(model.dtype);
+  else
+    rows = w.lm_head.q8.index_select(0, flat).to(model.dtype) *
+           w.lm_head.q8_scale.index_select(0, flat).to(model.dtype).unsqueeze(1);
   return rows.view({tokens.size(0), tokens.size(1), model.config.hidden_size});
 }
 

@@ -1,10 +1,9 @@
 #include "model/int4_weights.h"
 
-#include <ATen/core/grad_mode.h>
-
 #include <string>
 
 #include "common/error.h"
+#include "model/cpu_ops.h"
 #include "model/dequantize.h"
 #include "model/model.h"
 
@@ -111,7 +110,7 @@ at::Tensor int4_linear(const at::Tensor& x, const Linear& lin) {
   at::Tensor y;
   // The kernel keeps pace with a float32 product at any row count (2 cores, a 3072 x 576 weight: 1 row in 53 us
   // against 140, 128 rows in 2.7 ms against 2.8), but it has no derivative.
-  if (at::GradMode::is_enabled() && x.requires_grad()) {
+  if (tracks_grad(x)) {
     y = at::linear(x2, int4_dequantized(lin).to(x.scalar_type()));
   } else {
     y = at::_weight_int4pack_mm_for_cpu(x2.to(at::kBFloat16).contiguous(), lin.q4, kInt4Group, lin.q4_scale_zero)

@@ -155,9 +155,28 @@ void quantize_int4_projections(ModelWeights& w, const Int4Source& source, int64_
   }
 }
 
+// A GGUF tensor's own block rows by Hugging Face name; undefined rows when ggml has no dot product for its type.
+using RowsSource = std::function<GgmlRows(const std::string& name)>;
+
+// The vocabulary projection of an int4 model (and, tied, the embedding table, whose rows it then serves): in
+// ggml's block rows where the build has ggml, the GGUF's own where the file quantizes the table and Q8_0
+// otherwise; in int8 without ggml.
+void quantize_vocab(ModelWeights& w, const RowsSource& source) {
+  Linear& head = w.lm_head;
+  if (ggml_available() && head.weight.size(1) % 32 == 0) {
+    if (source) head.rows = source(w.lm_head_tied ? "model.embed_tokens.weight" : "lm_head.weight");
+    if (!head.rows.defined()) head.rows = ggml_rows_q8_0(head.weight);
+    head.weight = at::Tensor();
+  } else {
+    quantize_int8_linear(head);
+  }
+  if (w.lm_head_tied) w.embed = at::Tensor();
+}
+
 // The model's weights from a source, in the form it computes with (projections fused; int8 or int4 when asked
-// for, int4 taking a GGUF's own 4-bit codes from `int4_source`).
-void set_weights(Model& m, const WeightSource& src, const Int4Source& int4_source = nullptr) {
+// for, int4 taking a GGUF's own 4-bit codes from `int4_source` and its vocabulary rows from `rows_source`).
+void set_weights(Model& m, const WeightSource& src, const Int4Source& int4_source = nullptr,
+                 const RowsSource& rows_source = nullptr) {
   m.weights = build_weights(m.config, src);
   m.parameters = count_parameters(m.weights);
   m.weights.embed_head =
@@ -166,9 +185,7 @@ void set_weights(Model& m, const WeightSource& src, const Int4Source& int4_sourc
   fuse_projections(m.weights, m.config);
   if (m.weight_format == WeightFormat::Int4) {
     quantize_int4_projections(m.weights, int4_source, m.config.num_layers);
-    // The vocabulary projection (and, tied, the embedding table) in int8: most GGUF files store it in 8 bits.
-    quantize_int8_linear(m.weights.lm_head);
-    if (m.weights.lm_head_tied) m.weights.embed = at::Tensor();
+    quantize_vocab(m.weights, rows_source);
   }
   // The fused copies replace views into the maps: their pages need not stay resident (they are read again
   // from the file if a view still needs them).
@@ -333,7 +350,12 @@ std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
     }
     return c;
   };
-  set_weights(*m, src, int4_source);
+  RowsSource rows_source = [&](const std::string& hf) -> GgmlRows {
+    const GgufTensorInfo* t = g.find_tensor(gguf_name(hf));
+    if (!t || t->ne.size() != 2 || !t->data) return {};
+    return ggml_rows_from_gguf(t->type, t->data, static_cast<int64_t>(t->ne[1]), static_cast<int64_t>(t->ne[0]));
+  };
+  set_weights(*m, src, int4_source, rows_source);
   return m;
 }
 

@@ -10,12 +10,14 @@
 
 #include "common/mapped_file.h"
 #include "model/config.h"
+#include "model/ggml_rows.h"
 
 namespace hs {
 
 // A projection y = x W^T + b. Dense models keep `weight`; weight-only quantized models keep instead `q8` and
 // `q8_scale` (int8 per output row, symmetric) or `q4` and `q4_scale_zero` (4-bit in groups of 32,
-// model/int4_weights.h), which cut the bytes a decode step reads by 4 to 8 times against float32.
+// model/int4_weights.h), which cut the bytes a decode step reads by 4 to 8 times against float32, or `rows`
+// (ggml block rows, model/ggml_rows.h: the vocabulary projection of int4 models).
 struct Linear {
   at::Tensor weight;         // [out, in], as in PyTorch's Linear
   at::Tensor bias;           // [out] or undefined
@@ -23,6 +25,7 @@ struct Linear {
   at::Tensor q8_scale;       // [out] bfloat16
   at::Tensor q4;             // [out, in / 2] uint8, packed as torch's CPU int4 kernel wants
   at::Tensor q4_scale_zero;  // [in / 32, out, 2] bfloat16
+  GgmlRows rows;
 };
 
 // How a model keeps its projections.
@@ -46,12 +49,12 @@ struct LayerWeights {
 constexpr int64_t kEmbedHeadRows = 64;
 
 struct ModelWeights {
-  at::Tensor embed;       // [vocab, hidden]; undefined when tied to an lm_head kept only in int8 (int4 models)
+  at::Tensor embed;       // [vocab, hidden]; undefined when tied to an lm_head kept only quantized (int4 models)
   // The embedding table's first rows as the file holds them, kept whatever form the table computes in (int4
   // models drop the table itself): part of what identifies the base model (adapters/fingerprint.h).
   at::Tensor embed_head;
   at::Tensor final_norm;  // [hidden]
-  Linear lm_head;         // its weight is the embed tensor itself when tied (int4 models: its int8 form only)
+  Linear lm_head;         // its weight is the embed tensor itself when tied (int4 models: its ggml rows only)
   bool lm_head_tied = false;
   std::vector<LayerWeights> layers;
 };

@@ -7,7 +7,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -15,6 +14,7 @@
 #include "model/dequantize.h"
 #include "model/int4_weights.h"
 #include "model/model.h"
+#include "random_blocks.h"
 
 namespace hs {
 
@@ -22,36 +22,7 @@ namespace {
 
 constexpr int64_t kRows = 128, kCols = 256;
 
-uint16_t half_bits(float v) {
-  const at::Tensor h = at::tensor({v}).to(at::kHalf);
-  uint16_t bits;
-  std::memcpy(&bits, h.data_ptr(), 2);
-  return bits;
-}
-
-// A [kRows, kCols] tensor of the type with random codes and plausible scales, as the file would hold it.
-std::vector<uint8_t> random_blocks(GgmlType type, std::mt19937& rng) {
-  int64_t block_elems = 0, block_bytes = 0;
-  ggml_block_layout(static_cast<uint32_t>(type), &block_elems, &block_bytes);
-  std::vector<uint8_t> bytes(kRows * kCols / block_elems * block_bytes);
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::uniform_real_distribution<float> scale(0.002f, 0.05f);
-  for (auto& b : bytes) b = static_cast<uint8_t>(byte(rng));
-  for (size_t at = 0; at < bytes.size(); at += block_bytes) {
-    auto put = [&](size_t offset, float v) {
-      const uint16_t h = half_bits(v);
-      std::memcpy(&bytes[at + offset], &h, 2);
-    };
-    if (type == GgmlType::Q6_K) {
-      put(208, scale(rng));
-      continue;
-    }
-    put(0, scale(rng));                                                         // d
-    if (type == GgmlType::Q4_1) put(2, scale(rng) * (byte(rng) - 128) / 16.0f);  // m, of either sign
-    if (type == GgmlType::Q4_K) put(2, scale(rng));                             // dmin
-  }
-  return bytes;
-}
+std::vector<uint8_t> random_blocks(GgmlType type, std::mt19937& rng) { return test::random_blocks(type, kRows, kCols, rng); }
 
 at::Tensor dequantized(GgmlType type, const std::vector<uint8_t>& bytes) {
   at::Tensor w = at::empty({kRows, kCols}, at::kFloat);
