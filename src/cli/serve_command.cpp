@@ -1,4 +1,4 @@
-// `serve`: the HTTP API. Settings come from the built-in defaults, then --config FILE, then these flags.
+// `serve`: the HTTP and gRPC APIs. Settings come from the built-in defaults, then --config FILE, then these flags.
 #include <iostream>
 
 #include "api/server/api_server.h"
@@ -12,7 +12,7 @@ struct ServeFlags {
   std::string config;
   bool print_config = false;
   std::optional<std::string> host, model, device, dtype, quantize, adapter_dir, model_name, log_level;
-  std::optional<int> port, threads;
+  std::optional<int> port, grpc_port, threads;
   std::optional<int64_t> max_seqs, max_seq_tokens, max_step_tokens, max_adapters, prefix_cache_tokens;
   std::optional<size_t> queue;
 };
@@ -31,11 +31,12 @@ void over(const std::optional<T>& flag, U& field) {
 
 CLI::App* add_serve_command(CLI::App& app) {
   ServeFlags& f = flags();
-  auto* s = app.add_subcommand("serve", "Serve the OpenAI-compatible and native HTTP API (until SIGTERM)");
+  auto* s = app.add_subcommand("serve", "Serve the OpenAI-compatible and native HTTP API and gRPC (until SIGTERM)");
   s->add_option("--config", f.config, "TOML file over the defaults (see config/default.toml)");
   s->add_flag("--print-config", f.print_config, "Print the effective configuration as TOML and exit");
   s->add_option("--host", f.host, "Address to listen on (default 127.0.0.1)");
   s->add_option("--port", f.port, "Port (default 8080; 0 picks a free one)");
+  s->add_option("--grpc-port", f.grpc_port, "gRPC port (default 50051; 0 picks a free one, -1 serves none)");
   s->add_option("-m,--model", f.model, "Hugging Face folder, .gguf file, or 'default'");
   s->add_option("--model-name", f.model_name, "The base model's id in /v1/models (default: the file's name)");
   s->add_option("--device", f.device, "cpu, cuda or cuda:N");
@@ -59,6 +60,7 @@ int run_serve() {
   if (!f.config.empty()) api::apply_config_file(c, f.config);
   over(f.host, c.host);
   over(f.port, c.port);
+  over(f.grpc_port, c.grpc.port);
   over(f.model, c.service.engine.model);
   over(f.model_name, c.model_name);
   over(f.device, c.service.engine.device);

@@ -12,19 +12,22 @@ from conftest import CLI
 
 
 class Server:
-    """Starts the server and waits until it listens. Output goes to `log` (read it when a test fails)."""
+    """Starts the server and waits until it listens (HTTP at `url`, gRPC at `grpc_target`, both on free ports).
+    Output goes to `log` (read it when a test fails)."""
 
     def __init__(self, *args, adapter_dir, config=None, env=None):
-        cmd = [str(CLI), "serve", "--port", "0", "--adapter-dir", str(adapter_dir), *map(str, args)]
+        cmd = [str(CLI), "serve", "--port", "0", "--grpc-port", "0", "--adapter-dir", str(adapter_dir), *map(str, args)]
         if config:
             cmd += ["--config", str(config)]
         self.log = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})})
         deadline = time.time() + 180
-        self.url = None
+        self.url = self.grpc_target = None
         for line in self.proc.stdout:
             self.log.append(line)
+            if "listening on grpc://" in line:
+                self.grpc_target = line.strip().split("listening on grpc://")[1]
             if "listening on http://" in line:
                 self.url = line.strip().split("listening on ")[1]
                 break

@@ -132,6 +132,9 @@ std::vector<Binding> bindings(ServerConfig& c) {
       milliseconds("server.header_timeout_ms", c.limits.header_timeout),
       milliseconds("server.idle_timeout_ms", c.limits.idle_timeout),
       text("server.log_level", c.log_level, {"trace", "debug", "info", "warn", "error", "off"}),
+      integer("grpc.port", c.grpc.port, -1, 65535),
+      integer("grpc.max_message_bytes", c.grpc.max_message_bytes, 1024, big),
+      integer("grpc.max_threads", c.grpc.max_threads, 4, 4096),
       text("model.path", c.service.engine.model), text("model.name", c.model_name),
       text("model.device", c.service.engine.device), text("model.dtype", c.service.engine.dtype, {"auto", "float32", "bfloat16"}),
       text("model.quantize", c.service.engine.quantize, {"none", "int8", "int4"}),
@@ -150,7 +153,7 @@ std::vector<Binding> bindings(ServerConfig& c) {
       integer("learning.steps_per_batch", l.steps_per_batch, 1, 10000),
       integer("learning.batch_events", l.batch_events, 1, 1 << 20), integer("learning.batch_ms", l.batch_ms, 0, 3600000),
       integer("learning.queue", l.queue_capacity, 1, big), number("learning.max_grad_norm", l.max_grad_norm, 0, 1e12),
-      integer("learning.checkpoint_every", l.checkpoint_every, 1, big),
+      integer("learning.checkpoint_every", l.checkpoint_every, 1, big), boolean("learning.deterministic", l.deterministic),
       integer("learning.max_example_tokens", l.max_example_tokens, 0, big), fsync("learning.fsync", l.fsync),
       integer("learning.rank", l.create.rank, 8, 4096), number("learning.alpha", l.create.alpha, 1e-6, 1e6),
       number("learning.sparsity", l.create.sparsity, 0, 0.9999),
@@ -210,6 +213,8 @@ void validate_server_config(const ServerConfig& c) {
     validate_adapter_config(c.service.learning.create);
   });
   if (c.host.empty()) throw Error(ErrorKind::InvalidArgument, "config key 'server.host' must not be empty");
+  if (c.grpc.port < -1 || c.grpc.port > 65535)  // --grpc-port bypasses the file's check
+    throw Error(ErrorKind::InvalidArgument, "config key 'grpc.port' (--grpc-port) must lie in [-1, 65535]");
   if (c.threads < 1 || c.threads > 256)  // --threads bypasses the file's check
     throw Error(ErrorKind::InvalidArgument, "config key 'server.threads' (--threads) must lie in [1, 256]");
 }

@@ -10,11 +10,19 @@
 
 namespace hs::api {
 
+// The gRPC server of `serve` (api/grpc/grpc_server.h).
+struct GrpcConfig {
+  int port = 50051;                          // 0 picks a free port; -1 serves no gRPC
+  int64_t max_message_bytes = 16 << 20;      // a larger message ends its call with RESOURCE_EXHAUSTED
+  int max_threads = 256;                     // each open call holds one; beyond: RESOURCE_EXHAUSTED
+};
+
 struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   int threads = 4;           // HTTP I/O threads
   http::Limits limits;
+  GrpcConfig grpc;
   std::string log_level = "info";
   std::string model_name;    // the base model's id in /v1/models; empty: the model file's name
   ServiceOptions service;

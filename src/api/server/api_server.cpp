@@ -8,6 +8,7 @@
 #include <iostream>
 #include <thread>
 
+#include "api/grpc/grpc_server.h"
 #include "api/server/routes.h"
 #include "common/metrics.h"
 #include "serving/service.h"
@@ -31,20 +32,23 @@ std::string model_id(const ServerConfig& c, const Engine& engine) {
 // SIGTERM / SIGINT: stop accepting, drain the engine (running requests finish, waiting ones are refused),
 // stop the trainers (they checkpoint), then stop the I/O threads. The drain runs on `stopper`, which the
 // caller joins before anything it uses is destroyed.
-void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, Service& service,
-                std::thread& stopper, int& exit_code) {
-  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+void on_signals(net::signal_set& signals, net::io_context& io, http::Server& server, GrpcServer* grpc,
+                Service& service, std::thread& stopper, int& exit_code) {
+  signals.async_wait([&, grpc](const boost::system::error_code& ec, int signal) {
     if (ec) return;
     spdlog::info("signal {}: draining (running requests finish, trainers checkpoint)", signal);
     server.stop_accepting();
-    stopper = std::thread([&io, &service, &server, &exit_code] {
+    if (grpc) grpc->set_not_serving();
+    stopper = std::thread([&io, &service, &server, grpc, &exit_code] {
       try {
         service.shutdown();
       } catch (const std::exception& e) {  // a checkpoint not written: the log still holds acknowledged events
         spdlog::error("stopping: {}", e.what());
         exit_code = 1;
       }
-      // The last tokens of the streams that just finished are still being written: give them time.
+      // The last tokens of the streams that just finished are still being written: give them time. gRPC's
+      // subscriptions (WatchVersions, StreamEvents) would never end by themselves: its grace period ends them.
+      if (grpc) grpc->shutdown();
       for (int i = 0; i < 200 && server.pending_responses() > 0; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
       spdlog::info("stopped");
@@ -80,6 +84,8 @@ int run_api_server(const ServerConfig& config) {
   add_native_routes(ctx, router);
   add_adapter_routes(ctx, router);
   add_event_stream(ctx, router);
+  std::unique_ptr<GrpcServer> grpc;
+  if (config.grpc.port >= 0) grpc = std::make_unique<GrpcServer>(ctx, config.host, config.grpc);
   http::Server server(io, config.host, config.port, config.limits, router,
                       [&ctx](const std::string& reason) { ctx.rejected->add(1, {{"reason", reason}}); });
   // Without open connections io.run() would return as soon as the acceptor closes, while the drain still
@@ -88,9 +94,13 @@ int run_api_server(const ServerConfig& config) {
   std::thread stopper;
   int exit_code = 0;  // written by the stopper, read after it is joined
   net::signal_set signals(io, SIGINT, SIGTERM);
-  on_signals(signals, io, server, service, stopper, exit_code);
+  on_signals(signals, io, server, grpc.get(), service, stopper, exit_code);
   spdlog::info("serving {} on http://{}:{} (adapters in {})", ctx.model_name, config.host, server.port(),
                options.adapters.root);
+  if (grpc) {
+    spdlog::info("serving gRPC on {}:{}", config.host, grpc->port());
+    std::cout << "hyprstream: listening on grpc://" << config.host << ":" << grpc->port() << std::endl;
+  }
   std::cout << "hyprstream: listening on http://" << config.host << ":" << server.port() << std::endl;
 
   std::vector<std::thread> threads;

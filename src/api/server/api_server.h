@@ -1,5 +1,5 @@
 #pragma once
-// `hyprstream serve`: the HTTP API over one Service, until SIGTERM or SIGINT. Then admission stops, running
+// `hyprstream serve`: the HTTP API and gRPC over one Service, until SIGTERM or SIGINT. Then admission stops, running
 // streams finish, trainers checkpoint, and it returns 0.
 #include "api/config/server_config.h"
 
