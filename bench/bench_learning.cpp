@@ -61,9 +61,10 @@ struct Progress {
     };
     return cb;
   }
+  // Until n events are applied and durable (with fsync batch the acknowledgement may come second).
   void wait_applied(uint64_t n) {
     std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [&] { return applied >= n; });
+    cv.wait(l, [&] { return applied >= n && durable >= n; });
   }
 };
 
@@ -113,9 +114,9 @@ int main(int argc, char** argv) {
     const std::string dir = (fs::temp_directory_path() / ("hs-bench-learning-" + std::to_string(::getpid()))).string();
     fs::create_directories(dir);
     hs::RegistryOptions ropts{dir};
-    ropts.keep_versions = 1000000;  // submissions name version 1 as their base throughout
     hs::AdapterRegistry registry(ropts, model);
     hs::TrainerOptions base;
+    base.max_staleness = uint64_t{1} << 40;  // submissions name version 1 as their base throughout
     base.fsync = hs::parse_fsync_policy(a.fsync);
     base.checkpoint_every = 1000000;
     registry.create("grad", base.create);

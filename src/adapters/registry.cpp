@@ -141,9 +141,9 @@ AdapterManifest AdapterRegistry::reload_manifest(const std::string& name) {
   return load_manifest(name);
 }
 
-void AdapterRegistry::save_manifest_locked(const AdapterManifest& m) {
+void AdapterRegistry::save_manifest_locked(const AdapterManifest& m, Sync sync) {
   const std::string path = dir(m.name) + "/manifest.json";
-  write_file_atomically(path, manifest_to_json(m));
+  write_file_atomically(path, manifest_to_json(m), sync);
   std::lock_guard<std::mutex> lock(mu_);
   manifests_[m.name] = m;
   manifest_stamps_[m.name] = file_stamp(path);
@@ -159,7 +159,7 @@ void AdapterRegistry::check_base(const AdapterManifest& m) const {
 
 AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, const AdapterImage& image,
                                                          uint64_t parent, uint64_t events,
-                                                         const AdapterScope* scope) {
+                                                         const AdapterScope* scope, Sync sync) {
   AdapterVersionInfo v;
   v.version = m.latest() + 1;
   v.parent = parent;
@@ -168,14 +168,14 @@ AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, con
   v.events = events;
   v.active_values = static_cast<uint64_t>(image.layout().num_values());
   const std::string path = dir(m.name) + "/" + v.file;
-  image.write(path, parse_adapter_codec(m.codec));
+  image.write(path, parse_adapter_codec(m.codec), sync);
   v.bytes = fs::file_size(path);
   v.crc32 = image.crc32();
   if (scope && !scope->empty()) {
     // Before the manifest names the version: a reader never finds a version without its scope.
     v.scope_file = scope_file(v.version);
     v.scope_examples = scope->examples.size();
-    write_file_atomically(dir(m.name) + "/" + v.scope_file, scope_to_bytes(*scope));
+    write_file_atomically(dir(m.name) + "/" + v.scope_file, scope_to_bytes(*scope), sync);
   }
   m.versions.push_back(v);
   m.current = v.version;
@@ -188,7 +188,7 @@ AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, con
     if (!victim->scope_file.empty()) doomed.push_back(victim->scope_file);
     m.versions.erase(victim);
   }
-  save_manifest_locked(m);
+  save_manifest_locked(m, sync);
   for (const auto& f : doomed) fs::remove(dir(m.name) + "/" + f);
   return v;
 }
@@ -250,20 +250,23 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
 
 AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
                                             std::optional<uint64_t> events, const TileLayout* layout,
-                                            std::shared_ptr<const AdapterScope> scope) {
+                                            std::shared_ptr<const AdapterScope> scope, Sync sync) {
   for (float x : values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "': refusing to publish non-finite values");
   std::lock_guard<std::mutex> wlock(write_mu_);
   FileLock folder = lock_folder(options_.root);
   AdapterManifest m = reload_manifest(name);
-  auto current = acquire(name, m.current);
+  const AdapterVersionInfo* parent = m.find(m.current);
+  const uint64_t parent_events = parent ? parent->events : 0;
   std::shared_ptr<AdapterImage> image;
   if (layout) {
+    // The current version is not read: a trainer republishing over a torn one gives its own layout.
     if (static_cast<int64_t>(values.size()) != layout->num_values())
       throw Error(ErrorKind::InvalidArgument, "new adapter values do not match the new pattern");
     image = AdapterImage::build(*layout, values.data());
   } else {
+    auto current = acquire(name, m.current);
     if (static_cast<int64_t>(values.size()) != current->image->layout().num_values())
       throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' has " +
                                                   std::to_string(current->image->layout().num_values()) +
@@ -274,7 +277,7 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
   std::vector<AdapterVersionInfo> before = m.versions;
   if (scope && scope->empty()) scope.reset();
   AdapterVersionInfo v =
-      write_version_locked(m, *image, m.current, events.value_or(current->version.events), scope.get());
+      write_version_locked(m, *image, m.current, events.value_or(parent_events), scope.get(), sync);
   auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image, scope});
   std::lock_guard<std::mutex> lock(mu_);
   // Versions pruned from the folder leave the caches too: a domain that keeps learning would otherwise fill

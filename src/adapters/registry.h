@@ -80,10 +80,11 @@ class AdapterRegistry {
   // when `layout` is given. It becomes current; versions beyond `keep` are deleted. `events` is the number of
   // learning events applied since the adapter was created (unset: the parent's). Values must be finite.
   // `scope`, when given and not empty, is stored with the version (<name>/v00000007.scope): requests outside it
-  // get the base model.
+  // get the base model. A trainer publishes with Sync::Deferred: its log and checkpoint are the durable record,
+  // and a version torn by a power loss fails its checksum and is published again from them (learning/trainer.h).
   AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values,
                              std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr,
-                             std::shared_ptr<const AdapterScope> scope = nullptr);
+                             std::shared_ptr<const AdapterScope> scope = nullptr, Sync sync = Sync::Durable);
 
   // Rollback and remove change what a trainer works on, so they take the domain lock and throw Busy while a
   // trainer (in this process or another) holds it. A rollback moves the domain's training state aside
@@ -112,12 +113,13 @@ class AdapterRegistry {
   // The manifest, from the cache when the file has not changed; the file is read without holding mu_.
   AdapterManifest load_manifest(const std::string& name);
   AdapterManifest reload_manifest(const std::string& name);  // from disk, bypassing the cache
-  void save_manifest_locked(const AdapterManifest& m);
+  void save_manifest_locked(const AdapterManifest& m, Sync sync = Sync::Durable);
   void check_base(const AdapterManifest& m) const;
   AdapterManifest create_locked(const std::string& name, const AdapterConfig& config, const TileLayout& layout,
                                 const std::vector<float>& values);
   AdapterVersionInfo write_version_locked(AdapterManifest& m, const AdapterImage& image, uint64_t parent,
-                                          uint64_t events, const AdapterScope* scope = nullptr);
+                                          uint64_t events, const AdapterScope* scope = nullptr,
+                                          Sync sync = Sync::Durable);
   void remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap);
   void forget_locked(const std::string& name);
 

@@ -17,6 +17,17 @@ int64_t TileLayout::dense_values() const {
 }
 
 int64_t TileLayout::find(int64_t layer, LoraModule m, bool is_b) const {
+  // Layouts keep lora_tensors' order, (layer, module, A before B): halving finds a tensor in it (written out,
+  // since std::lower_bound needs a range known to be ordered), and a scan in any other order.
+  auto key = [](int64_t l, LoraModule mod, bool b) { return std::make_tuple(l, static_cast<int>(mod), b); };
+  const auto want = key(layer, m, is_b);
+  size_t lo = 0, hi = tensors.size();
+  while (lo < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    const auto k = key(tensors[mid].layer, tensors[mid].module, tensors[mid].is_b);
+    if (k == want) return static_cast<int64_t>(mid);
+    (k < want ? lo = mid + 1 : hi = mid);
+  }
   for (size_t i = 0; i < tensors.size(); ++i)
     if (tensors[i].layer == layer && tensors[i].module == m && tensors[i].is_b == is_b) return static_cast<int64_t>(i);
   return -1;

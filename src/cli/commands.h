@@ -73,11 +73,16 @@ struct TrainFlags {
   int64_t scope_layers = teaching_recipe().retention.scope_layers;
   double max_drift = teaching_recipe().guard.max_drift;
   std::string fsync = "always";
-  uint64_t checkpoint_every = 64, seed = 0;
+  uint64_t checkpoint_every = 64, seed = 0, max_staleness = 256;
   int64_t max_example_tokens = 0;
   bool deterministic = false, json = false;
   int64_t rank = 16;
   double alpha = 32, sparsity = 0.99;
+};
+
+struct EventsFlags {
+  std::string server, domain, file;
+  bool json = false;
 };
 
 struct TokenizeFlags {
@@ -110,6 +115,9 @@ hs::TrainerOptions trainer_options(const TrainFlags& t);
 // `serve`: the HTTP API (its flags are kept by serve_command.cpp).
 CLI::App* add_serve_command(CLI::App& app);
 int run_serve();
+// Returns the `events push` subcommand.
+CLI::App* add_events_command(CLI::App& app, EventsFlags& f);
+int run_events_push(const EventsFlags& f);
 
 int run_tokenize(const ModelFlags& m, const TokenizeFlags& t);
 int run_info(const ModelFlags& m, bool json);

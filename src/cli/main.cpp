@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   ChatFlags chat;
   TokenizeFlags tok;
   TrainFlags train;
+  EventsFlags events;
   bool info_json = false;
 
   auto* g = app.add_subcommand("generate", "Complete a prompt, streaming the text");
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
   auto adapter_actions = add_adapter_commands(app, model, adapter, admin);
   auto* tr = add_train_command(app, model, adapter, train);
   auto* sv = add_serve_command(app);
+  auto* push = add_events_command(app, events);
 
   try {
     app.parse(argc, argv);
@@ -77,6 +79,7 @@ int main(int argc, char** argv) {
     if (c->parsed()) return run_chat(model, adapter, sampling, chat, train);
     if (tr->parsed()) return run_train(model, adapter, train);
     if (sv->parsed()) return run_serve();
+    if (push->parsed()) return run_events_push(events);
     for (const auto& [action, sub] : adapter_actions)
       if (sub->parsed()) return run_adapters(action, model, adapter, admin);
     if (t->parsed()) return run_tokenize(model, tok);

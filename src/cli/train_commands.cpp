@@ -81,13 +81,17 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
       ->capture_default_str();
   s->add_option("--dp-clip", t.dp_clip, "Differential privacy: per-example gradient norm bound")->capture_default_str();
   s->add_option("--dp-delta", t.dp_delta, "Differential privacy: the delta epsilon is reported at")->capture_default_str();
-  s->add_option("--fsync", t.fsync, "always: each micro-batch is on disk before it is acknowledged; never: the OS "
+  s->add_option("--fsync", t.fsync, "always: each micro-batch is on disk before it is acknowledged; batch: group "
+                                    "commit, one sync shared by the micro-batches of about 1 ms; never: the OS "
                                     "decides (survives a killed process, not a power loss)")
       ->capture_default_str();
   s->add_option("--checkpoint-every", t.checkpoint_every, "Batches between checkpoints (the log is compacted then)")
       ->capture_default_str();
   s->add_option("--max-example-tokens", t.max_example_tokens,
                 "Longest example accepted, in tokens, checked before it is acknowledged (0: the model's context)")
+      ->capture_default_str();
+  s->add_option("--max-staleness", t.max_staleness,
+                "A gradient submission's base version may be this many versions behind the current one")
       ->capture_default_str();
   s->add_flag("--deterministic", t.deterministic,
               "Close batches only when full (or at the end), so the same events give a bit-identical adapter");
@@ -121,6 +125,7 @@ TrainerOptions trainer_options(const TrainFlags& t) {
   o.checkpoint_every = t.checkpoint_every;
   o.max_example_tokens = t.max_example_tokens;
   o.deterministic = t.deterministic;
+  o.max_staleness = t.max_staleness;
   o.seed = t.seed;
   o.create.rank = t.rank;
   o.create.alpha = t.alpha;

@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "adapters/tile_layout.h"
+#include "common/base64.h"
 #include "common/error.h"
 #include "common/strict_json.h"
+#include "common/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hs {
@@ -21,8 +24,8 @@ using json = nlohmann::json;
   throw Error(ErrorKind::InvalidArgument, (id.empty() ? "event: " : "event '" + id + "': ") + why);
 }
 
-const std::set<std::string> kFields = {"id",       "domain", "type",         "prompt",   "completion",
-                                       "messages", "text",   "base_version", "gradients"};
+const std::set<std::string> kFields = {"id",   "domain",       "type",      "prompt", "completion", "messages",
+                                       "text", "base_version", "gradients", "packed"};
 
 std::string string_field(const json& j, const char* key, const std::string& id) {
   const json& v = j.at(key);
@@ -148,17 +151,113 @@ int64_t value_index(const TileLayout& layout, int64_t tensor, int64_t row, int64
   return g * kTileValues + (row % kTileSize) * kTileSize + col % kTileSize;
 }
 
+// Checks a gradient submission part by part, entry by entry, into (value index, value) pairs: the one check
+// of the JSON form and of the arrays of the gRPC API.
+class GradientBuilder {
+ public:
+  GradientBuilder(const EventContext& ctx, const std::string& id, uint64_t base_version) : ctx_(ctx), id_(id) {
+    if (base_version == 0)
+      reject(id, "a gradient needs \"base_version\": the adapter version it was computed on (a positive integer)");
+    if (ctx.base_version_problem)
+      if (const std::string problem = ctx.base_version_problem(base_version); !problem.empty()) reject(id, problem);
+  }
+
+  // Starts the part of one LoRA matrix; `where` names it for later messages.
+  void part(int64_t layer, std::string_view module_name, std::string_view matrix) {
+    if (matrix != "A" && matrix != "B") reject(id_, "\"matrix\" must be \"A\" or \"B\", not '" + std::string(matrix) + "'");
+    if (layer < 0 || layer > (1 << 20)) reject(id_, "\"layer\" must be a layer index, not " + std::to_string(layer));
+    LoraModule module;
+    try {
+      module = parse_lora_module(std::string(module_name));
+    } catch (const Error& e) {
+      reject(id_, e.what());
+    }
+    tensor_ = ctx_.layout->find(layer, module, matrix == "B");
+    layer_ = layer;
+    module_ = module;
+    b_ = matrix == "B";
+    if (tensor_ < 0) reject(id_, "the adapter has no " + where());
+  }
+
+  // The part's name for messages, made only for one.
+  std::string where() const { return "layer " + std::to_string(layer_) + " " + lora_module_name(module_) + (b_ ? ".B" : ".A"); }
+
+  // Coordinates outside int64 or negative are passed as -1. False when the entry lies outside the pattern.
+  bool add(int64_t row, int64_t col, double value) {
+    if (!std::isfinite(value) || std::fabs(value) > 3.4e38) reject(id_, "a gradient value of " + where() + " is not finite");
+    const int64_t index = value_index(*ctx_.layout, tensor_, row, col);
+    if (index < 0) return false;
+    gradient_.emplace_back(index, static_cast<float>(value));
+    return true;
+  }
+
+  // Sums repeated coordinates in the order given, as accumulating them into a dense vector would.
+  std::vector<std::pair<int64_t, float>> finish() {
+    if (gradient_.empty()) reject(id_, "the gradient has no entries");
+    std::stable_sort(gradient_.begin(), gradient_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    size_t out = 0;
+    for (size_t i = 0; i < gradient_.size(); ++i) {
+      if (out > 0 && gradient_[out - 1].first == gradient_[i].first) {
+        gradient_[out - 1].second += gradient_[i].second;
+      } else {
+        gradient_[out++] = gradient_[i];
+      }
+    }
+    gradient_.resize(out);
+    return std::move(gradient_);
+  }
+
+ private:
+  const EventContext& ctx_;
+  const std::string& id_;
+  int64_t tensor_ = -1, layer_ = 0;
+  LoraModule module_{};
+  bool b_ = false;
+  std::vector<std::pair<int64_t, float>> gradient_;
+};
+
+// The log's form of a checked gradient: (u32 value index, f32 value) pairs, ascending, little-endian, base64.
+std::string pack_gradient(const std::vector<std::pair<int64_t, float>>& gradient) {
+  std::string bytes(gradient.size() * 8, '\0');
+  for (size_t i = 0; i < gradient.size(); ++i) {
+    if (gradient[i].first > UINT32_MAX)
+      throw Error(ErrorKind::Unsupported, "an adapter of more than 2^32 values cannot log packed gradients");
+    const uint32_t index = static_cast<uint32_t>(gradient[i].first);
+    std::memcpy(&bytes[i * 8], &index, 4);
+    std::memcpy(&bytes[i * 8 + 4], &gradient[i].second, 4);
+  }
+  return base64_encode(bytes);
+}
+
+void unpack_gradient(const json& j, const EventContext& ctx, const std::string& id, LearningEvent& ev) {
+  if (j.contains("gradients")) reject(id, "a gradient has \"gradients\" or \"packed\", not both");
+  if (!j["packed"].is_string()) reject(id, "\"packed\" must be a base64 string");
+  const std::string bytes = base64_decode(j["packed"].get<std::string>(), "event '" + id + "': \"packed\"");
+  if (bytes.empty() || bytes.size() % 8 != 0) reject(id, "\"packed\" must hold (index, value) pairs of 8 bytes");
+  const int64_t limit = ctx.layout->num_values();
+  for (size_t at = 0; at < bytes.size(); at += 8) {
+    uint32_t index;
+    float value;
+    std::memcpy(&index, &bytes[at], 4);
+    std::memcpy(&value, &bytes[at + 4], 4);
+    if (static_cast<int64_t>(index) >= limit || (!ev.gradient.empty() && index <= ev.gradient.back().first))
+      reject(id, "\"packed\" indices must ascend within the adapter's " + std::to_string(limit) + " values");
+    if (!std::isfinite(value)) reject(id, "a packed gradient value is not finite");
+    ev.gradient.emplace_back(index, value);
+  }
+}
+
+std::string outside_pattern(const std::string& where, const std::string& row, const std::string& col) {
+  return "entry (" + row + ", " + col + ") of " + where + " lies outside the adapter's sparsity pattern";
+}
+
 void gradient_submission(const json& j, const EventContext& ctx, const std::string& id, LearningEvent& ev) {
   const json& bv = j.contains("base_version") ? j["base_version"] : json();
-  if (!bv.is_number_unsigned() || bv.get<uint64_t>() == 0)
-    reject(id, "a gradient needs \"base_version\": the adapter version it was computed on (a positive integer)");
-  ev.base_version = bv.get<uint64_t>();
-  if (ctx.version_exists && !ctx.version_exists(ev.base_version))
-    reject(id, "base version " + std::to_string(ev.base_version) +
-                   " no longer exists for this adapter; recompute the gradient on the current version");
+  ev.base_version = bv.is_number_unsigned() ? bv.get<uint64_t>() : 0;
+  GradientBuilder g(ctx, id, ev.base_version);
+  if (j.contains("packed")) return unpack_gradient(j, ctx, id, ev);
   if (!j.contains("gradients") || !j["gradients"].is_array() || j["gradients"].empty())
     reject(id, "\"gradients\" must be a non-empty array of {layer, module, matrix, entries}");
-  const TileLayout& layout = *ctx.layout;
   for (const json& part : j["gradients"]) {
     if (!part.is_object() || part.size() != 4 || !part.contains("layer") || !part.contains("module") ||
         !part.contains("matrix") || !part.contains("entries"))
@@ -166,48 +265,20 @@ void gradient_submission(const json& j, const EventContext& ctx, const std::stri
     if (!part["layer"].is_number_unsigned() || part["layer"].get<uint64_t>() > (1u << 20))
       reject(id, "\"layer\" must be a layer index, not " + part["layer"].dump());
     if (!part["module"].is_string() || !part["matrix"].is_string()) reject(id, "\"module\" and \"matrix\" must be strings");
-    const std::string matrix = part["matrix"].get<std::string>();
-    if (matrix != "A" && matrix != "B") reject(id, "\"matrix\" must be \"A\" or \"B\", not '" + matrix + "'");
-    LoraModule module;
-    try {
-      module = parse_lora_module(part["module"].get<std::string>());
-    } catch (const Error& e) {
-      reject(id, e.what());
-    }
-    const int64_t layer = part["layer"].get<int64_t>();
-    const int64_t tensor = layout.find(layer, module, matrix == "B");
-    const std::string where = "layer " + std::to_string(layer) + " " + lora_module_name(module) + "." + matrix;
-    if (tensor < 0) reject(id, "the adapter has no " + where);
-    if (!part["entries"].is_array()) reject(id, "\"entries\" of " + where + " must be an array of [row, col, value]");
+    g.part(part["layer"].get<int64_t>(), part["module"].get<std::string>(), part["matrix"].get<std::string>());
+    if (!part["entries"].is_array()) reject(id, "\"entries\" of " + g.where() + " must be an array of [row, col, value]");
     for (const json& e : part["entries"]) {
       if (!e.is_array() || e.size() != 3 || !e[0].is_number_integer() || !e[1].is_number_integer() || !e[2].is_number())
-        reject(id, "every entry of " + where + " must be [row, col, value] with integer row and col");
-      const double value = e[2].get<double>();
-      if (!std::isfinite(value) || std::fabs(value) > 3.4e38) reject(id, "a gradient value of " + where + " is not finite");
+        reject(id, "every entry of " + g.where() + " must be [row, col, value] with integer row and col");
       // Coordinates beyond int64 (or negative) are outside every pattern; the message quotes them as sent.
       auto coordinate = [](const json& v) {
         return v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX) ? v.get<int64_t>() : -1;
       };
-      const int64_t index = value_index(layout, tensor, coordinate(e[0]), coordinate(e[1]));
-      if (index < 0)
-        reject(id, "entry (" + e[0].dump() + ", " + e[1].dump() + ") of " + where +
-                       " lies outside the adapter's sparsity pattern");
-      ev.gradient.emplace_back(index, static_cast<float>(value));
+      if (!g.add(coordinate(e[0]), coordinate(e[1]), e[2].get<double>()))
+        reject(id, outside_pattern(g.where(), e[0].dump(), e[1].dump()));
     }
   }
-  if (ev.gradient.empty()) reject(id, "the gradient has no entries");
-  // Sum repeated coordinates in the order given, as accumulating them into a dense vector would.
-  std::stable_sort(ev.gradient.begin(), ev.gradient.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  size_t out = 0;
-  for (size_t i = 0; i < ev.gradient.size(); ++i) {
-    if (out > 0 && ev.gradient[out - 1].first == ev.gradient[i].first) {
-      ev.gradient[out - 1].second += ev.gradient[i].second;
-    } else {
-      ev.gradient[out++] = ev.gradient[i];
-    }
-  }
-  ev.gradient.resize(out);
+  ev.gradient = g.finish();
 }
 
 LearningEvent parse_checked(std::string_view text, const EventContext& ctx);
@@ -229,6 +300,30 @@ std::optional<std::string> event_id(std::string_view text) {
   return j["id"].get<std::string>();
 }
 
+LearningEvent gradient_event(std::string id, uint64_t base_version, const std::vector<GradientPart>& parts,
+                             const EventContext& ctx) {
+  if (id.empty()) reject("", "every event needs a non-empty \"id\" (duplicates are applied once)");
+  if (id.size() > kMaxEventIdBytes) reject("", "event ids are at most 128 bytes");
+  if (!utf8_is_valid(id)) reject("", "event ids must be UTF-8");
+  GradientBuilder g(ctx, id, base_version);
+  if (parts.empty()) reject(id, "the gradient has no parts");
+  for (const GradientPart& p : parts) {
+    g.part(p.layer, p.module, p.matrix);
+    for (size_t i = 0; i < p.size; ++i)
+      if (!g.add(p.rows[i], p.cols[i], p.values[i]))
+        reject(id, outside_pattern(g.where(), std::to_string(p.rows[i]), std::to_string(p.cols[i])));
+  }
+  LearningEvent ev;
+  ev.gradient = g.finish();  // before the id moves: the builder names it in its messages
+  ev.id = std::move(id);
+  ev.kind = EventKind::Gradient;
+  ev.base_version = base_version;
+  // Spelt out rather than dumped: the packed text needs no escaping, and is most of the line.
+  ev.json = "{\"id\":" + json(ev.id).dump() + ",\"type\":\"gradient\",\"base_version\":" +
+            std::to_string(base_version) + ",\"packed\":\"" + pack_gradient(ev.gradient) + "\"}";
+  return ev;
+}
+
 namespace {
 
 LearningEvent parse_checked(std::string_view text, const EventContext& ctx) {
@@ -243,15 +338,17 @@ LearningEvent parse_checked(std::string_view text, const EventContext& ctx) {
     if (!kFields.count(key)) reject(ev.id, "unknown field \"" + key + "\"");
   if (j.contains("domain") && string_field(j, "domain", ev.id) != ctx.domain)
     reject(ev.id, "the event is for domain '" + j["domain"].get<std::string>() + "', not '" + ctx.domain + "'");
-  std::string type = j.contains("type") ? string_field(j, "type", ev.id) : (j.contains("gradients") ? "gradient" : "example");
+  std::string type = j.contains("type")                                  ? string_field(j, "type", ev.id)
+                     : j.contains("gradients") || j.contains("packed") ? "gradient"
+                                                                       : "example";
   const int forms = j.contains("prompt") + j.contains("messages") + j.contains("text");
   if (type == "gradient") {
     if (forms > 0 || j.contains("completion")) reject(ev.id, "a gradient event carries no prompt, messages or text");
     ev.kind = EventKind::Gradient;
     gradient_submission(j, ctx, ev.id, ev);
   } else if (type == "example") {
-    if (j.contains("base_version") || j.contains("gradients"))
-      reject(ev.id, "an example carries no \"base_version\" or \"gradients\"");
+    if (j.contains("base_version") || j.contains("gradients") || j.contains("packed"))
+      reject(ev.id, "an example carries no \"base_version\", \"gradients\" or \"packed\"");
     if (forms != 1) reject(ev.id, "an example needs exactly one of \"prompt\" (with \"completion\"), \"messages\" or \"text\"");
     if (j.contains("completion") && !j.contains("prompt")) reject(ev.id, "\"completion\" needs a \"prompt\"");
     ev.kind = EventKind::Example;

@@ -5,6 +5,8 @@
 //   {"id": "e3", "text": "..."}                                        every token after the first is a target
 //   {"id": "g1", "type": "gradient", "base_version": 7,
 //    "gradients": [{"layer": 0, "module": "q_proj", "matrix": "A", "entries": [[row, col, value], ...]}]}
+//   {"id": "g2", "type": "gradient", "base_version": 7, "packed": "..."}   the log's form of a checked gradient:
+//    base64 of (u32 index into the adapter's values, f32 value) pairs, ascending, little-endian
 // "domain" may be given and must then match the domain being trained. Unknown fields are refused, so a
 // misspelt field never trains on an empty example. Torch-free.
 #include <cstdint>
@@ -46,9 +48,9 @@ struct EventContext {
   int64_t context_length = 0;
   int64_t max_example_tokens = 0;  // a lower per-example limit of the trainer's; 0: none
   const TileLayout* layout = nullptr;
-  // Whether the adapter still keeps `version`; unset skips the check (replaying the log, where the event was
-  // checked when it arrived and the version may since have been pruned).
-  std::function<bool(uint64_t version)> version_exists;
+  // Why a gradient computed on adapter version `version` is refused (empty: accepted); unset skips the check
+  // (replaying the log, where the event was checked when it arrived).
+  std::function<std::string(uint64_t version)> base_version_problem;
 };
 
 // Maximum length of a client-chosen event id.
@@ -59,6 +61,21 @@ constexpr size_t kMaxEventIdBytes = 128;
 // ContextOverflow (an example longer than the context or the per-example limit), each naming the event id
 // where one was read. Duplicate keys anywhere in the event are refused.
 LearningEvent parse_learning_event(std::string_view text, const EventContext& ctx);
+
+// One LoRA matrix's part of a gradient submission as arrays (the gRPC API's form): views of the caller's memory.
+struct GradientPart {
+  int64_t layer = 0;
+  std::string_view module, matrix;  // "q_proj", ...; "A" or "B"
+  const uint32_t* rows = nullptr;
+  const uint32_t* cols = nullptr;
+  const float* values = nullptr;
+  size_t size = 0;
+};
+
+// A gradient submission given as arrays, checked as parse_learning_event checks one given as JSON, without
+// JSON on the way; its `json` is the packed form the log keeps.
+LearningEvent gradient_event(std::string id, uint64_t base_version, const std::vector<GradientPart>& parts,
+                             const EventContext& ctx);
 
 // The id of an event: set when the text is a JSON object with a non-empty string "id". Never throws.
 std::optional<std::string> event_id(std::string_view text);

@@ -95,7 +95,9 @@ std::string payload_of(const std::vector<LearningEvent>& batch, std::vector<std:
 void validate_trainer_options(const TrainerOptions& o) {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
   if (o.batch_events == 0) bad("a micro-batch needs at least one event");
-  if (o.batch_ms < 0) bad("the micro-batch window must not be negative");
+  if (o.batch_ms < 0 || o.gradient_batch_ms < 0) bad("the micro-batch window must not be negative");
+  if (o.max_staleness > (uint64_t{1} << 40)) bad("max_staleness is a count of versions (at most 2^40)");
+  if (o.group_commit_us < 0 || o.group_commit_us > 1'000'000) bad("the group commit wait must lie in [0, 1 s]");
   if (o.queue_capacity == 0) bad("the event queue needs room for at least one event");
   if (o.steps_per_batch < 1 || o.steps_per_batch > 10000) bad("steps per batch must lie in [1, 10000]");
   if (!(o.max_grad_norm >= 0) || !std::isfinite(o.max_grad_norm)) bad("the gradient clip norm must be zero or positive");
@@ -190,6 +192,61 @@ DomainTrainer::~DomainTrainer() {
   } catch (...) {
     // A destructor must not throw; the log still holds every acknowledged event for the next start.
   }
+  log_.reset();  // its syncer reports into this object: it ends first
+}
+
+// From the log's syncer (fsync batch), from append() or from a compaction: in log order (announce_mu_ keeps
+// two reporters from interleaving), each batch's "applied" after its "durable".
+void DomainTrainer::durable(uint64_t seq) {
+  std::lock_guard<std::mutex> order(announce_mu_);
+  std::vector<std::pair<uint64_t, std::vector<std::string>>> done;
+  std::vector<BatchReport> held;
+  {
+    std::lock_guard<std::mutex> lock(unacked_mu_);
+    while (!unacked_.empty() && unacked_.begin()->first <= seq) {
+      done.emplace_back(unacked_.begin()->first, std::move(unacked_.begin()->second));
+      unacked_.erase(unacked_.begin());
+    }
+    while (!held_reports_.empty() && held_reports_.begin()->first <= seq) {
+      held.push_back(std::move(held_reports_.begin()->second));
+      held_reports_.erase(held_reports_.begin());
+    }
+  }
+  if (callbacks_.on_durable)
+    for (const auto& [s, ids] : done) callbacks_.on_durable(ids, s);
+  if (callbacks_.on_applied)
+    for (const BatchReport& r : held) callbacks_.on_applied(r);
+}
+
+// A batch is served from memory as soon as it is applied, but announced applied only once durable: a client
+// told "applied" may rely on it as acknowledged (fsync batch applies before its sync).
+void DomainTrainer::announce_applied(BatchReport report) {
+  std::lock_guard<std::mutex> order(announce_mu_);
+  {
+    std::lock_guard<std::mutex> lock(unacked_mu_);
+    if (unacked_.count(report.seq)) {
+      const uint64_t seq = report.seq;
+      held_reports_.emplace(seq, std::move(report));
+      return;
+    }
+  }
+  if (callbacks_.on_applied) callbacks_.on_applied(report);
+}
+
+// The log's syncer could not sync (fsync batch): nothing more will be acknowledged, so the trainer stops as
+// when an append fails, and those waiting hear why.
+void DomainTrainer::sync_failed(const std::string& why) {
+  const Error error(ErrorKind::Io, why);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) return;
+    failure_ = error;
+    done_.notify_all();
+  }
+  try {
+    if (callbacks_.on_failed) callbacks_.on_failed(failure_error());
+  } catch (...) {  // a listener's own failure must not end the process from the log's thread
+  }
 }
 
 EventContext DomainTrainer::context(bool live) const {
@@ -201,9 +258,17 @@ EventContext DomainTrainer::context(bool live) const {
   if (live) {
     // The example limit is checked when an event arrives; a logged event was accepted under the limit of its day.
     ctx.max_example_tokens = options_.max_example_tokens;
-    const std::string name = domain_;
-    AdapterRegistry* reg = &registry_;
-    ctx.version_exists = [reg, name](uint64_t v) { return reg->manifest(name).find(v) != nullptr; };
+    // Staleness is counted in versions, not files: a remote worker's gradient stays welcome while the adapter
+    // publishes many versions a second and keeps only a few on disk.
+    ctx.base_version_problem = [this](uint64_t v) -> std::string {
+      std::lock_guard<std::mutex> lock(mu_);
+      const std::string base = "base version " + std::to_string(v);
+      if (v > version_) return base + " is newer than the adapter's current version " + std::to_string(version_);
+      if (version_ - v > options_.max_staleness)
+        return base + " is more than " + std::to_string(options_.max_staleness) + " versions behind the current one (" +
+               std::to_string(version_) + "); recompute the gradient on a recent version";
+      return "";
+    };
   }
   return ctx;
 }
@@ -273,11 +338,12 @@ DistillationTerm DomainTrainer::distillation_for(int64_t steps_taken) const {
 void DomainTrainer::recover() {
   const AdapterManifest manifest = registry_.manifest(domain_);
   scale_ = manifest.config.scale();
-  if (auto c = read_checkpoint(dir_)) {
+  const std::optional<TrainerCheckpoint> c = read_checkpoint(dir_);
+  if (c) {
     layout_ = std::make_shared<TileLayout>(c->adapter->layout());
-    state_ = State{c->adapter->values(), std::move(c->adam), c->counters, c->scope,
-                   c->unscoped && !learnt_nothing(*layout_, c->adapter->values()), std::move(c->rehearsal)};
-    ids_ = std::move(c->ids);
+    state_ = State{c->adapter->values(), c->adam, c->counters, c->scope,
+                   c->unscoped && !learnt_nothing(*layout_, c->adapter->values()), c->rehearsal};
+    ids_ = c->ids;
     seq_ = checkpoint_seq_ = c->seq;
   } else {
     // First training of this adapter: its current version is the starting point, fixed by a checkpoint so
@@ -292,7 +358,10 @@ void DomainTrainer::recover() {
     checkpoint();
   }
   quarantined_ = read_quarantine(dir_);
-  log_ = std::make_unique<WriteAheadLog>(dir_ + "/log", options_.fsync);
+  log_ = std::make_unique<WriteAheadLog>(dir_ + "/log", options_.fsync,
+                                         std::chrono::microseconds(options_.group_commit_us),
+                                         [this](uint64_t seq) { durable(seq); },
+                                         [this](const std::string& why) { sync_failed(why); });
   const std::optional<ApplyAttempt> attempt = read_apply_attempt(dir_);
   std::vector<BatchReport> reports;
   for (const WalRecord& rec : log_->recovered(seq_)) {
@@ -301,13 +370,30 @@ void DomainTrainer::recover() {
   }
   version_ = manifest.current;
   totals_ = state_.totals;
-  if (!reports.empty()) {
-    version_ = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope).version;
+  // Without a checkpoint the values were just read from the current version, which is therefore whole.
+  if (!reports.empty() || (c && !current_version_holds_state(manifest))) {
+    version_ = registry_.publish(domain_, state_.values, state_.totals.events_applied, layout_.get(), state_.scope,
+                                 Sync::Deferred).version;
     checkpoint();
   }
   for (BatchReport& r : reports) {
     r.version = version_;
     if (callbacks_.on_applied) callbacks_.on_applied(r);
+  }
+}
+
+// Versions are published without a sync (the log and checkpoint are the durable record): after a power loss
+// the current one may be torn, or the manifest may name one from before the checkpoint. Either is published
+// again from the recovered state.
+bool DomainTrainer::current_version_holds_state(const AdapterManifest& manifest) {
+  const AdapterVersionInfo* current = manifest.find(manifest.current);
+  if (!current || current->events != state_.totals.events_applied) return false;
+  try {
+    registry_.acquire(domain_);  // reads and checks the file when it is not in memory
+    return true;
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::CorruptFile && e.kind() != ErrorKind::NotFound) throw;  // torn, or never written
+    return false;
   }
 }
 
@@ -364,29 +450,70 @@ void DomainTrainer::checkpoint() {
   log_bytes_ = log_ ? log_->bytes() : 0;
 }
 
-SubmitResult DomainTrainer::submit(std::string_view text) {
+EventContext DomainTrainer::live_context(std::shared_ptr<const TileLayout>& layout) {
   EventContext ctx = context(true);
-  std::shared_ptr<const TileLayout> layout;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) throw Error(ErrorKind::Busy, "the trainer of domain '" + domain_ + "' is shutting down");
-    layout = layout_;
-  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) throw Error(ErrorKind::Busy, "the trainer of domain '" + domain_ + "' is shutting down");
+  layout = layout_;
   ctx.layout = layout.get();
+  return ctx;
+}
+
+SubmitResult DomainTrainer::submit(std::string_view text) {
+  std::shared_ptr<const TileLayout> layout;
+  const EventContext ctx = live_context(layout);
   LearningEvent ev;
   try {
     ev = parse_learning_event(text, ctx);
   } catch (const Error&) {
-    std::lock_guard<std::mutex> lock(mu_);
     // An event accepted before stays a duplicate even if it no longer validates (its base version was
     // pruned since, say): it was applied once, and a client resending it must not be told it is bad.
-    if (auto id = event_id(text); id && ids_.count(*id)) {
-      duplicates_ += 1;
-      return SubmitResult::Duplicate;
-    }
+    if (auto id = event_id(text); id && duplicate(*id)) return SubmitResult::Duplicate;
+    std::lock_guard<std::mutex> lock(mu_);
     rejected_ += 1;
     throw;
   }
+  return enqueue(std::move(ev));
+}
+
+SubmitResult DomainTrainer::submit_gradient(std::string id, uint64_t base_version,
+                                            const std::vector<GradientPart>& parts) {
+  if (duplicate(id)) return SubmitResult::Duplicate;  // before the check, as for JSON events
+  std::shared_ptr<const TileLayout> layout;
+  const EventContext ctx = live_context(layout);
+  LearningEvent ev;
+  try {
+    ev = gradient_event(std::move(id), base_version, parts, ctx);
+  } catch (const Error&) {
+    std::lock_guard<std::mutex> lock(mu_);
+    rejected_ += 1;
+    throw;
+  }
+  return enqueue(std::move(ev));
+}
+
+bool DomainTrainer::waiting(const std::string& id, bool until_applied) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failure_) throw failure_error();  // what waits will not be applied in this run
+  if (in_flight_ids_.count(id) ||
+      std::any_of(queue_.begin(), queue_.end(), [&](const Pending& p) { return p.event.id == id; }))
+    return true;
+  if (until_applied) return false;
+  std::lock_guard<std::mutex> unacked_lock(unacked_mu_);  // logged, its sync not reported yet (fsync batch)
+  return std::any_of(unacked_.begin(), unacked_.end(), [&](const auto& batch) {
+    return std::find(batch.second.begin(), batch.second.end(), id) != batch.second.end();
+  });
+}
+
+bool DomainTrainer::duplicate(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failure_) throw failure_error();  // an id of a batch that failed to log is no duplicate
+  if (!ids_.count(id)) return false;
+  duplicates_ += 1;
+  return true;
+}
+
+SubmitResult DomainTrainer::enqueue(LearningEvent ev) {
   std::lock_guard<std::mutex> lock(mu_);
   if (failure_) throw failure_error();
   // Checked again under the lock that queues: the worker may have drained and exited since the first check.
@@ -401,6 +528,7 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
                                      " events waiting (the queue's limit); retry shortly");
   }
   ids_.insert(ev.id);
+  queued_examples_ += ev.kind == EventKind::Example;
   queue_.push_back({std::move(ev), Clock::now()});
   accepted_ += 1;
   wake_.notify_all();
@@ -409,6 +537,16 @@ SubmitResult DomainTrainer::submit(std::string_view text) {
 
 Error DomainTrainer::failure_error() const {
   return Error(failure_->kind(), "training of domain '" + domain_ + "' stopped: " + failure_->what());
+}
+
+void DomainTrainer::wait_for_room(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  done_.wait_for(lock, timeout, [&] { return queue_.size() < options_.queue_capacity || stopping_ || failure_; });
+}
+
+bool DomainTrainer::stopping() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopping_ || failure_;
 }
 
 void DomainTrainer::flush() {
@@ -436,7 +574,8 @@ void DomainTrainer::run() {
   while (true) {
     wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) break;
-    const auto deadline = queue_.front().arrived + std::chrono::milliseconds(options_.batch_ms);
+    const auto deadline = queue_.front().arrived +
+                          std::chrono::milliseconds(queued_examples_ ? options_.batch_ms : options_.gradient_batch_ms);
     while (queue_.size() < options_.batch_events && !stopping_ && flushing_ == 0) {
       if (options_.deterministic) {
         wake_.wait(lock);
@@ -447,10 +586,13 @@ void DomainTrainer::run() {
     const size_t n = std::min(options_.batch_events, queue_.size());
     std::vector<LearningEvent> batch;
     for (size_t i = 0; i < n; ++i) {
+      queued_examples_ -= queue_.front().event.kind == EventKind::Example;
+      in_flight_ids_.insert(queue_.front().event.id);
       batch.push_back(std::move(queue_.front().event));
       queue_.pop_front();
     }
     in_flight_ = n;
+    done_.notify_all();  // the queue has room (wait_for_room)
     lock.unlock();
     std::optional<Error> error;
     try {
@@ -465,9 +607,12 @@ void DomainTrainer::run() {
     if (error) {
       // Logging, publishing or making the teachers' answers failed (disk full, say). The log is the source of
       // truth: whatever it holds is applied on the next start. Stop here rather than skip a batch and diverge.
-      failure_ = error;
+      if (!failure_) failure_ = error;
+      for (const std::string& id : in_flight_ids_) ids_.erase(id);
+      in_flight_ids_.clear();
       for (const Pending& p : queue_) ids_.erase(p.event.id);
       queue_.clear();
+      queued_examples_ = 0;
       done_.notify_all();
       lock.unlock();
       try {
@@ -476,6 +621,7 @@ void DomainTrainer::run() {
       }
       return;
     }
+    in_flight_ids_.clear();
     done_.notify_all();
   }
 }
@@ -484,13 +630,23 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
   std::vector<std::string> ids;
   const std::string payload = payload_of(batch, ids);
   const uint64_t seq = seq_ + 1;
-  log_->append(seq, payload);
+  {
+    // Before the append: with fsync always or never, the log reports it durable from inside append().
+    std::lock_guard<std::mutex> lock(unacked_mu_);
+    unacked_[seq] = ids;
+  }
+  try {
+    log_->append(seq, payload);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(unacked_mu_);
+    unacked_.erase(seq);
+    throw;
+  }
   seq_ = seq;
-  if (callbacks_.on_durable) callbacks_.on_durable(ids, seq);
   std::optional<BatchReport> report = apply(batch, seq, 1, true);
   if (report) {
     report->ids = std::move(ids);
-    if (callbacks_.on_applied) callbacks_.on_applied(*report);
+    announce_applied(std::move(*report));
   }
   if (seq_ - checkpoint_seq_ >= options_.checkpoint_every) checkpoint();
 }
@@ -639,7 +795,8 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   end_apply_attempt(dir_);
   if (state_.scope) r.scope_examples = state_.scope->examples.size();
   if (publish)
-    r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope).version;
+    r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope,
+                                  Sync::Deferred).version;
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   r.teacher_ms = teacher_ms;
   record_applied(r);

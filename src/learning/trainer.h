@@ -49,6 +49,7 @@ namespace hs {
 
 class AdapterRegistry;
 class AdapterImage;
+struct AdapterManifest;
 struct Model;
 struct Tokenizer;
 
@@ -100,12 +101,18 @@ struct GuardOptions {
 struct TrainerOptions {
   size_t batch_events = 32;     // events per micro-batch at most
   int64_t batch_ms = 100;       // a batch closes this long after its oldest event arrived
+  // ... or this long when it holds gradient submissions only: they cost little to apply, and remote workers
+  // wait for their acknowledgement. 0: at once; under load, what arrives while a batch applies forms the next.
+  int64_t gradient_batch_ms = 0;
   size_t queue_capacity = 1024; // events waiting; beyond it submit() throws Busy
   int steps_per_batch = 1;      // AdamW steps on each micro-batch at most (see RetentionOptions::stop_loss)
   AdamWOptions adamw{1e-3};
   double max_grad_norm = 1.0;   // global norm clip of each step's gradient; 0 disables
   PrivacyOptions privacy;
+  // A gradient submission's base version may be this many versions behind the current one at most.
+  uint64_t max_staleness = 256;
   FsyncPolicy fsync = FsyncPolicy::Always;
+  int64_t group_commit_us = 1000;  // fsync batch: a logged batch waits this long at most for others to share its sync
   uint64_t checkpoint_every = 64;  // batches between checkpoints (and log compactions)
   // Batches close only when full (or on flush/stop), never on the timer, so that the same events in the same
   // order always form the same batches: replays and reruns then give bit-identical adapters.
@@ -196,6 +203,18 @@ class DomainTrainer {
   // Throws InvalidArgument / ContextOverflow for a bad event (or one longer than max_example_tokens), Busy
   // when the queue is full, and the kind of the failure that stopped the trainer, if one did.
   SubmitResult submit(std::string_view event_json);
+  // A gradient submission given as arrays (the gRPC API's form), checked and queued as submit() does with
+  // its JSON form, without JSON on the way.
+  SubmitResult submit_gradient(std::string id, uint64_t base_version, const std::vector<GradientPart>& parts);
+
+  // Whether the event with this id (a duplicate's, say) is not durable yet, or with `until_applied` not yet
+  // applied: a client told "duplicate" must still wait for it before taking it as acknowledged.
+  bool waiting(const std::string& id, bool until_applied);
+
+  // Waits until the queue has room, at most `timeout` (a stream's flow control instead of "busy, retry").
+  void wait_for_room(std::chrono::milliseconds timeout);
+  // Stopped or stopping (a rollback or delete, the server draining): submissions will never be taken.
+  bool stopping() const;
 
   // Blocks until every event queued so far is applied (a partial batch closes at once).
   void flush();
@@ -222,8 +241,12 @@ class DomainTrainer {
     RehearsalMemory rehearsal;
   };
   void recover();
+  bool current_version_holds_state(const AdapterManifest& manifest);
   void replay(const WalRecord& record, std::optional<ApplyAttempt> attempt, std::vector<BatchReport>& reports);
   void run();
+  void durable(uint64_t seq);  // the log's report: batches through seq are durable
+  void announce_applied(BatchReport report);
+  void sync_failed(const std::string& why);
   void process(std::vector<LearningEvent> batch);
   // Applies the batch (attempt: how many processes have now started it) and publishes when asked. Returns
   // nothing when the batch was quarantined instead.
@@ -265,6 +288,10 @@ class DomainTrainer {
   void record_applied(const BatchReport& report);
   void checkpoint();
   EventContext context(bool live) const;
+  // The context of a submission, holding the layout it checks against; Busy once the trainer stops.
+  EventContext live_context(std::shared_ptr<const TileLayout>& layout);
+  bool duplicate(const std::string& id);  // counted as one when it is
+  SubmitResult enqueue(LearningEvent ev);
   Error failure_error() const;  // mu_ held
 
   AdapterRegistry& registry_;
@@ -278,6 +305,11 @@ class DomainTrainer {
 
   // Owned by the worker thread (and by recover() before it starts).
   std::unique_ptr<WriteAheadLog> log_;
+  // Logged batches not yet reported durable (their ids by log record), reported by durable().
+  std::mutex unacked_mu_;
+  std::map<uint64_t, std::vector<std::string>> unacked_;
+  std::map<uint64_t, BatchReport> held_reports_;  // applied before durable: announced by durable()
+  std::mutex announce_mu_;  // durable and applied announcements, one reporter at a time
   State state_;
   uint64_t seq_ = 0;
   uint64_t checkpoint_seq_ = 0;
@@ -293,6 +325,8 @@ class DomainTrainer {
   mutable std::mutex mu_;
   std::condition_variable wake_, done_;
   std::deque<Pending> queue_;
+  size_t queued_examples_ = 0;  // of queue_: while any waits, a batch closes after batch_ms
+  std::unordered_set<std::string> in_flight_ids_;  // of the batch being processed
   std::unordered_set<std::string> ids_;  // accepted: queued, logged or applied
   std::shared_ptr<const TileLayout> layout_;
   size_t in_flight_ = 0;

@@ -338,9 +338,9 @@ void AdapterImage::set_values(const float* values) {
   reinterpret_cast<FileHeader*>(owned_)->crc32 = file_crc(owned_, size_);
 }
 
-void AdapterImage::write(const std::string& path, AdapterCodec codec) const {
+void AdapterImage::write(const std::string& path, AdapterCodec codec, Sync sync) const {
   if (codec == AdapterCodec::None) {
-    write_file_atomically(path, {ByteSpan{data_, size_}});
+    write_file_atomically(path, {ByteSpan{data_, size_}}, sync);
     return;
   }
   if (!adapter_codec_available(codec))
@@ -374,7 +374,7 @@ void AdapterImage::write(const std::string& path, AdapterCodec codec) const {
   fh->stored_bytes = packed.size();
   fh->crc32 = 0;
   fh->crc32 = crc32_update(crc32_update(0, head.data(), head.size()), packed.data(), packed.size());
-  write_file_atomically(path, {ByteSpan{head.data(), head.size()}, ByteSpan{packed.data(), packed.size()}});
+  write_file_atomically(path, {ByteSpan{head.data(), head.size()}, ByteSpan{packed.data(), packed.size()}}, sync);
 }
 
 }  // namespace hs

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "adapters/tile_layout.h"
+#include "storage/atomic_file.h"
 
 namespace hs {
 
@@ -64,7 +65,7 @@ class AdapterImage {
   void set_values(const float* values);
 
   // Writes the image atomically (temporary file, fsync, rename, fsync of the directory).
-  void write(const std::string& path, AdapterCodec codec = AdapterCodec::None) const;
+  void write(const std::string& path, AdapterCodec codec = AdapterCodec::None, Sync sync = Sync::Durable) const;
 
   size_t image_bytes() const { return size_; }  // uncompressed file size: header, pattern and grid
   size_t grid_bytes() const;

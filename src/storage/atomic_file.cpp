@@ -50,7 +50,7 @@ void remove_tree(const std::string& dir) {
     io_error("cannot delete", dir, errno);
 }
 
-void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& pieces) {
+void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& pieces, Sync sync) {
   static std::atomic<uint64_t> counter{0};
   const std::filesystem::path target(path);
   const std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
@@ -66,7 +66,7 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
   };
   for (const ByteSpan& piece : pieces)
     if (!write_fully(fd, piece.data, piece.size)) fail("cannot write");
-  if (::fsync(fd) != 0) fail("cannot sync");
+  if (sync == Sync::Durable && ::fsync(fd) != 0) fail("cannot sync");
   if (::close(fd) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
@@ -77,7 +77,7 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
     ::unlink(tmp.c_str());
     io_error("cannot rename onto", path, err);
   }
-  sync_directory(dir);
+  if (sync == Sync::Durable) sync_directory(dir);
 }
 
 }  // namespace hs

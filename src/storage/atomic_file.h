@@ -13,12 +13,17 @@ struct ByteSpan {
   size_t size;
 };
 
-// Writes the pieces to a temporary file beside `path`, fsyncs it, renames it over `path` and fsyncs the
-// directory. Throws Io on failure and leaves `path` as it was.
-void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& pieces);
+// Whether a replacement must be on disk before it returns (fsync of the file and of its directory), or may
+// wait for the OS: a killed process still leaves the old bytes or the new ones, a power loss may leave a torn
+// file (for files rebuilt from a log, which a checksum tells apart).
+enum class Sync { Durable, Deferred };
 
-inline void write_file_atomically(const std::string& path, std::string_view text) {
-  write_file_atomically(path, {ByteSpan{text.data(), text.size()}});
+// Writes the pieces to a temporary file beside `path`, syncs it (Durable), renames it over `path` and syncs
+// the directory (Durable). Throws Io on failure and leaves `path` as it was.
+void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& pieces, Sync sync = Sync::Durable);
+
+inline void write_file_atomically(const std::string& path, std::string_view text, Sync sync = Sync::Durable) {
+  write_file_atomically(path, {ByteSpan{text.data(), text.size()}}, sync);
 }
 
 // Writes all n bytes to fd, retrying short writes and EINTR; false with errno set when the OS refuses.

@@ -47,11 +47,28 @@ std::vector<std::string> list_segments(const std::string& dir) {
 
 FsyncPolicy parse_fsync_policy(const std::string& name) {
   if (name == "always") return FsyncPolicy::Always;
+  if (name == "batch") return FsyncPolicy::Batch;
   if (name == "never") return FsyncPolicy::Never;
-  throw Error(ErrorKind::InvalidArgument, "fsync policy '" + name + "' is not 'always' or 'never'");
+  throw Error(ErrorKind::InvalidArgument, "fsync policy '" + name + "' is not 'always', 'batch' or 'never'");
 }
 
-WriteAheadLog::WriteAheadLog(std::string dir, FsyncPolicy policy) : dir_(std::move(dir)), policy_(policy) {
+const char* fsync_policy_name(FsyncPolicy policy) {
+  switch (policy) {
+    case FsyncPolicy::Always: return "always";
+    case FsyncPolicy::Batch: return "batch";
+    case FsyncPolicy::Never: return "never";
+  }
+  return "always";
+}
+
+WriteAheadLog::WriteAheadLog(std::string dir, FsyncPolicy policy, std::chrono::microseconds group_commit,
+                             std::function<void(uint64_t seq)> on_durable,
+                             std::function<void(const std::string& why)> on_sync_failure)
+    : dir_(std::move(dir)),
+      policy_(policy),
+      group_commit_(group_commit),
+      on_durable_(std::move(on_durable)),
+      on_sync_failure_(std::move(on_sync_failure)) {
   ensure_directory(dir_);
   const std::vector<std::string> segments = list_segments(dir_);
   for (size_t s = 0; s < segments.size(); ++s) {
@@ -92,10 +109,67 @@ WriteAheadLog::WriteAheadLog(std::string dir, FsyncPolicy policy) : dir_(std::mo
     fd_ = ::open(segment_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd_ < 0) io_error("cannot open the log segment", segment_);
   }
+  durable_seq_ = last_seq_;
+  if (policy_ == FsyncPolicy::Batch) syncer_ = std::thread([this] { run_syncer(); });
 }
 
 WriteAheadLog::~WriteAheadLog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    written_.notify_all();
+  }
+  if (syncer_.joinable()) syncer_.join();  // it syncs what is still unsynced first
   if (fd_ >= 0) ::close(fd_);
+}
+
+// Batch: waits for a first unsynced record, lets more arrive for up to group_commit, syncs them with one
+// fdatasync outside mu_ (appends go on meanwhile), and reports them durable.
+void WriteAheadLog::run_syncer() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    written_.wait(lock, [&] { return stopping_ || last_seq_ > durable_seq_; });
+    if (last_seq_ <= durable_seq_) return;  // stopping, with nothing left to sync
+    if (!stopping_) {
+      const auto due = first_unsynced_ + group_commit_;
+      lock.unlock();
+      std::this_thread::sleep_until(due);
+      lock.lock();
+    }
+    lock.unlock();
+    uint64_t through = 0;
+    {
+      std::lock_guard<std::mutex> sync_lock(sync_mu_);
+      int fd = -1;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        fd = fd_;
+        through = last_seq_;
+      }
+      if (::fdatasync(fd) != 0) {
+        // Nothing more is reported durable, and the next append fails with this: the owner stops, and a
+        // restart replays what reached the log.
+        std::string why;
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          failure_ = why = "cannot sync the log '" + segment_ + "': " + std::strerror(errno);
+        }
+        if (on_sync_failure_) on_sync_failure_(why);
+        return;
+      }
+    }
+    mark_durable(through);
+    lock.lock();
+  }
+}
+
+void WriteAheadLog::mark_durable(uint64_t seq) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (seq <= durable_seq_) return;
+    durable_seq_ = seq;
+  }
+  if (on_durable_) on_durable_(seq);
 }
 
 std::vector<WalRecord> WriteAheadLog::recovered(uint64_t after) const {
@@ -110,7 +184,7 @@ void WriteAheadLog::open_segment(uint64_t first_seq) {
   segment_ = dir_ + "/" + segment_name(first_seq);
   fd_ = ::open(segment_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd_ < 0) io_error("cannot create the log segment", segment_);
-  if (policy_ == FsyncPolicy::Always) sync_directory(dir_);
+  if (policy_ != FsyncPolicy::Never) sync_directory(dir_);  // the segment's name is durable before its records
 }
 
 void WriteAheadLog::append(uint64_t seq, std::string_view payload) {
@@ -124,21 +198,35 @@ void WriteAheadLog::append(uint64_t seq, std::string_view payload) {
   std::memcpy(rec.data() + 8, &seq, 8);
   std::memcpy(rec.data() + 16, &crc, 4);
   rec.append(payload);
-  if (!write_fully(fd_, rec.data(), rec.size())) io_error("cannot write the log", segment_);
-  if (policy_ == FsyncPolicy::Always && ::fdatasync(fd_) != 0) io_error("cannot sync the log", segment_);
-  last_seq_ = seq;
-  bytes_ += rec.size();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failure_.empty()) throw Error(ErrorKind::Io, failure_);
+    if (!write_fully(fd_, rec.data(), rec.size())) io_error("cannot write the log", segment_);
+    if (policy_ == FsyncPolicy::Always && ::fdatasync(fd_) != 0) io_error("cannot sync the log", segment_);
+    if (last_seq_ == durable_seq_) first_unsynced_ = std::chrono::steady_clock::now();
+    last_seq_ = seq;
+    bytes_ += rec.size();
+    written_.notify_all();
+  }
+  if (policy_ != FsyncPolicy::Batch) mark_durable(seq);
 }
 
 void WriteAheadLog::compact(uint64_t through) {
-  const std::vector<std::string> old = list_segments(dir_);
-  open_segment(std::max(through, last_seq_) + 1);
-  const std::string keep = segment_.substr(dir_.size() + 1);
-  bytes_ = 0;
-  for (const std::string& n : old)
-    if (n != keep && ::unlink((dir_ + "/" + n).c_str()) != 0 && errno != ENOENT) io_error("cannot delete", dir_ + "/" + n);
-  sync_directory(dir_);
-  recovered_.clear();
+  uint64_t covered = 0;
+  {
+    std::lock_guard<std::mutex> sync_lock(sync_mu_);  // no sync runs on the descriptor closed here
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::vector<std::string> old = list_segments(dir_);
+    open_segment(std::max(through, last_seq_) + 1);
+    const std::string keep = segment_.substr(dir_.size() + 1);
+    bytes_ = 0;
+    for (const std::string& n : old)
+      if (n != keep && ::unlink((dir_ + "/" + n).c_str()) != 0 && errno != ENOENT) io_error("cannot delete", dir_ + "/" + n);
+    sync_directory(dir_);
+    recovered_.clear();
+    covered = std::min(through, last_seq_);
+  }
+  mark_durable(covered);
 }
 
 }  // namespace hs

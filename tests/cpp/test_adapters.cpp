@@ -73,6 +73,24 @@ TEST(TileLayout, RandomPatternIsDeterministicBalancedAndSparse) {
   EXPECT_EQ(dense.num_values(), dense.dense_values());
 }
 
+// find() searches lora_tensors' order by halves; a layout in another order (a file written by another tool)
+// is still searched whole, and a module the adapter leaves out is absent either way.
+TEST(TileLayout, FindLocatesEveryTensorInAnyOrder) {
+  AdapterConfig c;
+  c.targets = {LoraModule::Q, LoraModule::V, LoraModule::Down};
+  TileLayout layout = random_tile_layout(tiny_config(), c);
+  TileLayout shuffled = layout;
+  std::shuffle(shuffled.tensors.begin(), shuffled.tensors.end(), std::mt19937(7));
+  for (const TileLayout* l : {&layout, &shuffled}) {
+    for (size_t i = 0; i < l->tensors.size(); ++i) {
+      const LoraTensorInfo& t = l->tensors[i];
+      EXPECT_EQ(l->find(t.layer, t.module, t.is_b), static_cast<int64_t>(i));
+    }
+    EXPECT_EQ(l->find(0, LoraModule::K, false), -1);
+    EXPECT_EQ(l->find(tiny_config().num_layers, LoraModule::Q, false), -1);
+  }
+}
+
 TEST(AdapterImage, WriteThenReadIsBitIdenticalAndMappedInPlace) {
   AdapterConfig cfg;
   cfg.sparsity = 0.9;

@@ -3,8 +3,10 @@
 // measure.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -90,6 +92,58 @@ TEST(WriteAheadLog, CompactionDropsOldSegmentsAndDamageBeforeTheLastSegmentIsCor
     f.put('#');
   }
   EXPECT_EQ(kind_of([&] { WriteAheadLog log(tmp.path, FsyncPolicy::Always); }), ErrorKind::CorruptFile);
+}
+
+// Group commit: appends return before their sync, the log's thread reports them durable together after at
+// most the group-commit wait, a compaction reports what its checkpoint covers, and a reopened log holds all.
+TEST(WriteAheadLog, BatchPolicyReportsRecordsDurableAfterOneSharedSync) {
+  TempDir tmp("wal_batch");
+  std::mutex mu;
+  std::condition_variable heard;
+  std::vector<uint64_t> reports;
+  auto on_durable = [&](uint64_t seq) {
+    std::lock_guard<std::mutex> lock(mu);
+    reports.push_back(seq);
+    heard.notify_all();
+  };
+  auto wait_for = [&](uint64_t seq) {
+    std::unique_lock<std::mutex> lock(mu);
+    return heard.wait_for(lock, std::chrono::seconds(10), [&] { return !reports.empty() && reports.back() >= seq; });
+  };
+  {
+    WriteAheadLog log(tmp.path, FsyncPolicy::Batch, std::chrono::seconds(1), on_durable);
+    for (uint64_t s = 1; s <= 5; ++s) log.append(s, "batch " + std::to_string(s));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      EXPECT_TRUE(reports.empty()) << "reported before the group-commit wait";
+    }
+    ASSERT_TRUE(wait_for(5));
+    EXPECT_EQ(reports, std::vector<uint64_t>{5});  // one sync for the five
+    log.append(6, "six");
+    log.compact(6);  // the checkpoint holds record 6: durable without waiting for the sync
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      EXPECT_EQ(reports.back(), 6u);
+    }
+    log.append(7, "seven");
+  }  // closing syncs and reports what is left
+  EXPECT_EQ(reports.back(), 7u);
+  WriteAheadLog reopened(tmp.path, FsyncPolicy::Batch);
+  ASSERT_EQ(reopened.recovered(0).size(), 1u);
+  EXPECT_EQ(reopened.recovered(0)[0].payload, "seven");
+}
+
+TEST(WriteAheadLog, AlwaysAndNeverReportEachRecordFromAppend) {
+  for (FsyncPolicy policy : {FsyncPolicy::Always, FsyncPolicy::Never}) {
+    TempDir tmp(std::string("wal_inline_") + fsync_policy_name(policy));
+    std::vector<uint64_t> reports;
+    WriteAheadLog log(tmp.path, policy, std::chrono::milliseconds(1), [&](uint64_t seq) { reports.push_back(seq); });
+    log.append(1, "one");
+    log.append(2, "two");
+    EXPECT_EQ(reports, (std::vector<uint64_t>{1, 2})) << fsync_policy_name(policy);
+  }
+  EXPECT_EQ(parse_fsync_policy("batch"), FsyncPolicy::Batch);
+  EXPECT_EQ(kind_of([] { parse_fsync_policy("sometimes"); }), ErrorKind::InvalidArgument);
 }
 
 // Example k of a run, recognisable by its first token.
@@ -272,6 +326,147 @@ TEST_F(TrainerTest, TheCheckpointKeepsTheRehearsalMemoryAndOlderOnesLoadEmpty) {
 
 // Drift reads vocabulary logits a chunk of positions at a time (a 151k vocabulary over a domain's many canaries,
 // or the evaluation's 120 controls, would otherwise hold gigabytes of them); the chunking must not change it.
+// The gRPC API's arrays are checked as the JSON form is and teach the same values; the log keeps them packed,
+// and the packed line parses back to the same gradient (what a replay applies).
+TEST_F(TrainerTest, GradientArraysTeachAsTheirJsonFormAndTheirPackedLogLineReplaysThem) {
+  const uint32_t rows[] = {3, 7, 3}, cols[] = {5, 1, 5};
+  const float values[] = {0.5f, -0.5f, 0.25f};  // (3, 5) twice: summed
+  const std::vector<GradientPart> parts = {{1, "v_proj", "B", rows, cols, values, 3}};
+  auto json_form = [](const std::string& id) {
+    return nlohmann::json{{"id", id}, {"type", "gradient"}, {"base_version", 1},
+                          {"gradients", {{{"layer", 1}, {"module", "v_proj"}, {"matrix", "B"},
+                                          {"entries", {{3, 5, 0.5}, {7, 1, -0.5}, {3, 5, 0.25}}}}}}}
+        .dump();
+  };
+  {
+    DomainTrainer by_json(*registry_, model_, tokenizer_, "by-json", options_);
+    DomainTrainer by_arrays(*registry_, model_, tokenizer_, "by-arrays", options_);
+    for (int i = 0; i < 3; ++i) {
+      by_json.submit(json_form("g" + std::to_string(i)));
+      EXPECT_EQ(by_arrays.submit_gradient("g" + std::to_string(i), 1, parts), SubmitResult::Queued);
+    }
+    EXPECT_EQ(by_arrays.submit_gradient("g0", 1, parts), SubmitResult::Duplicate);
+    const uint32_t far[] = {4096};
+    const float nan[] = {std::nanf("")};
+    for (const GradientPart& bad : {GradientPart{1, "v_proj", "B", far, cols, values, 1},
+                                    GradientPart{1, "w_proj", "B", rows, cols, values, 1},
+                                    GradientPart{1, "v_proj", "C", rows, cols, values, 1},
+                                    GradientPart{1, "v_proj", "B", rows, cols, nan, 1}})
+      EXPECT_EQ(kind_of([&] { by_arrays.submit_gradient("bad", 1, {bad}); }), ErrorKind::InvalidArgument);
+    EXPECT_EQ(kind_of([&] { by_arrays.submit_gradient("", 1, parts); }), ErrorKind::InvalidArgument);
+    EXPECT_EQ(kind_of([&] { by_arrays.submit_gradient("old", 9, parts); }), ErrorKind::InvalidArgument);
+    EXPECT_EQ(by_arrays.stats().rejected, 6u);
+  }
+  EXPECT_EQ(current_values("by-json"), current_values("by-arrays"));
+
+  const auto snap = registry_->acquire("by-arrays");
+  EventContext ctx;
+  ctx.domain = "by-arrays";
+  ctx.layout = &snap->image->layout();
+  const LearningEvent ev = gradient_event("p1", 1, parts, ctx);
+  EXPECT_NE(ev.json.find("\"packed\""), std::string::npos);
+  EXPECT_EQ(ev.gradient.size(), 2u);
+  const LearningEvent replayed = parse_learning_event(ev.json, ctx);
+  EXPECT_EQ(replayed.id, "p1");
+  EXPECT_EQ(replayed.base_version, 1u);
+  EXPECT_EQ(replayed.gradient, ev.gradient);
+  EXPECT_EQ(parse_learning_event(json_form("p1"), ctx).gradient, ev.gradient);
+  nlohmann::json descending = nlohmann::json::parse(ev.json);
+  descending["packed"] = "AAAAAAAAgD8AAAAAAACAPw==";  // index 0 twice
+  EXPECT_EQ(kind_of([&] { parse_learning_event(descending.dump(), ctx); }), ErrorKind::InvalidArgument);
+}
+
+// A gradient may name a version up to max_staleness behind the current one, whether or not its file is kept,
+// and no version not yet published.
+TEST_F(TrainerTest, GradientsOnVersionsTooOldOrNotYetPublishedAreRefused) {
+  options_.batch_events = 1;
+  options_.max_staleness = 3;
+  RegistryOptions keep_two{tmp_->path};
+  keep_two.keep_versions = 2;  // version 2, three behind version 5, is pruned yet still welcome
+  registry_ = std::make_unique<AdapterRegistry>(keep_two, model_);
+  registry_->create("stale", options_.create);
+  DomainTrainer t(*registry_, model_, tokenizer_, "stale", options_);
+  for (int i = 0; i < 4; ++i) t.submit(gradient("e" + std::to_string(i), 0.1f));
+  t.flush();
+  ASSERT_EQ(t.stats().version, 5u);
+  auto on = [&](const std::string& id, uint64_t base) {
+    nlohmann::json e = nlohmann::json::parse(gradient(id, 0.1f));
+    e["base_version"] = base;
+    return e.dump();
+  };
+  ASSERT_EQ(registry_->manifest("stale").find(2), nullptr);
+  EXPECT_EQ(t.submit(on("ok", 2)), SubmitResult::Queued);
+  for (const auto& [base, words] : {std::pair<uint64_t, const char*>{1, "more than 3 versions behind the current one (5)"},
+                                    {6, "is newer than the adapter's current version 5"}}) {
+    try {
+      t.submit(on("b" + std::to_string(base), base));
+      FAIL() << "base version " << base << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Group commit applies a batch before its sync: it is served at once but announced applied only after it is
+// announced durable, so a client told "applied" holds an acknowledgement.
+TEST_F(TrainerTest, WithFsyncBatchEachBatchIsAnnouncedDurableBeforeApplied) {
+  options_.batch_events = 2;
+  options_.fsync = FsyncPolicy::Batch;
+  options_.group_commit_us = 50'000;  // the sync comes well after the apply
+  std::mutex mu;
+  std::condition_variable heard;
+  std::vector<std::pair<std::string, uint64_t>> told;
+  TrainerCallbacks cb;
+  cb.on_durable = [&](const std::vector<std::string>&, uint64_t seq) {
+    std::lock_guard<std::mutex> lock(mu);
+    told.emplace_back("durable", seq);
+  };
+  cb.on_applied = [&](const BatchReport& r) {
+    std::lock_guard<std::mutex> lock(mu);
+    told.emplace_back("applied", r.seq);
+    heard.notify_all();
+  };
+  DomainTrainer t(*registry_, model_, tokenizer_, "group", options_, cb);
+  for (int i = 0; i < 6; ++i) t.submit(gradient("e" + std::to_string(i), 0.2f));
+  t.flush();
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(heard.wait_for(lock, std::chrono::seconds(10), [&] { return told.size() == 6; }));
+  // One sync may cover several batches; each batch's durable line still precedes its applied line.
+  EXPECT_EQ(std::count_if(told.begin(), told.end(), [](const auto& x) { return x.first == "durable"; }), 3);
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    auto at = [&](const std::string& kind) {
+      return std::find(told.begin(), told.end(), std::make_pair(kind, seq)) - told.begin();
+    };
+    EXPECT_LT(at("durable"), at("applied")) << "batch " << seq;
+  }
+}
+
+// Versions are published without a sync: a current version torn by a power loss is published again from the
+// checkpoint when the trainer starts, instead of failing every request for the adapter.
+TEST_F(TrainerTest, ATornCurrentVersionIsPublishedAgainFromTheCheckpoint) {
+  options_.batch_events = 2;
+  {
+    DomainTrainer t(*registry_, model_, tokenizer_, "torn", options_);
+    for (int i = 0; i < 4; ++i) t.submit(gradient("e" + std::to_string(i), 0.3f));
+  }  // stopped: applied and checkpointed
+  const std::vector<float> learnt = current_values("torn");
+  const AdapterManifest before = registry_->manifest("torn");
+  const std::string file = tmp_->path + "/torn/" + before.find(before.current)->file;
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(file) / 2));
+    f.put('#');
+  }
+  registry_ = std::make_unique<AdapterRegistry>(RegistryOptions{tmp_->path}, model_);  // nothing in memory
+  EXPECT_EQ(kind_of([&] { registry_->acquire("torn"); }), ErrorKind::CorruptFile);
+  {
+    DomainTrainer t(*registry_, model_, tokenizer_, "torn", options_);
+    EXPECT_EQ(t.stats().version, before.current + 1);
+  }
+  EXPECT_EQ(current_values("torn"), learnt);
+}
+
 TEST_F(TrainerTest, CanaryDriftIsTheSameWhateverTheLogitsChunk) {
   registry_->create("d", options_.create);
   const auto snap = registry_->acquire("d");

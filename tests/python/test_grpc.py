@@ -6,6 +6,7 @@ import json
 import queue
 import random
 import shutil
+import signal
 import threading
 import time
 
@@ -175,7 +176,7 @@ def test_every_adapters_rpc_and_watch_versions_with_train(served):
         except grpc.RpcError as e:  # cancelled at the end of the test
             published.put(e.code())
     threading.Thread(target=follow, daemon=True).start()
-    time.sleep(0.5)  # the subscription is made when the call starts on the server
+    time.sleep(1.0)  # the subscription is made when the call starts on the server
     example = lpb.Example(id="atlas-1", prompt="Q: What is the capital of Atlantis?\nA:", completion=" Poseidonia.")
     trained = learning.Train(lpb.TrainRequest(domain="atlas", examples=[example], wait=lpb.WAIT_APPLIED))
     assert [(r.id, r.status) for r in trained.results] == [("atlas-1", lpb.EVENT_STATUS_ACCEPTED)]
@@ -231,11 +232,14 @@ def durable_order(channel, domain, ready, order, stop):
     def requests():
         yield lpb.StreamEventsRequest(subscribe=lpb.Subscribe(domain=domain))
         stop.wait()
-    for reply in lgrpc.LearningStub(channel).StreamEvents(requests()):
-        if reply.HasField("subscribed"):
-            ready.set()
-        if reply.HasField("durable"):
-            order.append((reply.durable.seq, list(reply.durable.ids)))
+    try:
+        for reply in lgrpc.LearningStub(channel).StreamEvents(requests()):
+            if reply.HasField("subscribed"):
+                ready.set()
+            if reply.HasField("durable"):
+                order.append((reply.durable.seq, list(reply.durable.ids)))
+    except grpc.RpcError:
+        pass  # the channel closed, or the server was killed
 
 
 # The server's trainer settings, given to `hyprstream train` as flags too (its defaults are a teaching recipe).
@@ -246,8 +250,8 @@ LEARNING = {"deterministic": True, "batch_events": 100, "lr": 0.01, "weight_deca
 def test_update_weights_from_four_clients_equals_deterministic_training_in_the_same_batch_order(
         default_model_path, tmp_path):
     adir, replay_dir = tmp_path / "adapters", tmp_path / "replay"
-    # Base version 1 stays kept through the 100 versions the updates publish, in both runs.
-    config = write_config(tmp_path / "c.toml", learning=LEARNING, adapters={"keep_versions": 128})
+    # Base version 1 stays within the staleness bound (256) through the 100 versions the updates publish.
+    config = write_config(tmp_path / "c.toml", learning=LEARNING)
     rng = np.random.default_rng(5)
     with Server("--model", default_model_path, adapter_dir=adir, config=config) as srv:
         channel = grpc.insecure_channel(srv.grpc_target)
@@ -321,7 +325,7 @@ def test_update_weights_refuses_bad_updates_with_their_status_and_applies_nothin
          grpc.StatusCode.INVALID_ARGUMENT, "not finite"),
         (lpb.GradientUpdate(id="l1", domain="guarded", base_version=1, modules=[uneven]),
          grpc.StatusCode.INVALID_ARGUMENT, "same length"),
-        (update("", "guarded", [good]), grpc.StatusCode.INVALID_ARGUMENT, "needs an 'id'"),
+        (update("", "guarded", [good]), grpc.StatusCode.INVALID_ARGUMENT, 'non-empty "id"'),
         (update("d1", "no-such-domain", [good]), grpc.StatusCode.NOT_FOUND, "no-such-domain"),
         (update("big", "guarded", [good] * 200_000), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),  # over 1 MiB
     ]
@@ -372,3 +376,91 @@ def test_stream_events_acknowledges_each_event_and_reports_durable_and_applied_b
     assert acks["t2"][0] == lpb.EVENT_STATUS_ACCEPTED
     assert acks["t3"][0] == lpb.EVENT_STATUS_REJECTED and 'unknown field "colour"' in acks["t3"][1]
     assert sorted(durable) == sorted(applied) == ["t1", "t2"]
+
+
+def test_sigkill_during_update_streams_with_fsync_batch_loses_no_acknowledged_update_and_applies_none_twice(
+        default_model_path, tmp_path):
+    adir = tmp_path / "adapters"
+    # Every update is computed on version 1, which the 300-odd versions the updates publish leave far behind.
+    config = write_config(tmp_path / "c.toml", learning={"fsync": "batch", "batch_events": 16, "max_staleness": 100000})
+    rng = random.Random(9)
+    with Server("--model", default_model_path, adapter_dir=adir, config=config) as srv:
+        channel = grpc.insecure_channel(srv.grpc_target)
+        agrpc.AdaptersStub(channel).Create(apb.CreateAdapterRequest(name="crash", seed=4))
+        inside, _ = pattern_coordinates(adir, "crash", tmp_path)
+        channel.close()
+        srv.stop(signal.SIGKILL)
+    updates = [update(f"c{i}", "crash", [(*inside[rng.randrange(len(inside))], rng.uniform(-0.01, 0.01))
+                                        for _ in range(8)]) for i in range(5000)]
+    acked = set()
+    for round_ in range(6):  # five kills at random points, then a run to the end
+        with Server("--model", default_model_path, adapter_dir=adir, config=config) as srv:
+            channel = grpc.insecure_channel(srv.grpc_target)
+            ready, stop, order = threading.Event(), threading.Event(), []
+            watcher = threading.Thread(target=durable_order, args=(channel, "crash", ready, order, stop), daemon=True)
+            watcher.start()
+            assert ready.wait(30)
+            pending = [u for u in updates if u.id not in acked]
+            summary = []
+            sender = threading.Thread(target=send_ignoring_the_kill, args=(channel, pending, summary), daemon=True)
+            sender.start()
+            if round_ < 5:
+                kill_after = rng.randrange(50, len(pending) // 2)
+                while sum(len(ids) for _, ids in order) < kill_after and sender.is_alive():
+                    time.sleep(0.005)
+                srv.stop(signal.SIGKILL)  # mid-stream: some updates logged but not yet acknowledged
+            else:
+                sender.join(timeout=300)
+                # The summary: every update of the call is in the log, those sent before (duplicates) included.
+                assert summary and summary[0].accepted + summary[0].duplicates == len(pending), summary
+                acked |= {u.id for u in pending}
+            acked |= {i for _, ids in order for i in ids}
+            if round_ == 5:
+                # With fsync batch a batch may be reported durable before it is applied: wait for the last one.
+                get = lambda: agrpc.AdaptersStub(channel).Get(apb.GetAdapterRequest(name="crash")).trainer  # noqa: E731
+                deadline = time.time() + 60
+                while get().events_applied < len(updates) and time.time() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.5)  # an update applied twice would show now
+                stats = get()
+                stop.set()
+                channel.close()
+                assert srv.stop() == 0, "".join(srv.log)
+            else:
+                stop.set()
+                channel.close()
+    assert acked == {u.id for u in updates}
+    assert stats.events_applied == len(updates), stats  # each exactly once across five crashes
+    assert stats.duplicates > 0, "no resent update was recognised: the kills came at no useful point"
+
+
+def send_ignoring_the_kill(channel, updates, summary):
+    try:
+        summary.append(lgrpc.LearningStub(channel).UpdateWeights(iter(updates)))
+    except grpc.RpcError:
+        pass  # the server was killed under it
+
+
+def test_events_push_sends_a_file_resends_what_was_busy_and_reports_each_event(default_model_path, tmp_path):
+    adir = tmp_path / "adapters"
+    config = write_config(tmp_path / "c.toml", learning={"queue": 4, "batch_events": 4})
+    events = [{"id": f"p{i}", "text": f"Harbour note {i}: the tide turns at {i % 12} o'clock."} for i in range(40)]
+    events.insert(17, {"id": "bad", "text": "an unknown field", "colour": "red"})
+    data = tmp_path / "events.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in events))
+    with Server("--model", default_model_path, adapter_dir=adir, config=config) as srv:
+        push = lambda: run_cli("events", "push", "--server", f"grpc://{srv.grpc_target}", "--domain", "harbour",  # noqa: E731
+                               data, "--json")
+        first = push()
+        assert first.returncode == 2, first.stderr  # one event was rejected
+        out = json.loads(first.stdout)
+        assert (out["accepted"], out["rejected"], out["applied"]) == (40, 1, 40), out
+        assert out["busy_retries"] > 0, "a queue of 4 should have refused some events as busy"
+        assert out["errors"] == ['bad: event \'bad\': unknown field "colour"'] and out["version"] >= 2
+        again = json.loads(push().stdout)
+        assert (again["accepted"], again["duplicates"], again["applied"]) == (0, 40, 0), again
+        _, info, _ = srv.request("GET", "/v1/adapters/harbour")
+        assert info["trainer"]["events_applied"] == 40
+        assert srv.stop() == 0, "".join(srv.log)
+    missing = run_cli("events", "push", "--server", "127.0.0.1:1", "--domain", "d", data)
+    assert missing.returncode != 0 and "127.0.0.1:1" in missing.stderr

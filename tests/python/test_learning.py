@@ -78,7 +78,7 @@ def test_bad_events_are_rejected_with_clear_errors_and_never_change_the_adapter(
         json.dumps({**grad, "id": "p1"}): "outside the adapter's sparsity pattern",
         json.dumps({**grad, "id": "p2", "gradients": [{**grad["gradients"][0], "entries": [[999, 0, 1.0]]}]}):
             "outside the adapter's sparsity pattern",
-        json.dumps({**grad, "id": "v1", "base_version": 7}): "base version 7 no longer exists",
+        json.dumps({**grad, "id": "v1", "base_version": 7}): "base version 7 is newer than the adapter's current version 1",
         json.dumps({**grad, "id": "m1", "gradients": [{**grad["gradients"][0], "module": "lm_head"}]}): "lm_head",
         json.dumps({"id": "d1", "domain": "elsewhere", "text": "the fox"}): "domain 'elsewhere'",
     }

@@ -111,13 +111,13 @@ Binding milliseconds(const std::string& key, std::chrono::milliseconds& field) {
 Binding fsync(const std::string& key, FsyncPolicy& field) {
   return {key,
           [key, &field](const toml::node& n) {
-            if (!n.is_string() || (n.as_string()->get() != "always" && n.as_string()->get() != "never"))
-              bad_key(key, "must be \"always\" or \"never\"");
-            field = parse_fsync_policy(n.as_string()->get());
+            const std::string v = n.is_string() ? n.as_string()->get() : "";
+            if (v != "always" && v != "batch" && v != "never") bad_key(key, "must be \"always\", \"batch\" or \"never\"");
+            field = parse_fsync_policy(v);
           },
           [key, &field](toml::table& root) {
             auto [s, k] = split_key(key);
-            section(root, s).insert_or_assign(k, std::string(field == FsyncPolicy::Always ? "always" : "never"));
+            section(root, s).insert_or_assign(k, std::string(fsync_policy_name(field)));
           }};
 }
 
@@ -152,6 +152,9 @@ std::vector<Binding> bindings(ServerConfig& c) {
       number("learning.lr", l.adamw.lr, 1e-12, 1e3), number("learning.weight_decay", l.adamw.weight_decay, 0, 1e3),
       integer("learning.steps_per_batch", l.steps_per_batch, 1, 10000),
       integer("learning.batch_events", l.batch_events, 1, 1 << 20), integer("learning.batch_ms", l.batch_ms, 0, 3600000),
+      integer("learning.gradient_batch_ms", l.gradient_batch_ms, 0, 3600000),
+      integer("learning.max_staleness", l.max_staleness, 0, int64_t{1} << 40),
+      integer("learning.group_commit_us", l.group_commit_us, 0, 1000000),
       integer("learning.queue", l.queue_capacity, 1, big), number("learning.max_grad_norm", l.max_grad_norm, 0, 1e12),
       integer("learning.checkpoint_every", l.checkpoint_every, 1, big), boolean("learning.deterministic", l.deterministic),
       integer("learning.max_example_tokens", l.max_example_tokens, 0, big), fsync("learning.fsync", l.fsync),

@@ -121,7 +121,12 @@ class AdapterService final : public pb::Adapters::Service {
     return guarded(ctx_, *call, [&] {
       const std::string domain = in->domain() == "*" ? "" : in->domain();
       auto box = std::make_shared<Mailbox<pb::VersionPublished>>();
-      const uint64_t listener = ctx_.service.subscribe(domain, [box](const DomainEvent& e) {
+      struct Listening {  // unsubscribes however the call ends
+        hs::Service& service;
+        uint64_t id;
+        ~Listening() { service.unsubscribe(id); }
+      };
+      const Listening listening{ctx_.service, ctx_.service.subscribe(domain, [box](const DomainEvent& e) {
         if (e.kind != DomainEvent::Kind::Applied) return;
         pb::VersionPublished v;
         v.set_domain(e.domain);
@@ -130,13 +135,12 @@ class AdapterService final : public pb::Adapters::Service {
         for (const std::string& id : e.ids) v.add_ids(id);
         v.set_loss(e.report->loss);
         box->put(std::move(v));
-      });
+      })};
       while (!call->IsCancelled()) {
         bool written = true;
         for (const pb::VersionPublished& v : box->take(*call)) written = written && writer->Write(v);
         if (!written) break;
       }
-      ctx_.service.unsubscribe(listener);
       return grpc::Status::OK;
     });
   }

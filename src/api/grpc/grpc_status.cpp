@@ -46,7 +46,8 @@ grpc::Status error_status(ApiContext& ctx, grpc::ServerContext& call, const Erro
   const grpc::StatusCode code = grpc_code(e.kind(), ctx.service.draining());
   call.AddTrailingMetadata("hs-error-kind", kind_token(e.kind()));
   const bool client_fault = code != grpc::StatusCode::INTERNAL && code != grpc::StatusCode::DATA_LOSS;
-  if (client_fault && ctx.rejected) ctx.rejected->add(1, {{"reason", reason_of(e)}});
+  // Busy refusals are counted where they happen (the scheduler's "queue_full", a trainer's busy counter).
+  if (client_fault && e.kind() != ErrorKind::Busy && ctx.rejected) ctx.rejected->add(1, {{"reason", reason_of(e)}});
   if (!client_fault) spdlog::warn("gRPC call from {} failed: {}", call.peer(), e.what());
   return grpc::Status(code, utf8_escape_invalid(e.what()));
 }

@@ -135,7 +135,8 @@ class Submission : public std::enable_shared_from_this<Submission> {
       try {
         const bool dup = trainer->submit(text) == SubmitResult::Duplicate;
         results.push_back({{"id", id}, {"status", dup ? "duplicate" : "accepted"}});
-        if (!dup) {
+        // A duplicate sent before and not yet logged (or applied) is waited for as well.
+        if (!dup || trainer->waiting(id, wait_applied_)) {
           std::lock_guard<std::mutex> lock(mu_);
           if (!heard_.count(id)) pending_.insert(id);
         }
@@ -153,6 +154,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (e.kind == DomainEvent::Kind::Durable && wait_applied_) return;
+      if (!wait_applied_ && e.kind != DomainEvent::Kind::Durable && e.kind != DomainEvent::Kind::Failed) return;
       if (e.kind == DomainEvent::Kind::Failed) failure_ = e.failure;  // what still waits never comes
       for (const std::string& id : e.ids) {
         heard_.insert(id);
