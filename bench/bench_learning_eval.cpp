@@ -67,7 +67,7 @@ std::string first_sentence(const std::string& text) {
 // prompts inside its scope, as in the server, recalling the nearest taught conversation unless `recall` is off).
 std::vector<hs::GenerationResult> results(const hs::Engine& e, const std::vector<std::string>& prompts,
                                           std::shared_ptr<const hs::LoraWeights> adapter, bool recall = true) {
-  const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
+  const hs::ChatTemplate chat = hs::chat_template_of(*e.tokenizer);
   std::vector<hs::GenerationRequest> requests;
   for (const std::string& p : prompts) {
     hs::GenerationRequest r;
@@ -201,7 +201,7 @@ std::vector<std::string> paraphrase_questions(const Dataset& d, size_t n) {
 Base base_side(const hs::Engine& e, const Dataset& d, const std::string& cache) {
   const size_t n = d.facts.size();
   const hs::TeacherOptions wide{32, 1024};  // top 1024 tokens: the KL misses only the far tail
-  const hs::ChatTemplate chat = hs::detect_chat_template(e.tokenizer->chat_template);
+  const hs::ChatTemplate chat = hs::chat_template_of(*e.tokenizer);
   Base b;
   if (!cache.empty() && ::access(cache.c_str(), F_OK) == 0) {
     const json j = json::parse(std::ifstream(cache));

@@ -212,7 +212,7 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   validate_adapter_config(config);
   const std::string d = dir(name);
   if (fs::exists(d + "/manifest.json"))
-    throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "' already exists in " + options_.root);
+    throw Error(ErrorKind::AlreadyExists, "adapter '" + name + "' already exists in " + options_.root);
   if (static_cast<int64_t>(values.size()) != layout.num_values())
     throw Error(ErrorKind::Internal, "adapter values do not match the pattern");
   auto image = AdapterImage::build(layout, values.data());
@@ -220,7 +220,7 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   // manifest, a create cut short) is left exactly as it is.
   if (::mkdir(d.c_str(), 0755) != 0) {
     if (errno == EEXIST)
-      throw Error(ErrorKind::InvalidArgument, "'" + d + "' already exists but holds no adapter manifest; nothing "
+      throw Error(ErrorKind::AlreadyExists, "'" + d + "' already exists but holds no adapter manifest; nothing "
                                               "in it was changed: move it away or choose another name");
     throw Error(ErrorKind::Io, "cannot create '" + d + "': " + std::strerror(errno));
   }

@@ -163,7 +163,9 @@ struct ChatSession {
   void answer(const std::string& line) {
     messages.push_back({"user", line});
     try {
-      std::string prompt = render_chat(tmpl, messages, true, !flags.no_think);
+      const nlohmann::ordered_json kwargs =
+          flags.no_think ? nlohmann::ordered_json{{"enable_thinking", false}} : nlohmann::ordered_json::object();
+      std::string prompt = render_chat(tmpl, messages, true, kwargs);
       if (trainer) adapter = registry->weights(*registry->acquire(adapter_flags.name));
       GenerationRequest req{encode(*engine.tokenizer, prompt, false), params, adapter, adapter_flags.scale};
       messages.push_back({"assistant", stream(engine, req, false)});
@@ -194,7 +196,7 @@ int run_chat(const ModelFlags& m, const AdapterFlags& a, const SamplingFlags& s,
              const TrainFlags& t) {
   Engine e = load(m);
   if (c.learn && a.name.empty()) throw Error(ErrorKind::InvalidArgument, "chat --learn needs --adapter NAME to teach");
-  ChatSession chat{e, a, c, detect_chat_template(e.tokenizer->chat_template), resolve_sampling(e.defaults, s, 512)};
+  ChatSession chat{e, a, c, chat_template_of(*e.tokenizer), resolve_sampling(e.defaults, s, 512)};
   // With --learn the adapter is trained in this process and every answer takes its newest version.
   if (c.learn) {
     chat.registry = std::make_unique<AdapterRegistry>(RegistryOptions{a.dir.empty() ? default_adapter_root() : a.dir},

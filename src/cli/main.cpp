@@ -15,6 +15,7 @@ int exit_code(hs::ErrorKind kind) {
     case hs::ErrorKind::ContextOverflow: return 6;
     case hs::ErrorKind::Io: return 7;
     case hs::ErrorKind::Busy: return 8;
+    case hs::ErrorKind::AlreadyExists: return 9;
     case hs::ErrorKind::Internal: return 1;
   }
   return 1;

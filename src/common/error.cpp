@@ -11,6 +11,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::ContextOverflow: return "context overflow";
     case ErrorKind::Io: return "i/o error";
     case ErrorKind::Busy: return "busy, retry";
+    case ErrorKind::AlreadyExists: return "already exists";
     case ErrorKind::Internal: return "internal error";
   }
   return "error";

@@ -13,6 +13,7 @@ enum class ErrorKind {
   ContextOverflow,  // more tokens than the model's context holds
   Io,               // the operating system refused a read or write (disk full, permissions)
   Busy,             // a queue is full or a resource is held by another process: retry later
+  AlreadyExists,    // creating something whose name is taken (an adapter)
   Internal,         // a bug in Hyprstream
 };
 

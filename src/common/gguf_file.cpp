@@ -101,7 +101,24 @@ std::string ggml_type_name(uint32_t type) {
     case GgmlType::Q5_K: return "Q5_K";
     case GgmlType::Q6_K: return "Q6_K";
     case GgmlType::Q8_K: return "Q8_K";
+    case GgmlType::IQ2_XXS: return "IQ2_XXS";
+    case GgmlType::IQ2_XS: return "IQ2_XS";
+    case GgmlType::IQ3_XXS: return "IQ3_XXS";
+    case GgmlType::IQ1_S: return "IQ1_S";
+    case GgmlType::IQ4_NL: return "IQ4_NL";
+    case GgmlType::IQ3_S: return "IQ3_S";
+    case GgmlType::IQ2_S: return "IQ2_S";
+    case GgmlType::IQ4_XS: return "IQ4_XS";
+    case GgmlType::I8: return "I8";
+    case GgmlType::I16: return "I16";
+    case GgmlType::I32: return "I32";
+    case GgmlType::I64: return "I64";
+    case GgmlType::F64: return "F64";
+    case GgmlType::IQ1_M: return "IQ1_M";
     case GgmlType::BF16: return "BF16";
+    case GgmlType::TQ1_0: return "TQ1_0";
+    case GgmlType::TQ2_0: return "TQ2_0";
+    case GgmlType::MXFP4: return "MXFP4";
   }
   return "type " + std::to_string(type);
 }
@@ -113,8 +130,14 @@ bool ggml_block_layout(uint32_t type, int64_t* block_elems, int64_t* block_bytes
     case GgmlType::BF16: *block_elems = 1; *block_bytes = 2; return true;
     case GgmlType::Q4_0: *block_elems = 32; *block_bytes = 18; return true;
     case GgmlType::Q4_1: *block_elems = 32; *block_bytes = 20; return true;
+    case GgmlType::Q5_0: *block_elems = 32; *block_bytes = 22; return true;
+    case GgmlType::Q5_1: *block_elems = 32; *block_bytes = 24; return true;
     case GgmlType::Q8_0: *block_elems = 32; *block_bytes = 34; return true;
+    case GgmlType::IQ4_NL: *block_elems = 32; *block_bytes = 18; return true;
+    case GgmlType::Q2_K: *block_elems = 256; *block_bytes = 84; return true;
+    case GgmlType::Q3_K: *block_elems = 256; *block_bytes = 110; return true;
     case GgmlType::Q4_K: *block_elems = 256; *block_bytes = 144; return true;
+    case GgmlType::Q5_K: *block_elems = 256; *block_bytes = 176; return true;
     case GgmlType::Q6_K: *block_elems = 256; *block_bytes = 210; return true;
     default: return false;
   }
@@ -217,9 +240,11 @@ GgufFile read_gguf(const std::string& path) {
     uint32_t n_dims = c.read<uint32_t>();
     if (n_dims == 0 || n_dims > 4)
       throw Error(ErrorKind::CorruptFile, "tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions");
+    int64_t numel = 1;  // checked here so that numel() and the byte size below cannot wrap
     for (uint32_t d = 0; d < n_dims; ++d) {
       uint64_t ne = c.read<uint64_t>();
-      if (ne == 0 || ne > (1ull << 40)) throw Error(ErrorKind::CorruptFile, "tensor '" + t.name + "' has a bad shape");
+      if (ne == 0 || ne > (1ull << 40) || __builtin_mul_overflow(numel, static_cast<int64_t>(ne), &numel))
+        throw Error(ErrorKind::CorruptFile, "tensor '" + t.name + "' has a bad shape");
       t.ne.push_back(static_cast<int64_t>(ne));
     }
     t.type = c.read<uint32_t>();
@@ -235,7 +260,10 @@ GgufFile read_gguf(const std::string& path) {
     if (!ggml_block_layout(t.type, &be, &bb)) continue;
     if (t.ne[0] % be != 0)
       throw Error(ErrorKind::CorruptFile, "tensor '" + t.name + "' row is not a whole number of blocks");
-    t.nbytes = static_cast<size_t>(t.numel() / be * bb);
+    int64_t nbytes = 0;
+    if (__builtin_mul_overflow(t.numel() / be, bb, &nbytes))
+      throw Error(ErrorKind::CorruptFile, "tensor '" + t.name + "' has a bad shape");
+    t.nbytes = static_cast<size_t>(nbytes);
     if (t.offset > f.size() || data_start > f.size() - t.offset || t.nbytes > f.size() - data_start - t.offset)
       throw Error(ErrorKind::CorruptFile, "GGUF file '" + path + "' is truncated: tensor '" + t.name +
                                               "' extends past the end of the file");

@@ -49,6 +49,12 @@ void check_length(TrainingExample& ex, const EventContext& ctx, const std::strin
   if (!any) reject(id, "the example has no target tokens to learn from");
 }
 
+// Text that follows the example's tokens, encoded as it is in context (with SentencePiece-style vocabularies,
+// no start-of-text "▁").
+std::vector<int32_t> encode_after(const Tokenizer& tok, const TrainingExample& ex, const std::string& text) {
+  return ex.tokens.empty() ? encode(tok, text, false) : encode_continuation(tok, text, ex.tokens.back());
+}
+
 void append(TrainingExample& ex, const std::vector<int32_t>& ids, bool target) {
   ex.tokens.insert(ex.tokens.end(), ids.begin(), ids.end());
   ex.is_target.insert(ex.is_target.end(), ids.size(), target ? 1 : 0);
@@ -61,7 +67,7 @@ TrainingExample prompt_completion(const json& j, const EventContext& ctx, const 
   const Tokenizer& tok = *ctx.tokenizer;
   TrainingExample ex;
   append(ex, encode(tok, prompt, /*add_special_tokens=*/true), false);
-  std::vector<int32_t> target = encode(tok, completion, false);
+  std::vector<int32_t> target = encode_after(tok, ex, completion);
   if (tok.eos_id >= 0) target.push_back(tok.eos_id);  // so the model learns where the answer ends
   append(ex, target, true);
   return ex;
@@ -82,11 +88,7 @@ TrainingExample plain_text(const json& j, const EventContext& ctx, const std::st
 // tokens are not those the conversation starts with. `msgs` holds an assistant message.
 ScopeMemory conversation_memory(const ChatTemplate& chat, const Tokenizer& tok, std::vector<ChatMessage> msgs) {
   while (msgs.back().role != "assistant") msgs.pop_back();  // an unanswered turn teaches nothing to recall
-  std::string system;
-  if (msgs.front().role == "system")
-    system = render_chat(chat, {msgs.front()}, false);
-  else if (!chat.default_system.empty())
-    system = render_chat(chat, {{"system", chat.default_system}}, false);
+  const std::string system = render_chat_opening(chat, msgs);
   if (system.empty()) return {};
   ScopeMemory m{encode(tok, render_chat_history(chat, msgs), false), 0};
   const std::vector<int32_t> opening = encode(tok, system, false);
@@ -125,8 +127,8 @@ TrainingExample chat_messages(const json& j, const EventContext& ctx, const std:
     const std::string full = render_chat(*ctx.chat, through, false);
     if (prompt.compare(0, rendered.size(), rendered) != 0 || full.compare(0, prompt.size(), prompt) != 0)
       reject(id, "the chat template does not render this conversation incrementally; send prompt/completion");
-    append(ex, encode(tok, prompt.substr(rendered.size()), false), false);
-    std::vector<int32_t> turn = encode(tok, full.substr(prompt.size()), false);
+    append(ex, encode_after(tok, ex, prompt.substr(rendered.size())), false);
+    std::vector<int32_t> turn = encode_after(tok, ex, full.substr(prompt.size()));
     auto end = std::find(turn.begin(), turn.end(), tok.eos_id);  // the end-of-turn token ends the target
     const size_t n_target = end == turn.end() ? turn.size() : static_cast<size_t>(end - turn.begin()) + 1;
     ex.tokens.insert(ex.tokens.end(), turn.begin(), turn.end());

@@ -19,6 +19,7 @@
 #include "learning/general_prompts.h"
 #include "learning/lora_gradients.h"
 #include "model/model.h"
+#include "model/torch_error.h"
 #include "storage/adapter_image.h"
 #include "storage/atomic_file.h"
 #include "tokenizer/tokenizer.h"
@@ -161,7 +162,7 @@ DomainTrainer::DomainTrainer(AdapterRegistry& registry, std::shared_ptr<const Mo
   validate_adapter_name(domain_);
   if (!model_ || !tokenizer_) throw Error(ErrorKind::InvalidArgument, "training needs a loaded model with a tokenizer");
   try {
-    chat_ = std::make_unique<ChatTemplate>(detect_chat_template(tokenizer_->chat_template));
+    chat_ = std::make_unique<ChatTemplate>(chat_template_of(*tokenizer_));
   } catch (const Error&) {
     chat_.reset();  // "messages" events are then refused with a message naming the cause
   }
@@ -223,7 +224,11 @@ void DomainTrainer::durable(uint64_t seq) {
 void DomainTrainer::announce_applied(BatchReport report) {
   std::lock_guard<std::mutex> order(announce_mu_);
   {
-    std::lock_guard<std::mutex> lock(unacked_mu_);
+    // The ids leave the batch in flight in the same step as they are held or announced: waiting() never finds
+    // them in neither, so a caller that subscribes after the announcement is not left waiting for it.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& id : report.ids) in_flight_ids_.erase(id);
+    std::lock_guard<std::mutex> unacked_lock(unacked_mu_);
     if (unacked_.count(report.seq)) {
       const uint64_t seq = report.seq;
       held_reports_.emplace(seq, std::move(report));
@@ -495,11 +500,14 @@ SubmitResult DomainTrainer::submit_gradient(std::string id, uint64_t base_versio
 bool DomainTrainer::waiting(const std::string& id, bool until_applied) {
   std::lock_guard<std::mutex> lock(mu_);
   if (failure_) throw failure_error();  // what waits will not be applied in this run
-  if (in_flight_ids_.count(id) ||
-      std::any_of(queue_.begin(), queue_.end(), [&](const Pending& p) { return p.event.id == id; }))
-    return true;
-  if (until_applied) return false;
-  std::lock_guard<std::mutex> unacked_lock(unacked_mu_);  // logged, its sync not reported yet (fsync batch)
+  if (std::any_of(queue_.begin(), queue_.end(), [&](const Pending& p) { return p.event.id == id; })) return true;
+  // In flight: until announced applied, or for durable waits until logged (then unacked_ tells).
+  if (in_flight_ids_.count(id) && (until_applied || !in_flight_logged_)) return true;
+  std::lock_guard<std::mutex> unacked_lock(unacked_mu_);
+  if (until_applied)  // applied before its sync (fsync batch): announced once durable
+    return std::any_of(held_reports_.begin(), held_reports_.end(), [&](const auto& held) {
+      return std::find(held.second.ids.begin(), held.second.ids.end(), id) != held.second.ids.end();
+    });
   return std::any_of(unacked_.begin(), unacked_.end(), [&](const auto& batch) {
     return std::find(batch.second.begin(), batch.second.end(), id) != batch.second.end();
   });
@@ -592,6 +600,7 @@ void DomainTrainer::run() {
       queue_.pop_front();
     }
     in_flight_ = n;
+    in_flight_logged_ = false;
     done_.notify_all();  // the queue has room (wait_for_room)
     lock.unlock();
     std::optional<Error> error;
@@ -600,7 +609,7 @@ void DomainTrainer::run() {
     } catch (const Error& e) {
       error = e;
     } catch (const std::exception& e) {
-      error = Error(ErrorKind::Internal, e.what());
+      error = Error(ErrorKind::Internal, message_of(e));
     }
     lock.lock();
     in_flight_ = 0;
@@ -631,15 +640,21 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
   const std::string payload = payload_of(batch, ids);
   const uint64_t seq = seq_ + 1;
   {
-    // Before the append: with fsync always or never, the log reports it durable from inside append().
-    std::lock_guard<std::mutex> lock(unacked_mu_);
+    // Before the append: with fsync always or never, the log reports it durable from inside append(). In one
+    // step with in_flight_logged_, so waiting() finds the ids in flight or logged, never in neither.
+    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> unacked_lock(unacked_mu_);
     unacked_[seq] = ids;
+    in_flight_logged_ = true;
   }
   try {
     log_->append(seq, payload);
   } catch (...) {
-    std::lock_guard<std::mutex> lock(unacked_mu_);
+    // Not in the log: a resend of these ids must wait (and hear the failure), not pass as durable.
+    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> unacked_lock(unacked_mu_);
     unacked_.erase(seq);
+    in_flight_logged_ = false;
     throw;
   }
   seq_ = seq;
@@ -787,7 +802,7 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
     end_apply_attempt(dir_);
     std::vector<std::string> ids;
     const std::string payload = payload_of(batch, ids);
-    quarantine(seq, payload, ids, e.what());
+    quarantine(seq, payload, ids, message_of(e));
     return std::nullopt;
   }
   if (drift && refuse(batch, seq, next.values, *drift)) return std::nullopt;
@@ -908,7 +923,10 @@ void DomainTrainer::quarantine(uint64_t seq, const std::string& payload, const s
   QuarantinedBatch q = quarantine_batch(dir_, seq, reason, payload, ids, rejection);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const std::string& id : ids) ids_.erase(id);  // never applied: the ids may come again
+    for (const std::string& id : ids) {
+      ids_.erase(id);  // never applied: the ids may come again
+      in_flight_ids_.erase(id);  // settled before it is announced, as in announce_applied
+    }
     quarantined_[seq] = q;
   }
   if (callbacks_.on_quarantined) callbacks_.on_quarantined(q);

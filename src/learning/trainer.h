@@ -326,7 +326,9 @@ class DomainTrainer {
   std::condition_variable wake_, done_;
   std::deque<Pending> queue_;
   size_t queued_examples_ = 0;  // of queue_: while any waits, a batch closes after batch_ms
-  std::unordered_set<std::string> in_flight_ids_;  // of the batch being processed
+  // Of the batch being processed, until announced applied or quarantined; logged once in unacked_ (or durable).
+  std::unordered_set<std::string> in_flight_ids_;
+  bool in_flight_logged_ = false;
   std::unordered_set<std::string> ids_;  // accepted: queued, logged or applied
   std::shared_ptr<const TileLayout> layout_;
   size_t in_flight_ = 0;

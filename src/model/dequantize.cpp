@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/gguf_file.h"
+#include "model/dequantize_k.h"
 
 namespace hs {
 
@@ -44,7 +45,7 @@ uint16_t load_u16(const uint8_t* p) {
 
 // Q4_0: {half d; uint8 qs[16]}; element j = (nibble - 8) * d, low nibbles first.
 void dequant_q4_0(const uint8_t* b, float* y) {
-  float d = half_to_float(load_u16(b));
+  float d = load_half(b);
   const uint8_t* qs = b + 2;
   for (int j = 0; j < 16; ++j) {
     y[j] = (static_cast<int>(qs[j] & 0x0f) - 8) * d;
@@ -54,8 +55,8 @@ void dequant_q4_0(const uint8_t* b, float* y) {
 
 // Q4_1: {half d; half m; uint8 qs[16]}; element = nibble * d + m.
 void dequant_q4_1(const uint8_t* b, float* y) {
-  float d = half_to_float(load_u16(b));
-  float m = half_to_float(load_u16(b + 2));
+  float d = load_half(b);
+  float m = load_half(b + 2);
   const uint8_t* qs = b + 4;
   for (int j = 0; j < 16; ++j) {
     y[j] = (qs[j] & 0x0f) * d + m;
@@ -63,66 +64,42 @@ void dequant_q4_1(const uint8_t* b, float* y) {
   }
 }
 
+// The 5-bit code of element j of a Q5_0 or Q5_1 block: Q4_0's nibble, with bit j of qh (little-endian) on top.
+int five_bit_code(const uint8_t* qh_bytes, const uint8_t* qs, int j) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_bytes, 4);
+  const int nibble = j < 16 ? qs[j] & 0x0f : qs[j - 16] >> 4;
+  return nibble | static_cast<int>((qh >> j) & 1) << 4;
+}
+
+// Q5_0: {half d; uint8 qh[4]; uint8 qs[16]}; element = (code - 16) * d.
+void dequant_q5_0(const uint8_t* b, float* y) {
+  const float d = load_half(b);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(five_bit_code(b + 2, b + 6, j) - 16);
+}
+
+// Q5_1: {half d; half m; uint8 qh[4]; uint8 qs[16]}; element = code * d + m.
+void dequant_q5_1(const uint8_t* b, float* y) {
+  const float d = load_half(b), m = load_half(b + 2);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(five_bit_code(b + 4, b + 8, j)) + m;
+}
+
 // Q8_0: {half d; int8 qs[32]}.
 void dequant_q8_0(const uint8_t* b, float* y) {
-  float d = half_to_float(load_u16(b));
+  float d = load_half(b);
   const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
   for (int j = 0; j < 32; ++j) y[j] = qs[j] * d;
 }
 
-// Q4_K scales: 8 six-bit (scale, min) pairs packed into 12 bytes.
-void q4k_scale_min(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-// Q4_K: {half d; half dmin; uint8 scales[12]; uint8 qs[128]} over 256 elements in 8 sub-blocks of 32.
-void dequant_q4_k(const uint8_t* b, float* y) {
-  float d = half_to_float(load_u16(b));
-  float dmin = half_to_float(load_u16(b + 2));
-  const uint8_t* scales = b + 4;
-  const uint8_t* q = b + 16;
-  int is = 0;
-  for (int j = 0; j < 256; j += 64) {
-    uint8_t sc, m;
-    q4k_scale_min(is, scales, &sc, &m);
-    float d1 = d * sc, m1 = dmin * m;
-    q4k_scale_min(is + 1, scales, &sc, &m);
-    float d2 = d * sc, m2 = dmin * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0x0f) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
-    q += 32;
-    is += 2;
-  }
-}
-
-// Q6_K: {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d} over 256 elements.
-void dequant_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  float d = half_to_float(load_u16(b + 208));
-  for (int n = 0; n < 256; n += 128) {
-    for (int l = 0; l < 32; ++l) {
-      int is = l / 16;
-      int q1 = static_cast<int>((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      int q2 = static_cast<int>((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      int q3 = static_cast<int>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      int q4 = static_cast<int>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * sc[is] * q1;
-      y[l + 32] = d * sc[is + 2] * q2;
-      y[l + 64] = d * sc[is + 4] * q3;
-      y[l + 96] = d * sc[is + 6] * q4;
-    }
-    y += 128;
-    ql += 64;
-    qh += 32;
-    sc += 8;
+// IQ4_NL: {half d; uint8 qs[16]}; a nibble (low nibbles first, as Q4_0) indexes ggml's kvalues_iq4nl, a
+// non-linear grid denser near zero; element = d * kvalues[nibble].
+void dequant_iq4_nl(const uint8_t* b, float* y) {
+  static constexpr int8_t kvalues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  const float d = load_half(b);
+  const uint8_t* qs = b + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kvalues[qs[j] & 0x0f]);
+    y[j + 16] = d * static_cast<float>(kvalues[qs[j] >> 4]);
   }
 }
 
@@ -136,7 +113,7 @@ void nibbles_split(const uint8_t* qs, uint8_t* codes) {
 
 // Q4_K's 64 elements per 32 bytes: low nibbles are the first group of 32, high nibbles the second.
 void q4k_codes(const uint8_t* b, uint8_t* codes, float* scale, float* zero) {
-  const float d = half_to_float(load_u16(b)), dmin = half_to_float(load_u16(b + 2));
+  const float d = load_half(b), dmin = load_half(b + 2);
   const uint8_t* q = b + 16;
   for (int g = 0; g < 8; g += 2, q += 32) {
     for (int half = 0; half < 2; ++half) {
@@ -161,7 +138,7 @@ bool int4_codes(uint32_t type, const uint8_t* src, int64_t n, uint8_t* codes, fl
     case GgmlType::Q4_0:
       for (int64_t g = 0; g < n / 32; ++g) {
         const uint8_t* b = src + g * 18;
-        scale[g] = half_to_float(load_u16(b));
+        scale[g] = load_half(b);
         zero[g] = 0;
         nibbles_split(b + 2, codes + g * 32);
       }
@@ -169,8 +146,8 @@ bool int4_codes(uint32_t type, const uint8_t* src, int64_t n, uint8_t* codes, fl
     case GgmlType::Q4_1:
       for (int64_t g = 0; g < n / 32; ++g) {
         const uint8_t* b = src + g * 20;
-        scale[g] = half_to_float(load_u16(b));
-        zero[g] = half_to_float(load_u16(b + 2)) + 8 * scale[g];
+        scale[g] = load_half(b);
+        zero[g] = load_half(b + 2) + 8 * scale[g];
         nibbles_split(b + 4, codes + g * 32);
       }
       return true;
@@ -185,7 +162,7 @@ void dequantize(uint32_t type, const uint8_t* src, float* dst, int64_t n) {
   switch (static_cast<GgmlType>(type)) {
     case GgmlType::F32: std::memcpy(dst, src, n * 4); return;
     case GgmlType::F16:
-      for (int64_t k = 0; k < n; ++k) dst[k] = half_to_float(load_u16(src + 2 * k));
+      for (int64_t k = 0; k < n; ++k) dst[k] = load_half(src + 2 * k);
       return;
     case GgmlType::BF16:
       for (int64_t k = 0; k < n; ++k) {
@@ -195,13 +172,23 @@ void dequantize(uint32_t type, const uint8_t* src, float* dst, int64_t n) {
       return;
     case GgmlType::Q4_0: dequant_blocks(src, dst, n, 32, 18, dequant_q4_0); return;
     case GgmlType::Q4_1: dequant_blocks(src, dst, n, 32, 20, dequant_q4_1); return;
+    case GgmlType::Q5_0: dequant_blocks(src, dst, n, 32, 22, dequant_q5_0); return;
+    case GgmlType::Q5_1: dequant_blocks(src, dst, n, 32, 24, dequant_q5_1); return;
     case GgmlType::Q8_0: dequant_blocks(src, dst, n, 32, 34, dequant_q8_0); return;
+    case GgmlType::IQ4_NL: dequant_blocks(src, dst, n, 32, 18, dequant_iq4_nl); return;
+    case GgmlType::Q2_K: dequant_blocks(src, dst, n, 256, 84, dequant_q2_k); return;
+    case GgmlType::Q3_K: dequant_blocks(src, dst, n, 256, 110, dequant_q3_k); return;
     case GgmlType::Q4_K: dequant_blocks(src, dst, n, 256, 144, dequant_q4_k); return;
+    case GgmlType::Q5_K: dequant_blocks(src, dst, n, 256, 176, dequant_q5_k); return;
     case GgmlType::Q6_K: dequant_blocks(src, dst, n, 256, 210, dequant_q6_k); return;
     default: break;
   }
-  throw Error(ErrorKind::Unsupported, "tensor type " + ggml_type_name(type) +
-                                          " is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)");
+  throw Error(ErrorKind::Unsupported,
+              "tensor type " + ggml_type_name(type) + " is not supported (supported: " + supported_ggml_types() + ")");
+}
+
+std::string supported_ggml_types() {
+  return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 }
 
 }  // namespace hs

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "model/cpu_ops.h"
 #include "model/int4_weights.h"
+#include "model/rope_frequencies.h"
 #include "model/slot_attention.h"
 
 namespace hs {
@@ -65,8 +66,11 @@ at::Tensor quantized_linear(const at::Tensor& x, const Linear& lin) {
   return y.to(x.scalar_type()).view(shape);
 }
 
+// A dense projection adds its bias inside the product, rounding once as torch's Linear does (in bfloat16 a
+// separate add rounds twice).
 at::Tensor linear(const at::Tensor& x, const Linear& lin) {
-  const at::Tensor y = lin.weight.defined() ? at::linear(x, lin.weight) : quantized_linear(x, lin);
+  if (lin.weight.defined()) return at::linear(x, lin.weight, lin.bias);
+  const at::Tensor y = quantized_linear(x, lin);
   return lin.bias.defined() ? y + lin.bias : y;
 }
 
@@ -93,6 +97,13 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const Model& model, const at::Tens
   return {rows(model.rope_cos), rows(model.rope_sin)};
 }
 
+// Which keys (positions `keys`) each query (positions `queries`) attends, broadcast: the causal ones, and of
+// those only the last `window` with a sliding window (0: none), as transformers' sliding_window_overlay.
+at::Tensor visible_keys(const at::Tensor& keys, const at::Tensor& queries, int64_t window) {
+  at::Tensor seen = keys <= queries;
+  return window > 0 ? seen.logical_and_(keys > queries - window) : seen;
+}
+
 // Decode rows through the flash kernel, reading each row's keys where its slot keeps them: [R1, H, D].
 at::Tensor flash_decode_rows(int64_t layer, const at::Tensor& q, KvCache& cache, const SlotAttention& a,
                              double scale) {
@@ -110,10 +121,11 @@ at::Tensor masked_decode_rows(int64_t layer, const at::Tensor& q, KvCache& cache
   // The query heads sharing a key head are that head's "sequence" of queries (one token each, so no causal
   // order among them): grouped-query attention without copying keys and values per query head.
   const int64_t S = a.one_slots, H = q.size(2), D = q.size(3), KVH = cache.k[layer].size(2);
+  const int64_t keys_read = a.one_extent - a.one_begin;
   const at::Tensor rows = a.chunks.empty() ? q[0] : q[0].index_select(0, a.one_token);  // [R1, H, D]
-  at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
-  at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, 0, a.one_extent).transpose(1, 2);
-  // A single row reads all of its slot's keys: no mask, and no scatter to slots and back.
+  at::Tensor keys = cache.k[layer].narrow(0, a.one_first, S).narrow(1, a.one_begin, keys_read).transpose(1, 2);
+  at::Tensor values = cache.v[layer].narrow(0, a.one_first, S).narrow(1, a.one_begin, keys_read).transpose(1, 2);
+  // A single row reads all of its slot's keys from one_begin: no mask, and no scatter to slots and back.
   if (rows.size(0) == 1)
     return at::scaled_dot_product_attention(rows.view({1, KVH, H / KVH, D}), keys, values, std::nullopt, 0.0, false,
                                             scale)
@@ -142,9 +154,10 @@ at::Tensor attend_slots(int64_t layer, const at::Tensor& q, const at::Tensor& k,
     at::Tensor queries = q[0].narrow(0, c.first_token, c.len).transpose(0, 1).unsqueeze(0);  // [1, H, len, D]
     at::Tensor keys = cache.k[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
     at::Tensor values = cache.v[layer][c.slot].narrow(0, 0, c.start + c.len).transpose(0, 1).unsqueeze(0);
-    // A chunk from position 0 is plain causal attention, which the fused kernels take without a mask.
-    const std::optional<at::Tensor> mask = c.start == 0 ? std::nullopt : std::optional<at::Tensor>(c.mask);
-    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, mask, 0.0, /*is_causal=*/c.start == 0, scale,
+    // A chunk without a mask is plain causal attention, which the fused kernels take without one.
+    const bool causal = !c.mask.defined();
+    const std::optional<at::Tensor> mask = causal ? std::nullopt : std::optional<at::Tensor>(c.mask);
+    at::Tensor o = at::scaled_dot_product_attention(queries, keys, values, mask, 0.0, /*is_causal=*/causal, scale,
                                                     /*enable_gqa=*/true);  // [1, H, len, D]
     out.narrow(0, c.first_token, c.len).copy_(o[0].transpose(0, 1));
   }
@@ -158,8 +171,10 @@ at::Tensor attend(const Model& model, int64_t layer, const at::Tensor& q, const 
   const double scale = 1.0 / std::sqrt(static_cast<double>(model.config.head_dim));
   if (ctx.slots) return attend_slots(layer, q, k, v, *ctx.cache, *ctx.slots, scale);
   if (!ctx.cache) {
-    return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), {}, 0.0,
-                                            /*is_causal=*/true, scale, /*enable_gqa=*/true);
+    const bool causal = !ctx.mask.defined();
+    const std::optional<at::Tensor> mask = causal ? std::nullopt : std::optional<at::Tensor>(ctx.mask);
+    return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, 0.0,
+                                            /*is_causal=*/causal, scale, /*enable_gqa=*/true);
   }
   KvCache& cache = *ctx.cache;
   cache.k[layer].index_put_({ctx.cache_rows, ctx.write_pos}, k);
@@ -214,13 +229,16 @@ BatchStep prefill_chunk(const std::vector<std::vector<int32_t>>& prompts, int64_
 void build_rope_tables(Model& model) {
   const ModelConfig& c = model.config;
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
-  at::Tensor inv_freq =
-      1.0 / at::pow(c.rope_theta, at::arange(0, c.head_dim, 2, i64).to(at::kFloat) / static_cast<double>(c.head_dim));
-  at::Tensor freqs = at::arange(c.context_length, i64).to(at::kFloat).unsqueeze(-1) * inv_freq;  // [ctx, D/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);
-  model.rope_cos = emb.cos().to(model.dtype);
+  const RopeFrequencies f = rope_frequencies(c);
+  at::Tensor freqs = at::arange(c.context_length, i64).to(at::kFloat).unsqueeze(-1) * f.inv_freq.to(model.device);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [ctx, D]
+  at::Tensor cos = emb.cos(), sin = emb.sin();
+  if (f.attention_factor != 1.0) {
+    cos = cos * f.attention_factor;
+    sin = sin * f.attention_factor;
+  }
+  model.rope_cos = cos.to(model.dtype);
   // rotate_half's sign folded in: its first half rotates in -x2 (forward.cpp: rope).
-  at::Tensor sin = emb.sin();
   sin.narrow(-1, 0, c.head_dim / 2).neg_();
   model.rope_sin = sin.to(model.dtype);
 }
@@ -228,7 +246,10 @@ void build_rope_tables(Model& model) {
 LayerContext causal_context(const Model& model, int64_t rows, int64_t T) {
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(model.device);
   LayerContext ctx;
-  std::tie(ctx.cos, ctx.sin) = rope_tables(model, at::arange(T, i64).unsqueeze(0).expand({rows, T}));
+  const at::Tensor pos = at::arange(T, i64);
+  std::tie(ctx.cos, ctx.sin) = rope_tables(model, pos.unsqueeze(0).expand({rows, T}));
+  const int64_t window = model.config.sliding_window;
+  if (window > 0 && T > window) ctx.mask = visible_keys(pos.view({1, 1, 1, T}), pos.view({1, 1, T, 1}), window);
   return ctx;
 }
 
@@ -302,7 +323,8 @@ at::Tensor forward(const Model& model, KvCache& cache, const BatchStep& step, co
   at::Tensor valid = offsets.unsqueeze(0) < step.n_new.unsqueeze(1);                      // [B, T]
   ctx.write_pos = at::where(valid, pos, at::full_like(pos, cache.capacity));              // [B, T]
   ctx.cache_rows = at::arange(B, i64).unsqueeze(1).expand({B, T});
-  ctx.mask = at::arange(L, i64).view({1, 1, 1, L}) <= pos.view({B, 1, T, 1});            // [B, 1, T, L]
+  ctx.mask = visible_keys(at::arange(L, i64).view({1, 1, 1, L}), pos.view({B, 1, T, 1}),
+                         model.config.sliding_window);                                  // [B, 1, T, L]
   std::tie(ctx.cos, ctx.sin) = rope_tables(model, pos);
 
   at::Tensor x = embed_tokens(model, step.tokens);
@@ -328,6 +350,9 @@ bool flash_decode(const Model& model) {
     return !v || std::string(v) != "0";
   }();
   const int64_t D = model.config.head_dim;
+  // A sliding window would need the kernel's window_size_left, which no GPU test here covers yet: such models
+  // decode through the masked path (and without CUDA graphs).
+  if (model.config.sliding_window > 0) return false;
   if (!allowed || !model.device.is_cuda() || (model.dtype != at::kBFloat16 && model.dtype != at::kHalf) || D % 8 != 0 ||
       D > 256)
     return false;
@@ -359,28 +384,43 @@ at::Tensor slot_hidden(const Model& model, KvCache& cache, const SlotAttention& 
 
 namespace {
 
-// The masked path's fields for decode rows: their token indices, slots and key lengths.
+// The masked path's fields for decode rows: their token indices, slots and key lengths. With a sliding window
+// a row reads only its last `window` keys: the range starts at the earliest such key of any row.
 void set_masked_decode(SlotAttention& a, const std::vector<int64_t>& one_token, std::vector<int64_t> one_slot,
-                       const std::vector<int64_t>& one_len, int64_t slots, const at::Device& dev) {
+                       const std::vector<int64_t>& one_len, int64_t slots, const Model& model) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
-  std::vector<int64_t> slot_len(static_cast<size_t>(slots), 1);  // a slot without a row reads one (ignored) key
+  const int64_t window = model.config.sliding_window;
+  const auto first_key = [&](int64_t len) { return window > 0 ? std::max<int64_t>(0, len - window) : int64_t{0}; };
+  a.one_begin = one_len[0];
   for (size_t i = 0; i < one_slot.size(); ++i) {
-    slot_len[static_cast<size_t>(one_slot[i])] = one_len[i];
     a.one_extent = std::max(a.one_extent, one_len[i]);
+    a.one_begin = std::min(a.one_begin, first_key(one_len[i]));
+  }
+  // Per slot, its visible key positions [first, end); a slot without a row reads one (ignored) key.
+  const size_t n = static_cast<size_t>(slots);
+  std::vector<int64_t> slot_first(n, a.one_begin), slot_end(n, a.one_begin + 1);
+  for (size_t i = 0; i < one_slot.size(); ++i) {
+    slot_end[static_cast<size_t>(one_slot[i])] = one_len[i];
+    slot_first[static_cast<size_t>(one_slot[i])] = first_key(one_len[i]);
   }
   a.one_first = *std::min_element(one_slot.begin(), one_slot.end());
   a.one_slots = *std::max_element(one_slot.begin(), one_slot.end()) - a.one_first + 1;
   for (int64_t& s : one_slot) s -= a.one_first;
-  a.one_token = at::tensor(one_token, i64).to(dev);
-  a.one_slot = at::tensor(one_slot, i64).to(dev);
-  std::vector<int64_t> lens(slot_len.begin() + a.one_first, slot_len.begin() + a.one_first + a.one_slots);
-  a.one_mask = (at::arange(a.one_extent, i64).view({1, 1, 1, -1}) < at::tensor(lens, i64).view({-1, 1, 1, 1})).to(dev);
+  a.one_token = at::tensor(one_token, i64).to(model.device);
+  a.one_slot = at::tensor(one_slot, i64).to(model.device);
+  auto of_range = [&](const std::vector<int64_t>& v) {
+    return at::tensor(std::vector<int64_t>(v.begin() + a.one_first, v.begin() + a.one_first + a.one_slots), i64)
+        .view({-1, 1, 1, 1});
+  };
+  const at::Tensor key_pos = at::arange(a.one_begin, a.one_extent, i64).view({1, 1, 1, -1});
+  a.one_mask = ((key_pos < of_range(slot_end)) & (key_pos >= of_range(slot_first))).to(model.device);
 }
 
 SlotAttention slot_attention(const Model& model, const KvCache& cache, const SlotStep& step) {
   const auto i64 = at::TensorOptions().dtype(at::kLong);
   const auto dev = model.device;
   SlotAttention a;
+  const int64_t window = model.config.sliding_window;
   std::vector<int64_t> write_flat, positions, one_token, one_slot, one_len;
   int64_t first = 0;
   for (size_t r = 0; r < step.row_slot.size(); ++r) {
@@ -395,9 +435,12 @@ SlotAttention slot_attention(const Model& model, const KvCache& cache, const Slo
       one_slot.push_back(slot);
       one_len.push_back(start + 1);
     } else {
+      // From position 0 and within the window, attention is plain causal: no mask.
       at::Tensor mask;
-      if (start > 0)
-        mask = (at::arange(start + len, i64).view({1, 1, 1, -1}) <= (at::arange(len, i64) + start).view({1, 1, -1, 1})).to(dev);
+      if (start > 0 || (window > 0 && len > window))
+        mask = visible_keys(at::arange(start + len, i64).view({1, 1, 1, -1}),
+                            (at::arange(len, i64) + start).view({1, 1, -1, 1}), window)
+                   .to(dev);
       a.chunks.push_back({first, len, slot, start, mask});
     }
     first += len;
@@ -408,7 +451,7 @@ SlotAttention slot_attention(const Model& model, const KvCache& cache, const Slo
   a.write_pos = at::tensor(positions, i64).to(dev);
   if (one_token.empty()) return a;
   if (!flash_decode(model)) {
-    set_masked_decode(a, one_token, std::move(one_slot), one_len, cache.rows, dev);
+    set_masked_decode(a, one_token, std::move(one_slot), one_len, cache.rows, model);
   } else {
     if (one_token.size() < positions.size()) a.one_token = at::tensor(one_token, i64).to(dev);
     set_flash_decode(a, cache, at::tensor(one_slot, i64).to(dev), at::tensor(one_len, i64).to(dev));

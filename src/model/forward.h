@@ -68,9 +68,13 @@ void build_rope_tables(Model& model);
 struct LayerContext {
   at::Tensor cos, sin;          // [B, T, 1, head_dim] in the model's dtype; sin signed as model.rope_sin
   // Null: causal attention over the step's own tokens, every row starting at position 0 with any padding at
-  // its end (training); flash-style kernels then keep attention memory linear in T.
+  // its end (training); flash-style kernels then keep attention memory linear in T (quadratic under a sliding
+  // window shorter than T, which takes a mask).
   KvCache* cache = nullptr;
-  at::Tensor cache_rows, write_pos, mask;  // with a cache: [B, T], [B, T], [B, 1, T, extent]
+  at::Tensor cache_rows, write_pos;  // with a cache: [B, T], [B, T]
+  // Which keys each query attends: with a cache [B, 1, T, extent]; without one, [1, 1, T, T] where a sliding
+  // window hides some of the causal keys, else undefined (plain causal).
+  at::Tensor mask;
   int64_t extent = 0;
   const struct SlotAttention* slots = nullptr;  // a token-major step (forward_slots): B = 1, T = its tokens
 };

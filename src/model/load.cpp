@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -71,10 +73,10 @@ ModelWeights build_weights(const ModelConfig& c, const WeightSource& src) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights l;
     l.attn_norm = take(src, p + "input_layernorm.weight", {h}, true);
-    l.q = linear(p + "self_attn.q_proj", q_out, h, c.attention_bias, true);
-    l.k = linear(p + "self_attn.k_proj", kv_out, h, c.attention_bias, true);
-    l.v = linear(p + "self_attn.v_proj", kv_out, h, c.attention_bias, true);
-    l.o = linear(p + "self_attn.o_proj", h, q_out, c.attention_bias, false);
+    l.q = linear(p + "self_attn.q_proj", q_out, h, c.qkv_bias, true);
+    l.k = linear(p + "self_attn.k_proj", kv_out, h, c.qkv_bias, true);
+    l.v = linear(p + "self_attn.v_proj", kv_out, h, c.qkv_bias, true);
+    l.o = linear(p + "self_attn.o_proj", h, q_out, c.o_bias, true);
     if (qk_norm) {
       l.q_norm = take(src, p + "self_attn.q_norm.weight", {c.head_dim}, true);
       l.k_norm = take(src, p + "self_attn.k_norm.weight", {c.head_dim}, true);
@@ -247,17 +249,64 @@ std::shared_ptr<Model> load_hf_folder(const std::string& dir, std::shared_ptr<Mo
   return m;
 }
 
+Architecture gguf_architecture(const std::string& arch) {
+  if (arch == "llama") return Architecture::Llama;  // llama.cpp converts Mistral checkpoints to "llama" too
+  if (arch == "qwen2") return Architecture::Qwen2;
+  if (arch == "qwen3") return Architecture::Qwen3;
+  throw Error(ErrorKind::Unsupported,
+              "GGUF architecture '" + arch + "' is not supported; supported architectures: llama, qwen2, qwen3");
+}
+
+// llama.cpp keys that change attention in ways read_gguf_rope does not model: a file that sets them is refused
+// rather than run with the wrong positions. Their neutral values (what llama.cpp assumes when absent) pass.
+void refuse_unread_rope_keys(const GgufFile& g, const std::string& p, const ModelConfig& c) {
+  const std::pair<const char*, std::vector<double>> neutral[] = {
+      {"rope.scaling.attn_factor", {1.0}},      {"rope.scaling.yarn_attn_factor", {1.0}},
+      {"rope.scaling.yarn_ext_factor", {-1.0, 1.0}}, {"rope.scaling.yarn_log_multiplier", {0.0}}};
+  for (const auto& [key, values] : neutral) {
+    if (!g.has(p + key)) continue;
+    const double v = g.get_float(p + key, 0.0);
+    if (std::find(values.begin(), values.end(), v) == values.end())
+      throw Error(ErrorKind::Unsupported,
+                  "GGUF metadata '" + p + key + "' = " + std::to_string(v) + " is not supported");
+  }
+  if (g.has(p + "attention.sliding_window"))
+    throw Error(ErrorKind::Unsupported, "GGUF metadata '" + p + "attention.sliding_window' is not supported: "
+                                        "sliding-window models load from a Hugging Face folder");
+  if (g.get_int(p + "rope.dimension_count", c.head_dim) != c.head_dim)
+    throw Error(ErrorKind::Unsupported, "GGUF metadata '" + p + "rope.dimension_count' below the head size "
+                                        "(partial rotary embeddings) is not supported");
+}
+
+// llama.cpp's rope metadata: linear and YaRN scaling by factor, and llama3-style frequency divisors stored as
+// the tensor rope_freqs.weight (one per dimension pair).
+void read_gguf_rope(const GgufFile& g, const std::string& p, ModelConfig& c) {
+  c.rope_theta = g.get_float(p + "rope.freq_base", 10000.0);
+  const std::string type = g.get_string(p + "rope.scaling.type", "none");
+  RopeScaling& s = c.rope_scaling;
+  if (type == "linear" || type == "yarn") {
+    s.type = type == "linear" ? RopeScalingType::Linear : RopeScalingType::Yarn;
+    s.factor = g.get_float(p + "rope.scaling.factor", 1.0);
+    s.original_context = g.get_int(p + "rope.scaling.original_context_length", c.context_length);
+    s.beta_fast = g.get_float(p + "rope.scaling.yarn_beta_fast", 32.0);
+    s.beta_slow = g.get_float(p + "rope.scaling.yarn_beta_slow", 1.0);
+    s.attention_factor = yarn_mscale(s.factor);
+  } else if (type != "none") {
+    throw Error(ErrorKind::Unsupported, "GGUF rope scaling '" + type + "' is not supported (none, linear, yarn)");
+  }
+  refuse_unread_rope_keys(g, p, c);
+  const GgufTensorInfo* freqs = g.find_tensor("rope_freqs.weight");
+  if (!freqs) return;
+  if (freqs->type != static_cast<uint32_t>(GgmlType::F32) || freqs->numel() != c.head_dim / 2 || !freqs->data)
+    throw Error(ErrorKind::Unsupported, "rope_freqs.weight must hold head_dim / 2 F32 frequency factors");
+  const float* f = reinterpret_cast<const float*>(freqs->data);
+  s.freq_factors.assign(f, f + freqs->numel());
+}
+
 ModelConfig config_from_gguf(const GgufFile& g) {
   const std::string arch = g.get_string("general.architecture");
   ModelConfig c;
-  if (arch == "llama") {
-    c.arch = Architecture::Llama;
-  } else if (arch == "qwen3") {
-    c.arch = Architecture::Qwen3;
-  } else {
-    throw Error(ErrorKind::Unsupported,
-                "GGUF architecture '" + arch + "' is not supported; supported architectures: llama, qwen3");
-  }
+  c.arch = gguf_architecture(arch);
   const std::string p = arch + ".";
   c.hidden_size = g.get_int(p + "embedding_length");
   c.intermediate_size = g.get_int(p + "feed_forward_length");
@@ -266,15 +315,14 @@ ModelConfig config_from_gguf(const GgufFile& g) {
   c.num_kv_heads = g.get_int(p + "attention.head_count_kv", c.num_heads);
   c.head_dim = g.get_int(p + "attention.key_length", c.num_heads ? c.hidden_size / c.num_heads : 0);
   c.context_length = g.get_int(p + "context_length");
-  c.rope_theta = g.get_float(p + "rope.freq_base", 10000.0);
   c.rms_norm_eps = g.get_float(p + "attention.layer_norm_rms_epsilon", 1e-5);
   const GgufTensorInfo* embd = g.find_tensor("token_embd.weight");
   if (!embd || embd->ne.size() != 2) throw Error(ErrorKind::CorruptFile, "GGUF file lacks token_embd.weight");
   c.vocab_size = g.get_int(p + "vocab_size", embd->ne[1]);
   c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
-  c.attention_bias = g.find_tensor("blk.0.attn_q.bias") != nullptr;
-  if (g.has(p + "rope.scaling.type") && g.get_string(p + "rope.scaling.type") != "none")
-    throw Error(ErrorKind::Unsupported, "rope scaling '" + g.get_string(p + "rope.scaling.type") + "' is not supported");
+  c.qkv_bias = g.find_tensor("blk.0.attn_q.bias") != nullptr;
+  c.o_bias = g.find_tensor("blk.0.attn_output.bias") != nullptr;
+  read_gguf_rope(g, p, c);
   validate_config(c);
   return c;
 }
@@ -304,9 +352,11 @@ std::string gguf_name(const std::string& hf) {
 
 // llama.cpp's converter permutes Llama q/k rows so that its interleaved RoPE applies; undo it so the
 // Hugging Face rotate-half RoPE in forward.cpp is right for both formats.
+// Biases are permuted as their rows are.
 at::Tensor unpermute_rope_rows(const at::Tensor& w, int64_t n_heads) {
-  const int64_t out = w.size(0);
-  return w.reshape({n_heads, out / n_heads / 2, 2, w.size(1)}).transpose(1, 2).reshape({out, w.size(1)}).contiguous();
+  std::vector<int64_t> split = {n_heads, w.size(0) / n_heads / 2, 2};
+  for (int64_t d = 1; d < w.dim(); ++d) split.push_back(w.size(d));
+  return w.reshape(split).transpose(1, 2).reshape(w.sizes()).contiguous();
 }
 
 std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
@@ -319,8 +369,7 @@ std::shared_ptr<Model> load_gguf(const GgufFile& g, std::shared_ptr<Model> m) {
     std::vector<int64_t> shape(t->ne.rbegin(), t->ne.rend());
     if (!t->data)
       throw Error(ErrorKind::Unsupported, "tensor '" + t->name + "' has type " + ggml_type_name(t->type) +
-                                              ", which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                                              "Q4_1, Q4_K, Q6_K)");
+                                              ", which is not supported (supported: " + supported_ggml_types() + ")");
     at::Tensor out;
     if (t->type == static_cast<uint32_t>(GgmlType::F32)) {
       out = materialize(t->data, at::kFloat, shape, *m);

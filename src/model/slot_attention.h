@@ -18,17 +18,18 @@ struct SlotAttention {
   // variable-length mode: row i's keys start at flattened row flash_cu_k[i] (its slot) and are flash_len[i]
   // long, so nothing is padded to the longest row or copied, and no shape depends on the lengths.
   // Otherwise they attend together over the slots [one_first, one_first + one_slots), one query per slot
-  // (zeros where a slot has no such row), keys masked beyond each slot's length.
+  // (zeros where a slot has no such row), over key positions [one_begin, one_extent), masked outside each
+  // row's own keys (beyond its length, or before its sliding window).
   at::Tensor one_token;  // [R1]: each such row's token index; with flash, undefined when every row is one
   bool flash = false;
   at::Tensor flash_cu_q, flash_cu_k, flash_len;  // int32 [R1 + 1], [R1 + 1], [R1]
   at::Tensor one_slot;                           // [R1]: each row's slot, from one_first
-  at::Tensor one_mask;                           // [one_slots, 1, 1, extent]
-  int64_t one_first = 0, one_slots = 0, one_extent = 0;
+  at::Tensor one_mask;                           // [one_slots, 1, 1, one_extent - one_begin]
+  int64_t one_first = 0, one_slots = 0, one_begin = 0, one_extent = 0;
   // Rows of several tokens (prefill chunks) attend one at a time, causally from their start position.
   struct Chunk {
     int64_t first_token, len, slot, start;
-    at::Tensor mask;  // [1, 1, len, start + len]; undefined from position 0 (causal)
+    at::Tensor mask;  // [1, 1, len, start + len]; undefined where plain causal attention is the same
   };
   std::vector<Chunk> chunks;
 };

@@ -23,7 +23,8 @@ size_t pending_stop_prefix(const std::string& text, const std::vector<std::strin
 }  // namespace
 
 OutputText::OutputText(const Tokenizer* tokenizer, std::vector<std::string> stop) : stop_(std::move(stop)) {
-  if (tokenizer) detok_ = std::make_unique<StreamingDetokenizer>(*tokenizer, true);
+  // Generated tokens follow their prompt: decoded as a continuation, the first keeps its leading space.
+  if (tokenizer) detok_ = std::make_unique<StreamingDetokenizer>(*tokenizer, true, /*continuation=*/true);
 }
 
 OutputText::~OutputText() = default;

@@ -13,6 +13,7 @@
 #include "model/decode_graphs.h"
 #include "model/forward.h"
 #include "model/model.h"
+#include "model/torch_error.h"
 #include "serving/output_text.h"
 #include "serving/prefix_cache.h"
 #include "serving/row_logits.h"
@@ -111,7 +112,8 @@ at::Tensor step_logits(std::unique_ptr<DecodeGraphs>& graphs, const Model& model
       graph_captures.add(static_cast<double>(graphs->captures() - before));
       return logits;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "hyprstream: CUDA graphs are off for this run, decode steps run eagerly: %s\n", e.what());
+      std::fprintf(stderr, "hyprstream: CUDA graphs are off for this run, decode steps run eagerly: %s\n",
+                   message_of(e).c_str());
       graphs.reset();
     }
   }
@@ -279,7 +281,7 @@ void Scheduler::loop() {
     } catch (const Error& e) {
       fail_running(e);
     } catch (const std::exception& e) {
-      fail_running(Error(ErrorKind::Internal, e.what()));
+      fail_running(Error(ErrorKind::Internal, message_of(e)));
     }
     if (running) {
       const double dt = seconds_between(t0, Clock::now());
@@ -411,7 +413,7 @@ bool Scheduler::resolve_scope(Sequence& s) {
     c10::InferenceMode guard;
     match = scope_match(*a->scope, scope_keys(*engine_.model, s.req.prompt, a->scope->layers));
   } catch (const std::exception& e) {
-    finish(s, "error", Error(ErrorKind::Internal, std::string("checking the adapter's scope failed: ") + e.what()));
+    finish(s, "error", Error(ErrorKind::Internal, "checking the adapter's scope failed: " + message_of(e)));
     return false;
   }
   s.result.scope_similarity = match.similarity;

@@ -1,127 +1,134 @@
 #include "tokenizer/chat_template.h"
 
+#include <cstring>
+
 #include "common/error.h"
+#include "tokenizer/jinja/template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace hs {
 
 namespace {
 
-bool contains(const std::string& s, const char* needle) { return s.find(needle) != std::string::npos; }
+using ojson = nlohmann::ordered_json;
 
-std::string strip_newlines(std::string s, bool left, bool right) {
-  if (left) s.erase(0, s.find_first_not_of('\n') == std::string::npos ? s.size() : s.find_first_not_of('\n'));
-  if (right) {
-    size_t end = s.find_last_not_of('\n');
-    s.erase(end == std::string::npos ? 0 : end + 1);
-  }
-  return s;
-}
+// Stands for a user turn's text when we look for where the template puts it; plain text so that no filter
+// (trim, tojson) changes it.
+const char* const kSentinel = "hs-chat-sentinel-7b3e1";
+// Stands for an assistant reply, to find where the template ends a reply.
+const char* const kReply = "hs-chat-reply-5c1d2";
 
-void check_roles(const std::vector<ChatMessage>& messages) {
-  for (const auto& m : messages)
-    if (m.role != "system" && m.role != "user" && m.role != "assistant")
-      throw Error(ErrorKind::InvalidArgument, "chat role '" + m.role + "' is not supported (system, user, assistant)");
-}
-
-std::string turn(const std::string& role, const std::string& content) {
-  return "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
-}
-
-// Qwen3: the system turn first; assistant turns after the last user turn keep their <think> block,
-// earlier ones lose it; the generation prompt may carry an empty think block to disable thinking.
-std::string render_qwen3(const std::vector<ChatMessage>& messages, bool add_generation_prompt, bool enable_thinking) {
-  std::string out;
-  int last_user = static_cast<int>(messages.size()) - 1;
-  for (int i = static_cast<int>(messages.size()) - 1; i >= 0; --i)
-    if (messages[i].role == "user") {
-      last_user = i;
-      break;
-    }
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const ChatMessage& m = messages[i];
-    if (m.role == "user" || m.role == "system") {
-      out += turn(m.role, m.content);
-      continue;
-    }
-    std::string content = m.content, reasoning;
-    size_t close = content.rfind("</think>");
-    if (close != std::string::npos) {
-      std::string before = strip_newlines(content.substr(0, content.find("</think>")), false, true);
-      size_t open = before.rfind("<think>");
-      reasoning = strip_newlines(open == std::string::npos ? before : before.substr(open + 7), true, false);
-      content = strip_newlines(content.substr(close + 8), true, false);
-    }
-    const bool is_last = i + 1 == messages.size();
-    if (static_cast<int>(i) > last_user && (is_last || !reasoning.empty())) {
-      out += "<|im_start|>assistant\n<think>\n" + strip_newlines(reasoning, true, true) + "\n</think>\n\n" +
-             strip_newlines(content, true, false);
-    } else {
-      out += "<|im_start|>assistant\n" + content;
-    }
-    out += "<|im_end|>\n";
-  }
-  if (add_generation_prompt) {
-    out += "<|im_start|>assistant\n";
-    if (!enable_thinking) out += "<think>\n\n</think>\n\n";
-  }
+// The message as transformers hands it to the template: None fields dropped, and a message's reasoning under
+// any of its names filled in as both `thinking` (first) and `reasoning_content` (last).
+ojson message_json(const ChatMessage& m) {
+  ojson merged = {{"role", m.role}, {"content", m.content}};
+  for (const auto& [k, v] : m.extras.items()) merged[k] = v;
+  ojson out = ojson::object();
+  ojson reasoning;
+  for (const char* key : {"reasoning_content", "thinking", "reasoning"})
+    if (reasoning.is_null() && merged.contains(key) && !merged[key].is_null()) reasoning = merged[key];
+  if (!reasoning.is_null()) out["thinking"] = reasoning;
+  for (const auto& [k, v] : merged.items())
+    if (!v.is_null()) out[k] = v;
+  if (!reasoning.is_null()) out["reasoning_content"] = reasoning;
   return out;
+}
+
+std::vector<ChatMessage> with_user_turn(std::vector<ChatMessage> messages) {
+  messages.push_back({"user", kSentinel});
+  return messages;
+}
+
+// The text before the sentinel user turn in the rendering of `messages` and that turn.
+std::string before_sentinel(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages) {
+  const std::string text = render_chat(tmpl, with_user_turn(messages), false);
+  const size_t at = text.rfind(kSentinel);
+  if (at == std::string::npos) throw Error(ErrorKind::Unsupported, "the chat template does not render a user turn's text");
+  return text.substr(0, at);
+}
+
+// The text the template puts before a later user turn's content: its header ("<|im_start|>user\n"). Where the
+// conversation before that turn renders the same with and without it, the header is what follows. Where it
+// does not (Qwen3 drops the last assistant turn's reasoning once it is no longer last), the header is what
+// follows the reply's own ending ("</s>", "<|im_end|>\n": the text after the reply when it is last). Either way
+// the first turn's text must follow it too, or the template is refused: guessing would cut into a turn.
+std::string user_header(const ChatTemplate& tmpl) {
+  const std::vector<ChatMessage> two = {{"user", "Hello"}, {"assistant", kReply}};
+  const std::string before = render_chat(tmpl, two, false), after = before_sentinel(tmpl, two);
+  std::string header;
+  if (after.size() >= before.size() && after.compare(0, before.size(), before) == 0) {
+    header = after.substr(before.size());
+  } else {
+    const size_t in_before = before.rfind(kReply), in_after = after.rfind(kReply);
+    const std::string ending = in_before == std::string::npos ? "" : before.substr(in_before + std::strlen(kReply));
+    const std::string tail = in_after == std::string::npos ? "" : after.substr(in_after + std::strlen(kReply));
+    if (in_before == std::string::npos || in_after == std::string::npos || tail.compare(0, ending.size(), ending) != 0)
+      throw Error(ErrorKind::Unsupported, "the chat template does not render a conversation turn by turn");
+    header = tail.substr(ending.size());
+  }
+  const std::string first = before_sentinel(tmpl, {});
+  if (header.empty() || first.size() < header.size() ||
+      first.compare(first.size() - header.size(), header.size(), header) != 0)
+    throw Error(ErrorKind::Unsupported, "the chat template does not put the same text before every user turn");
+  return header;
+}
+
+// The rendering of messages and a later user turn, up to that turn's header.
+std::string before_later_user_turn(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages, bool& found) {
+  const std::string text = before_sentinel(tmpl, messages), header = user_header(tmpl);
+  found = text.size() >= header.size() && text.compare(text.size() - header.size(), header.size(), header) == 0;
+  return found ? text.substr(0, text.size() - header.size()) : "";
 }
 
 }  // namespace
 
-ChatTemplate detect_chat_template(const std::string& jinja) {
+ChatTemplate compile_chat_template(const std::string& jinja, const std::string& bos_token, const std::string& eos_token) {
   if (jinja.empty())
     throw Error(ErrorKind::Unsupported, "the model has no chat template; use `generate` with a raw prompt");
-  if (!contains(jinja, "<|im_start|>") || !contains(jinja, "<|im_end|>"))
-    throw Error(ErrorKind::Unsupported,
-                "the model's chat template is not ChatML-style and is not supported; use `generate` with a raw prompt");
-  ChatTemplate t;
-  if (contains(jinja, "enable_thinking") || contains(jinja, "reasoning_content")) {
-    t.format = ChatFormat::Qwen3;
-    return t;
-  }
-  // A default system prompt is written literally inside the template, after "system" and a newline that
-  // is either escaped in the Jinja string or a real one (GGUF converters unescape it); the first counts.
-  const std::string open = "<|im_start|>system";
-  for (size_t at = jinja.find(open); at != std::string::npos; at = jinja.find(open, at + 1)) {
-    size_t begin = at + open.size();
-    if (jinja.compare(begin, 2, "\\n") == 0) {
-      begin += 2;
-    } else if (jinja.compare(begin, 1, "\n") == 0) {
-      begin += 1;
-    } else {
-      continue;
-    }
-    size_t end = jinja.find("<|im_end|>", begin);
-    if (end == std::string::npos) break;
-    std::string text = jinja.substr(begin, end - begin);
-    if (!contains(text, "{") && !contains(text, "'") && !contains(text, "\"") && !contains(text, "\\")) {
-      t.default_system = text;
-      break;
-    }
-  }
-  return t;
+  return ChatTemplate{std::make_shared<const jinja::Template>(jinja), bos_token, eos_token};
 }
 
-std::string render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
-                        bool add_generation_prompt, bool enable_thinking) {
-  check_roles(messages);
-  if (tmpl.format == ChatFormat::Qwen3) return render_qwen3(messages, add_generation_prompt, enable_thinking);
-  std::string out;
-  if (!tmpl.default_system.empty() && !messages.empty() && messages[0].role != "system")
-    out += turn("system", tmpl.default_system);
-  for (const auto& m : messages) out += turn(m.role, m.content);
-  if (add_generation_prompt) out += "<|im_start|>assistant\n";
-  return out;
+ChatTemplate chat_template_of(const Tokenizer& tok) {
+  auto special = [&](int32_t id) { return id >= 0 && id < tok.vocab_size() ? token_bytes(tok, id) : std::string(); };
+  return compile_chat_template(tok.chat_template, special(tok.bos_id), special(tok.eos_id));
+}
+
+std::string render_chat(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                        const ojson& kwargs) {
+  ojson list = ojson::array();
+  for (const ChatMessage& m : messages) list.push_back(message_json(m));
+  jinja::Dict vars;
+  vars.set("messages", jinja::Value::from_json(list));
+  vars.set("tools", jinja::Value::none());
+  vars.set("documents", jinja::Value::none());
+  vars.set("add_generation_prompt", jinja::Value::from(add_generation_prompt));
+  if (!tmpl.bos_token.empty()) vars.set("bos_token", jinja::Value::from(tmpl.bos_token));
+  if (!tmpl.eos_token.empty()) vars.set("eos_token", jinja::Value::from(tmpl.eos_token));
+  if (!kwargs.is_null() && !kwargs.is_object())
+    throw Error(ErrorKind::InvalidArgument, "chat template arguments must be a JSON object");
+  if (kwargs.is_object())
+    for (const auto& [k, v] : kwargs.items()) vars.set(k, jinja::Value::from_json(v));
+  return tmpl.program->render(vars);
 }
 
 std::string render_chat_history(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages) {
-  std::vector<ChatMessage> longer = messages;
-  longer.push_back({"user", ""});
-  const std::string text = render_chat(tmpl, longer, false), later = turn("user", "");
-  if (messages.empty() || text.size() < later.size() || text.compare(text.size() - later.size(), later.size(), later) != 0)
-    throw Error(ErrorKind::Internal, "the chat template does not render a later user turn last");
-  return text.substr(0, text.size() - later.size());
+  bool found = false;
+  std::string text = before_later_user_turn(tmpl, messages, found);
+  if (!found) throw Error(ErrorKind::Unsupported, "the chat template does not render a later user turn last");
+  return text;
+}
+
+std::string render_chat_opening(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages) {
+  std::vector<ChatMessage> system;
+  if (!messages.empty() && messages.front().role == "system") system.push_back(messages.front());
+  bool found = false;
+  std::string text;
+  try {
+    text = before_later_user_turn(tmpl, system, found);
+  } catch (const Error&) {
+    return "";  // the template cannot render that conversation or not turn by turn: it has no opening we can find
+  }
+  return !found || text == tmpl.bos_token ? "" : text;
 }
 
 }  // namespace hs

@@ -19,7 +19,7 @@ inline uint16_t half_bits(float v) {
   return bits;
 }
 
-// A [rows, cols] tensor of `type` (Q8_0, Q4_0, Q4_1, Q4_K or Q6_K).
+// A [rows, cols] tensor of `type` (one of the block types dequantize() decodes).
 inline std::vector<uint8_t> random_blocks(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng) {
   int64_t block_elems = 0, block_bytes = 0;
   ggml_block_layout(static_cast<uint32_t>(type), &block_elems, &block_bytes);
@@ -32,13 +32,20 @@ inline std::vector<uint8_t> random_blocks(GgmlType type, int64_t rows, int64_t c
       const uint16_t h = half_bits(v);
       std::memcpy(&bytes[at + offset], &h, 2);
     };
-    if (type == GgmlType::Q6_K) {
-      put(208, scale(rng));
+    if (type == GgmlType::Q6_K || type == GgmlType::Q3_K) {  // d after the codes
+      put(type == GgmlType::Q6_K ? 208 : 108, scale(rng));
       continue;
     }
-    put(0, scale(rng));                                                         // d
-    if (type == GgmlType::Q4_1) put(2, scale(rng) * (byte(rng) - 128) / 16.0f);  // m, of either sign
-    if (type == GgmlType::Q4_K) put(2, scale(rng));                             // dmin
+    if (type == GgmlType::Q2_K) {  // d and dmin after the codes
+      put(80, scale(rng));
+      put(82, scale(rng));
+      continue;
+    }
+    put(0, scale(rng));  // d
+    const bool has_m = type == GgmlType::Q4_1 || type == GgmlType::Q5_1;
+    const bool has_dmin = type == GgmlType::Q4_K || type == GgmlType::Q5_K;
+    if (has_m) put(2, scale(rng) * (byte(rng) - 128) / 16.0f);  // m, of either sign
+    if (has_dmin) put(2, scale(rng));
   }
   return bytes;
 }

@@ -19,7 +19,9 @@ namespace hs {
 namespace {
 
 constexpr int64_t kRows = 96, kCols = 512;
-const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K};
+const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                           GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                           GgmlType::Q6_K};
 
 at::Tensor dequantized(GgmlType type, const std::vector<uint8_t>& bytes) {
   at::Tensor w = at::empty({kRows, kCols}, at::kFloat);

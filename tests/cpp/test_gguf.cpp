@@ -4,10 +4,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 #include "common/error.h"
-#include "model/dequantize.h"
 #include "common/gguf_file.h"
+#include "model/dequantize.h"
 
 namespace hs {
 
@@ -30,7 +31,7 @@ std::string write_tmp(const std::string& bytes, const char* name) {
   return path;
 }
 
-std::string one_tensor_file(uint32_t type, const std::string& payload) {
+std::string one_tensor_file(uint32_t type, const std::string& payload, const std::vector<uint64_t>& shape = {32}) {
   GgufWriter w;
   w.bytes = "GGUF";
   w.put<uint32_t>(3);
@@ -40,8 +41,8 @@ std::string one_tensor_file(uint32_t type, const std::string& payload) {
   w.put<uint32_t>(8);
   w.str("llama");
   w.str("t");
-  w.put<uint32_t>(1);
-  w.put<uint64_t>(32);
+  w.put<uint32_t>(static_cast<uint32_t>(shape.size()));
+  for (uint64_t d : shape) w.put<uint64_t>(d);
   w.put<uint32_t>(type);
   w.put<uint64_t>(0);
   while (w.bytes.size() % 32) w.bytes.push_back('\0');
@@ -82,15 +83,29 @@ TEST(Gguf, RefusesBadMagicAndTruncatedHeader) {
   EXPECT_THROW(read_gguf(write_tmp(full.substr(0, 40), "header.gguf")), Error);
 }
 
+// Element counts or byte sizes past 2^63 would wrap to small numbers and pass the check against the file's size.
+TEST(Gguf, RefusesAShapeWhoseSizeOverflows) {
+  const std::vector<std::vector<uint64_t>> shapes = {{1ull << 32, 1ull << 32}, {1ull << 31, 1ull << 31}};
+  for (const auto& shape : shapes) {
+    try {
+      read_gguf(write_tmp(one_tensor_file(0, std::string(128, '\0'), shape), "huge.gguf"));  // type 0: F32
+      FAIL() << "a tensor of " << shape[0] << " x " << shape[1] << " floats accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::CorruptFile);
+      EXPECT_NE(std::string(e.what()).find("bad shape"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Gguf, UnsupportedTypeIsNamed) {
   std::vector<float> out(256);
   std::string block(256, '\0');
   try {
-    dequantize(13, reinterpret_cast<const uint8_t*>(block.data()), out.data(), 256);
+    dequantize(16, reinterpret_cast<const uint8_t*>(block.data()), out.data(), 256);
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Unsupported);
-    EXPECT_NE(std::string(e.what()).find("Q5_K"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("IQ2_XXS"), std::string::npos);
   }
 }
 

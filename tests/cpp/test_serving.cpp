@@ -10,6 +10,7 @@
 #include "model/forward.h"
 #include "model/load.h"
 #include "model/model.h"
+#include "model/torch_error.h"
 #include "serving/prefix_cache.h"
 #include "test_support.h"
 
@@ -133,3 +134,17 @@ TEST(FileLock, ASecondHolderInTheSameProcessIsBusyAndNamesTheFirst) {
 
 }  // namespace
 }  // namespace hs
+
+// A failed tensor op's message reaches users (a request's error, a quarantined batch's reason) without
+// libtorch's C++ backtrace, and keeps what went wrong.
+TEST(TorchError, MessageLeavesOutTheBacktrace) {
+  try {
+    (void)at::ones({2}).view({3});
+    FAIL() << "the view should not fit";
+  } catch (const std::exception& e) {
+    ASSERT_NE(std::string(e.what()).find("frame #"), std::string::npos) << "libtorch no longer adds a backtrace";
+    const std::string message = hs::message_of(e);
+    EXPECT_EQ(message.find("frame #"), std::string::npos) << message;
+    EXPECT_NE(message.find("shape '[3]' is invalid for input of size 2"), std::string::npos) << message;
+  }
+}

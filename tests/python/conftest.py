@@ -34,6 +34,17 @@ def run_cli(*args, input_text=None, timeout=300):
                           timeout=timeout)
 
 
+def probe_logits(folder, prompts, tmp_path, continuations=None, chunk=1 << 20, **extra):
+    """The probe's logits of each prompt and its teacher-forced continuation, prefilled `chunk` tokens at a time;
+    `extra` joins the request as it is (adapter_dir, adapters...)."""
+    from safetensors.numpy import load_file
+    out = tmp_path / "logits.safetensors"
+    run_probe({"mode": "logits", "model": str(folder), "prompts": prompts, "out": str(out), "chunk": chunk,
+               "continuations": continuations or [[] for _ in prompts], **extra}, tmp_path)
+    tensors = load_file(str(out))
+    return [tensors[f"logits.{i}"] for i in range(len(prompts))]
+
+
 def cli_ok(*args, **kw):
     """run_cli that must succeed; returns the completed process."""
     r = run_cli(*args, **kw)

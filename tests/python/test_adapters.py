@@ -12,7 +12,7 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from conftest import create_adapter, run_cli, run_probe
-from tiny_models import build_tiny_model, prompt_of
+from tiny_models import build_tiny_model, hf_logits, prompt_of
 
 TOL = 1e-4
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -23,11 +23,6 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3_tied_gqa")
     return folder, build_tiny_model("qwen3_tied_gqa", folder)
 
-
-
-@torch.no_grad()
-def hf_logits(model, ids):
-    return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
 def probe_logits(folder, prompts, tmp_path, adapter_dir=None, adapters=None, scales=None, continuations=None,
@@ -253,7 +248,7 @@ def test_adapter_cli_errors(tmp_path):
         assert text in r.stderr, (args, r.stderr)
     cli_ok("adapters", "create", "twice", "--model", "default", "--adapter-dir", adir)
     r = run_cli("adapters", "create", "twice", "--model", "default", "--adapter-dir", adir)
-    assert r.returncode == 2 and "already exists" in r.stderr
+    assert r.returncode == 9 and "already exists" in r.stderr
     listed = json.loads(cli_ok("adapters", "list", "--json", "--adapter-dir", adir))
     assert [a["name"] for a in listed] == ["twice"]
     cli_ok("adapters", "rm", "twice", "--adapter-dir", adir)

@@ -19,7 +19,7 @@ def assert_refused(result, code, *needles):
 
 
 def tiny_llama_gguf(path, arch="llama", bad_type=False):
-    """A complete two-layer GGUF, optionally with one tensor in a type we do not support (Q5_K)."""
+    """A complete two-layer GGUF, optionally with one tensor in a type we do not support (IQ2_XXS)."""
     rng = np.random.default_rng(0)
     h, ff, vocab = 256, 512, 64
     w = GGUFWriter(str(path), arch=arch)
@@ -37,8 +37,8 @@ def tiny_llama_gguf(path, arch="llama", bad_type=False):
                         ("attn_output", (h, h)), ("ffn_norm", (h,)), ("ffn_gate", (ff, h)), ("ffn_up", (ff, h))]:
         w.add_tensor(f"blk.0.{name}.weight", f32(*shape))
     if bad_type:
-        raw = rng.integers(0, 256, size=(h, ff // 256 * 176), dtype=np.uint8)
-        w.add_tensor("blk.0.ffn_down.weight", raw, raw_dtype=GGMLQuantizationType.Q5_K)
+        raw = rng.integers(0, 256, size=(h, ff // 256 * 66), dtype=np.uint8)
+        w.add_tensor("blk.0.ffn_down.weight", raw, raw_dtype=GGMLQuantizationType.IQ2_XXS)
     else:
         w.add_tensor("blk.0.ffn_down.weight", f32(h, ff))
     w.write_header_to_file()
@@ -82,7 +82,7 @@ def test_corrupt_gguf_header(default_model_path, tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    assert_refused(run_cli("info", "--model", tiny_llama_gguf(tmp_path / "q5k.gguf", bad_type=True)), 5, "Q5_K")
+    assert_refused(run_cli("info", "--model", tiny_llama_gguf(tmp_path / "iq2.gguf", bad_type=True)), 5, "IQ2_XXS")
 
 
 def test_unsupported_gguf_architecture(tmp_path):
@@ -94,9 +94,9 @@ def test_unsupported_hf_architecture_and_missing_files(tmp_path):
     folder = tmp_path / "model"
     build_tiny_model("llama_gqa", folder)
     config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "mistral"
+    config["model_type"] = "gpt_neox"
     (folder / "config.json").write_text(json.dumps(config))
-    assert_refused(run_cli("info", "--model", folder), 5, "model_type 'mistral'")
+    assert_refused(run_cli("info", "--model", folder), 5, "model_type 'gpt_neox'")
     (folder / "config.json").unlink()
     assert_refused(run_cli("info", "--model", folder), 3, "config.json")
 
@@ -127,6 +127,7 @@ def test_chat_refuses_a_template_it_cannot_honour(tmp_path, qwen_tok_dir):
     build_tiny_model("llama_gqa", folder)
     shutil.copy(qwen_tok_dir / "tokenizer.json", folder)
     config = json.loads((qwen_tok_dir / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    # wordwrap is a jinja2 filter our interpreter does not have: the template is refused when it loads, naming it.
+    config["chat_template"] = "{% for m in messages %}[INST] {{ m['content'] | wordwrap }} [/INST]{% endfor %}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    assert_refused(run_cli("chat", "--model", folder, input_text="hi\n"), 5, "not ChatML-style")
+    assert_refused(run_cli("chat", "--model", folder, input_text="hi\n"), 5, "unknown filter 'wordwrap'")

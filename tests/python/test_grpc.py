@@ -3,10 +3,13 @@ RPC, greedy answers equal to the HTTP API's and the CLI's, the standard health s
 workers' gradient updates equal to `hyprstream train --deterministic` on the same updates in the server's batch
 order, and bad input refused with a status that names it while other streams go on."""
 import json
+import os
+import pty
 import queue
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -17,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from safetensors.numpy import load_file
 
-from conftest import cli_ok, run_cli
+from conftest import CLI, cli_ok, run_cli
 from grpc_stubs import adapters_pb2 as apb
 from grpc_stubs import adapters_pb2_grpc as agrpc
 from grpc_stubs import common_pb2 as cpb
@@ -163,7 +166,7 @@ def test_every_adapters_rpc_and_watch_versions_with_train(served):
     assert (made.name, made.version, made.rank, made.sparsity) == ("atlas", 1, 16, pytest.approx(0.99))
     assert len(made.targets) == 7 and 0 < made.density < 0.05
     assert status_of(lambda: adapters.Create(apb.CreateAdapterRequest(name="atlas")))[0] == \
-        grpc.StatusCode.INVALID_ARGUMENT
+        grpc.StatusCode.ALREADY_EXISTS
     assert "atlas" in [a.name for a in adapters.List(apb.ListAdaptersRequest()).adapters]
 
     watch = adapters.WatchVersions(apb.WatchVersionsRequest(domain="atlas"))
@@ -343,6 +346,52 @@ def test_update_weights_refuses_bad_updates_with_their_status_and_applies_nothin
     assert info.trainer.rejected >= 2  # the pattern and version checks are the trainer's own
 
 
+def test_the_largest_update_under_the_size_limit_is_applied_and_concurrent_resends_apply_once(served, tmp_path):
+    _, channel, adir = served
+    adapters, learning = agrpc.AdaptersStub(channel), lgrpc.LearningStub(channel)
+    adapters.Create(apb.CreateAdapterRequest(name="edges", seed=13))
+    inside, _ = pattern_coordinates(adir, "edges", tmp_path)
+    # As many entries as fit under the 1 MiB limit, with room for the stream's framing: taken whole.
+    n = 1
+    while update("huge", "edges", [(*inside[0], 1e-4)] * (n * 2)).ByteSize() < (1 << 20) - 64:
+        n *= 2
+    while update("huge", "edges", [(*inside[0], 1e-4)] * (n + 1000)).ByteSize() < (1 << 20) - 64:
+        n += 1000
+    huge = update("huge", "edges", [(*inside[0], 1e-4)] * n)
+    assert huge.ByteSize() > (1 << 20) - 64 - 16_000
+    assert learning.UpdateWeights(iter([huge]), timeout=60).accepted == 1
+    # Two streams send the same 300 updates at once, in opposite orders: each is applied once.
+    same = [update(f"twin{i}", "edges", [(*inside[i % len(inside)], 0.01)]) for i in range(300)]
+    summaries = [None, None]
+
+    def client(k):
+        summaries[k] = learning.UpdateWeights(iter(same if k == 0 else same[::-1]), timeout=60)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(s.accepted for s in summaries) == 300 and sum(s.duplicates for s in summaries) == 300, summaries
+    deadline = time.time() + 30
+    info = adapters.Get(apb.GetAdapterRequest(name="edges"))
+    while info.trainer.events_applied < 301 and time.time() < deadline:
+        time.sleep(0.1)
+        info = adapters.Get(apb.GetAdapterRequest(name="edges"))
+    assert info.trainer.events_applied == 301 and info.trainer.accepted == 301, info.trainer
+
+
+def test_a_string_that_is_not_utf8_fails_to_parse_and_the_server_goes_on(served):
+    """grpcio cannot send one (str is Unicode), so the bytes are written by hand. A proto3 string must be UTF-8:
+    the request does not parse, and gRPC answers INTERNAL for that, as every gRPC server does."""
+    _, channel, _ = served
+    good = greedy(2, text="ABCD").SerializeToString()
+    raw = channel.unary_unary("/hyprstream.v1.Inference/Generate", request_serializer=None,
+                              response_deserializer=ipb.GenerateResponse.FromString)
+    code, _, _ = status_of(lambda: raw(good.replace(b"ABCD", b"A\xff\xfeD")))
+    assert code == grpc.StatusCode.INTERNAL
+    assert raw(good).usage.completion_tokens == 2
+
+
 def test_stream_events_acknowledges_each_event_and_reports_durable_and_applied_batches(served):
     _, channel, _ = served
     sent = queue.Queue()
@@ -441,7 +490,16 @@ def send_ignoring_the_kill(channel, updates, summary):
         pass  # the server was killed under it
 
 
-def test_events_push_sends_a_file_resends_what_was_busy_and_reports_each_event(default_model_path, tmp_path):
+def read_or_none(fd):
+    """The next bytes a terminal's other end wrote, or None once it is closed (EIO on Linux)."""
+    try:
+        return os.read(fd, 4096) or None
+    except OSError:
+        return None
+
+
+def test_events_push_sends_a_file_resends_what_was_busy_and_reports_each_event_with_a_bar_on_a_terminal(
+        default_model_path, tmp_path):
     adir = tmp_path / "adapters"
     config = write_config(tmp_path / "c.toml", learning={"queue": 4, "batch_events": 4})
     events = [{"id": f"p{i}", "text": f"Harbour note {i}: the tide turns at {i % 12} o'clock."} for i in range(40)]
@@ -459,8 +517,25 @@ def test_events_push_sends_a_file_resends_what_was_busy_and_reports_each_event(d
         assert out["errors"] == ['bad: event \'bad\': unknown field "colour"'] and out["version"] >= 2
         again = json.loads(push().stdout)
         assert (again["accepted"], again["duplicates"], again["applied"]) == (0, 40, 0), again
+        # On a terminal, a progress bar on stderr counts the acknowledgements.
+        main, terminal = pty.openpty()
+        with subprocess.Popen([str(CLI), "events", "push", "--server", srv.grpc_target, "--domain", "harbour",
+                               str(data)], stdout=subprocess.DEVNULL, stderr=terminal) as bar:
+            os.close(terminal)
+            drawn = b""
+            while chunk := read_or_none(main):
+                drawn += chunk
+            assert bar.wait(60) == 2
+        os.close(main)
+        assert b"[" in drawn and b"41/41 acknowledged" in drawn, drawn
         _, info, _ = srv.request("GET", "/v1/adapters/harbour")
         assert info["trainer"]["events_applied"] == 40
         assert srv.stop() == 0, "".join(srv.log)
     missing = run_cli("events", "push", "--server", "127.0.0.1:1", "--domain", "d", data)
     assert missing.returncode != 0 and "127.0.0.1:1" in missing.stderr
+    # A folder or a FIFO is refused before anything is sent (a FIFO would wait for a writer forever).
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo):
+        r = run_cli("events", "push", "--server", "127.0.0.1:1", "--domain", "d", path, timeout=30)
+        assert r.returncode == 2 and "is not a regular file" in r.stderr, r.stderr

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import run_probe
-from tiny_models import TINY_CONFIGS, VOCAB, build_tiny_model, prompt_of
+from conftest import probe_logits, run_probe
+from tiny_models import TINY_CONFIGS, VOCAB, build_tiny_model, hf_greedy, hf_logits, prompt_of
 
 TOL = 1e-4
 NEW_TOKENS = 32
@@ -19,26 +19,6 @@ def tiny(request, tmp_path_factory):
     model = build_tiny_model(request.param, folder)
     return request.param, folder, model
 
-
-
-@torch.no_grad()
-def hf_logits(model, ids):
-    return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-@torch.no_grad()
-def hf_greedy(model, ids, n):
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
-def probe_logits(folder, prompts, tmp_path, continuations=None, chunk=1 << 20):
-    out = tmp_path / "logits.safetensors"
-    run_probe({"mode": "logits", "model": str(folder), "prompts": prompts,
-               "continuations": continuations or [[] for _ in prompts], "chunk": chunk, "out": str(out)}, tmp_path)
-    tensors = load_file(str(out))
-    return [tensors[f"logits.{i}"] for i in range(len(prompts))]
 
 
 def test_prompt_logits_match_transformers(tiny, tmp_path):

@@ -235,7 +235,7 @@ def test_learning_methods_and_the_adapter_registry(hs, served, tmp_path):
         made = client.adapters.create("tides", seed=7)
         assert (made.name, made.version, made.rank, len(made.targets)) == ("tides", 1, 16, 7)
         assert "tides" in [a.name for a in client.adapters.list()]
-        with pytest.raises(hs.InvalidArgument):
+        with pytest.raises(hs.AlreadyExists):
             client.adapters.create("tides")  # the name is taken
 
         published = []

@@ -205,7 +205,7 @@ def test_create_refuses_a_folder_that_is_not_an_adapter_and_leaves_it_untouched(
     (adir / "notes").mkdir(parents=True)
     (adir / "notes" / "mine.txt").write_text("a user's file")
     r = run_cli("adapters", "create", "notes", "--model", tiny, "--adapter-dir", adir)
-    assert r.returncode == 2 and "holds no adapter manifest" in r.stderr and "nothing in it was changed" in r.stderr
+    assert r.returncode == 9 and "holds no adapter manifest" in r.stderr and "nothing in it was changed" in r.stderr
     assert (adir / "notes" / "mine.txt").read_text() == "a user's file"
     assert sorted(p.name for p in (adir / "notes").iterdir()) == ["mine.txt"]
 

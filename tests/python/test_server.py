@@ -243,6 +243,11 @@ def test_bad_input_gets_a_clear_json_error_counted_by_reason_and_the_server_stay
     got, body, _ = srv.request("POST", "/v1/completions", {"prompt": "word " * 2100, "max_tokens": 10})
     assert got == 400 and "maximum context length is 2048" in body["error"]["message"], body
     assert body["error"]["code"] == "context_length_exceeded"
+    # A taken adapter name: 409, counted under its own reason.
+    assert srv.request("POST", "/v1/adapters", {"name": "taken"})[0] == 201
+    got, body, _ = srv.request("POST", "/v1/adapters", {"name": "taken"})
+    assert got == 409 and "'taken' already exists" in body["error"]["message"], body
+    assert srv.metric("hyprstream_rejected_requests_total", reason="already_exists") == 1
     # A body over the limit: 413 from its Content-Length, before any of it is read.
     host, port = srv.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as s:

@@ -21,6 +21,9 @@ CODE = ["def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; ++i) {\n\tsum 
         "SELECT * FROM t WHERE id=42;", "const x = () => { return `tmpl ${y}`; };", "if a!=b and c>=d: pass",
         "    # comment\n        nested()\n", "x = [1,2,3]\ny = {'k': 'v'}"]
 DECOMPOSED = ["e\u0301", "a\u0308", "n\u0303", "A\u030a", "\u1100\u1161\u11a8"]  # NFC composes these
+# NUL and other control characters, which must not end the text (C strings would) nor be dropped.
+CONTROLS = ["\x00", "a\x00b", "\x00\x00e\u0301", "\x01", "\x07", "\x08", "\x1b[0m", "\x1f", "\x7f", "\x80",
+            "\x9f", "\u200e", "\ufeff"]
 
 
 def number(rng):
@@ -57,7 +60,9 @@ def corpus(specials, n=2200, seed=1234):
                 parts.append(rng.choice(DECOMPOSED))
             elif r < 0.86:
                 parts.append(random_codepoints(rng, rng.randint(1, 6)))
-            elif r < 0.93 and kind >= 5:
+            elif r < 0.89:
+                parts.append(rng.choice(CONTROLS))
+            elif r < 0.95 and kind >= 5:
                 parts.append(rng.choice(specials))
             else:
                 parts.append(rng.choice(CODE))
@@ -114,7 +119,9 @@ def test_smollm2_vocabulary_matches_hf(default_model_path, hf_gguf_tokenizer, tm
 def test_qwen3_vocabulary_matches_hf(qwen_tok_dir, tmp_path):
     hf = Tokenizer.from_file(str(qwen_tok_dir / "tokenizer.json"))
     specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>"]
-    n = check_against(lambda t: hf.encode(t, add_special_tokens=False).ids, qwen_tok_dir, corpus(specials, seed=99),
+    texts = corpus(specials, seed=99)
+    assert sum("\x00" in t.rstrip("\x00") for t in texts) > 20  # NFC must keep what follows a NUL
+    n = check_against(lambda t: hf.encode(t, add_special_tokens=False).ids, qwen_tok_dir, texts,
                       tmp_path, hf.get_vocab(), normalize=lambda t: unicodedata.normalize("NFC", t))
     print(f"Qwen3 vocabulary: {n} strings identical to HF")
 

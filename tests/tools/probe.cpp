@@ -26,6 +26,7 @@
 namespace {
 
 using nlohmann::json;
+using ojson = nlohmann::ordered_json;  // keeps the key order of chat messages and tools
 using NamedTensors = std::vector<std::pair<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>>;
 
 std::vector<float> to_vector(const at::Tensor& t) {
@@ -117,32 +118,76 @@ void run_generate(const json& req) {
   std::cout << json{{"results", out}}.dump() << "\n";
 }
 
+// Encodes "texts" (or takes the id lists of "ids") and decodes them whole and streamed. With "continuation",
+// text i is encoded as following earlier text whose last token is "previous"[i] (default: an ordinary token)
+// and streamed as following a prompt; "skip_special" skips control tokens when decoding.
 void run_tokenize(const json& req) {
   auto tok = hs::load_tokenizer(req.at("model"));
   if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
-  json ids = json::array(), decoded = json::array();
-  for (const auto& t : req.at("texts")) {
-    auto v = hs::encode(*tok, t.get<std::string>(), req.value("add_special_tokens", false));
+  const bool continuation = req.value("continuation", false), skip_special = req.value("skip_special", false);
+  std::vector<std::vector<int32_t>> seqs = req.value("ids", std::vector<std::vector<int32_t>>{});
+  const auto texts = req.value("texts", std::vector<std::string>{});
+  const auto previous = req.value("previous", std::vector<int32_t>(texts.size(), -1));
+  for (size_t i = 0; i < texts.size(); ++i)
+    seqs.push_back(continuation ? hs::encode_continuation(*tok, texts[i], previous.at(i))
+                                : hs::encode(*tok, texts[i], req.value("add_special_tokens", false)));
+  json ids = json::array(), decoded = json::array(), streamed = json::array();
+  for (const auto& v : seqs) {
     ids.push_back(v);
-    decoded.push_back(hs::decode(*tok, v));
+    decoded.push_back(hs::decode(*tok, v, skip_special));
+    hs::StreamingDetokenizer detok(*tok, skip_special, continuation);
+    std::string text;
+    for (int32_t id : v) text += detok.push(id);
+    streamed.push_back(text + detok.flush());
   }
-  std::cout << json{{"ids", ids}, {"decoded", decoded}}.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+  std::cout << json{{"ids", ids}, {"decoded", decoded}, {"streamed", streamed}}.dump(
+                   -1, ' ', false, json::error_handler_t::replace)
+            << "\n";
 }
 
-void run_chat(const json& req) {
-  auto tok = hs::load_tokenizer(req.at("model"));
-  if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
-  hs::ChatTemplate tmpl = hs::detect_chat_template(req.contains("template") ? req["template"].get<std::string>()
-                                                                           : tok->chat_template);
-  json out = json::array();
+// Renders each of "conversations" with "template" (or the model's own) as transformers' apply_chat_template
+// does: "add_generation_prompt", "enable_thinking" and "kwargs" (tools...) as its arguments, "bos_token" and
+// "eos_token" as the special tokens; with "history", as the start of a longer conversation. Each conversation
+// gives its rendering, or null and the error that refused it.
+void run_chat(const ojson& req) {
+  hs::ChatTemplate tmpl;
+  std::string refused;
+  try {
+    if (req.contains("template")) {
+      tmpl = hs::compile_chat_template(req["template"].get<std::string>(), req.value("bos_token", std::string()),
+                                       req.value("eos_token", std::string()));
+    } else {
+      auto tok = hs::load_tokenizer(req.at("model").get<std::string>());
+      if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
+      tmpl = hs::chat_template_of(*tok);
+    }
+  } catch (const hs::Error& e) {
+    refused = e.what();
+  }
+  ojson kwargs = req.value("kwargs", ojson::object());
+  if (req.contains("enable_thinking")) kwargs["enable_thinking"] = req["enable_thinking"];
+  ojson rendered = ojson::array(), errors = ojson::array();
   for (const auto& conv : req.at("conversations")) {
     std::vector<hs::ChatMessage> msgs;
-    for (const auto& m : conv) msgs.push_back({m.at("role"), m.at("content")});
-    out.push_back(req.value("history", false)
-                      ? hs::render_chat_history(tmpl, msgs)
-                      : hs::render_chat(tmpl, msgs, req.value("add_generation_prompt", true), req.value("enable_thinking", true)));
+    for (const auto& m : conv) {
+      const bool text = m.contains("content") && m["content"].is_string();
+      hs::ChatMessage msg{m.at("role").get<std::string>(), text ? m["content"].get<std::string>() : "", m};
+      msg.extras.erase("role");
+      if (text) msg.extras.erase("content");
+      if (!m.contains("content")) msg.extras["content"] = nullptr;  // absent, not empty, as the template sees it
+      msgs.push_back(std::move(msg));
+    }
+    try {
+      if (!refused.empty()) throw hs::Error(hs::ErrorKind::Unsupported, refused);
+      rendered.push_back(req.value("history", false) ? hs::render_chat_history(tmpl, msgs)
+                                                     : hs::render_chat(tmpl, msgs, req.value("add_generation_prompt", true), kwargs));
+      errors.push_back(nullptr);
+    } catch (const hs::Error& e) {
+      rendered.push_back(nullptr);
+      errors.push_back(e.what());
+    }
   }
-  std::cout << json{{"rendered", out}}.dump() << "\n";
+  std::cout << ojson{{"rendered", rendered}, {"errors", errors}}.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
 }
 
 // Each of "events" (JSON texts) parsed as the trainer parses learning events: its tokens and which are loss
@@ -151,7 +196,7 @@ void run_event_targets(const json& req) {
   auto tok = hs::load_tokenizer(req.at("model"));
   if (!tok) throw hs::Error(hs::ErrorKind::NotFound, "the model has no tokenizer");
   std::unique_ptr<hs::ChatTemplate> chat;
-  if (!tok->chat_template.empty()) chat = std::make_unique<hs::ChatTemplate>(hs::detect_chat_template(tok->chat_template));
+  if (!tok->chat_template.empty()) chat = std::make_unique<hs::ChatTemplate>(hs::chat_template_of(*tok));
   hs::EventContext ctx;
   ctx.domain = "probe";
   ctx.tokenizer = tok.get();
@@ -340,7 +385,7 @@ int main(int argc, char** argv) {
     if (mode == "logits") run_logits(req);
     else if (mode == "generate") run_generate(req);
     else if (mode == "tokenize") run_tokenize(req);
-    else if (mode == "chat") run_chat(req);
+    else if (mode == "chat") run_chat(ojson::parse(hs::read_text_file(argv[1])));  // keeps key order
     else if (mode == "event_targets") run_event_targets(req);
     else if (mode == "dequantize") run_dequantize(req);
     else if (mode == "adapter_create") run_adapter_create(req);

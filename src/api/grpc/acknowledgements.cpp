@@ -35,24 +35,11 @@ void Acknowledgements::heard(const DomainEvent& e) {
   done_.notify_all();
 }
 
-void Acknowledgements::check_with(std::function<bool(const std::string& id)> still_waiting) {
-  std::lock_guard<std::mutex> lock(mu_);
-  still_waiting_ = std::move(still_waiting);
-}
-
 bool Acknowledgements::wait(grpc::ServerContext& call) {
   std::unique_lock<std::mutex> lock(mu_);
   while (!pending_.empty() && !failure_) {
     if (call.IsCancelled()) return false;
-    if (done_.wait_for(lock, std::chrono::milliseconds(50)) == std::cv_status::timeout && still_waiting_) {
-      const std::set<std::string> pending = pending_;
-      lock.unlock();
-      std::set<std::string> settled;
-      for (const std::string& id : pending)
-        if (!still_waiting_(id)) settled.insert(id);
-      lock.lock();
-      for (const std::string& id : settled) pending_.erase(id);
-    }
+    done_.wait_for(lock, std::chrono::milliseconds(50));  // wakes to notice a cancelled call
   }
   if (failure_ && !pending_.empty()) throw *failure_;
   return true;

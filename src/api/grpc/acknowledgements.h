@@ -32,9 +32,6 @@ class Acknowledgements {
 
   // An event of this call was accepted (or is a duplicate not yet settled): wait() waits for it.
   void expect(const std::string& id);
-  // What the trainer says of an id while wait() waits (DomainTrainer::waiting): an id it no longer holds is
-  // settled even if its notification was missed, so a wait never outlives its events.
-  void check_with(std::function<bool(const std::string& id)> still_waiting);
   // Until every expected event was heard of; false when the call was cancelled first. Throws the trainer's
   // failure when it stopped with events still waiting.
   bool wait(grpc::ServerContext& call);
@@ -50,7 +47,6 @@ class Acknowledgements {
   std::string domain_;
   bool applied_;
   std::function<void(const DomainEvent&)> also_;
-  std::function<bool(const std::string&)> still_waiting_;
   uint64_t listener_ = 0;
   mutable std::mutex mu_;
   std::condition_variable done_;

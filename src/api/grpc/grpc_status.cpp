@@ -21,6 +21,7 @@ const char* kind_token(ErrorKind kind) {
     case ErrorKind::ContextOverflow: return "context_overflow";
     case ErrorKind::Io: return "io";
     case ErrorKind::Busy: return "busy";
+    case ErrorKind::AlreadyExists: return "already_exists";
     case ErrorKind::Internal: return "internal";
   }
   return "internal";
@@ -35,6 +36,7 @@ grpc::StatusCode grpc_code(ErrorKind kind, bool draining) {
     case ErrorKind::Unsupported: return grpc::StatusCode::UNIMPLEMENTED;
     case ErrorKind::ContextOverflow: return grpc::StatusCode::OUT_OF_RANGE;
     case ErrorKind::Busy: return draining ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case ErrorKind::AlreadyExists: return grpc::StatusCode::ALREADY_EXISTS;
     case ErrorKind::CorruptFile: return grpc::StatusCode::DATA_LOSS;
     case ErrorKind::Io:
     case ErrorKind::Internal: return grpc::StatusCode::INTERNAL;

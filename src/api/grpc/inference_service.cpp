@@ -75,7 +75,9 @@ std::vector<int32_t> read_prompt(const pb::GenerateRequest& in, const Tokenizer&
       for (const pb::ChatMessage& m : in.chat().messages()) messages.push_back({m.role(), m.content()});
       if (messages.empty()) throw Error(ErrorKind::InvalidArgument, "'chat' needs at least one message");
       const bool thinking = !in.chat().has_enable_thinking() || in.chat().enable_thinking();
-      return encode(tok, render_chat(detect_chat_template(tok.chat_template), messages, true, thinking), false);
+      const nlohmann::ordered_json kwargs =
+          thinking ? nlohmann::ordered_json::object() : nlohmann::ordered_json{{"enable_thinking", false}};
+      return encode(tok, render_chat(chat_template_of(tok), messages, true, kwargs), false);
     }
     case pb::GenerateRequest::PROMPT_NOT_SET: break;
   }

@@ -94,7 +94,6 @@ class LearningService final : public pb::Learning::Service {
       const bool applied = in->wait() != pb::WAIT_DURABLE;
       Acknowledgements acks(ctx_.service, in->domain(), applied);
       auto trainer = ctx_.service.trainer(in->domain());
-      acks.check_with([trainer](const std::string& id) { return trainer->waiting(id, false); });
       const std::string prefix = "grpc-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
       size_t rejected = 0;
       for (int i = 0; i < in->examples_size(); ++i) {
@@ -135,7 +134,6 @@ class LearningService final : public pb::Learning::Service {
             domain = u.domain();
             acks = std::make_unique<Acknowledgements>(ctx_.service, domain, false);
             trainer = ctx_.service.trainer(domain);
-            acks->check_with([trainer](const std::string& id) { return trainer->waiting(id, false); });
           } else if (u.domain() != domain) {
             throw Error(ErrorKind::InvalidArgument, "a stream updates one domain: '" + u.domain() + "' after '" + domain + "'");
           }

@@ -17,6 +17,7 @@ int http_status(ErrorKind kind) {
     case ErrorKind::Unsupported: return 400;
     case ErrorKind::ContextOverflow: return 400;
     case ErrorKind::Busy: return 429;
+    case ErrorKind::AlreadyExists: return 409;
     case ErrorKind::CorruptFile:
     case ErrorKind::Io:
     case ErrorKind::Internal: return 500;
@@ -40,6 +41,7 @@ std::string reason_of(const Error& e) {
     case ErrorKind::Unsupported: return "unsupported";
     case ErrorKind::ContextOverflow: return "context_overflow";
     case ErrorKind::Busy: return "busy";
+    case ErrorKind::AlreadyExists: return "already_exists";
     case ErrorKind::CorruptFile: return "corrupt_file";
     case ErrorKind::Io: return "io";
     case ErrorKind::Internal: return "internal";

@@ -150,29 +150,36 @@ void resolve_model(ApiContext& ctx, const json& body, GenerationParams& g) {
   g.adapter = model;
 }
 
-std::vector<ChatMessage> read_messages(const json& body) {
+// `body` is the request parsed keeping its key order, which the template's tojson of tools and arguments shows.
+std::vector<ChatMessage> read_messages(const nlohmann::ordered_json& body) {
+  using ojson = nlohmann::ordered_json;
   auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty())
     throw Error(ErrorKind::InvalidArgument, "'messages' must be a non-empty array of {role, content}");
   std::vector<ChatMessage> out;
-  for (const json& m : *it) {
+  for (const ojson& m : *it) {
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
       throw Error(ErrorKind::InvalidArgument, "every message needs a string 'role'");
-    std::string content;
-    const json& c = m.contains("content") ? m["content"] : json();
-    if (c.is_string()) {
-      content = c.get<std::string>();
+    // Fields besides role and content (tool_calls, tool_call_id, name...) reach the template as given.
+    ChatMessage msg{m["role"].get<std::string>(), "", m};
+    msg.extras.erase("role");
+    msg.extras.erase("content");
+    const ojson& c = m.contains("content") ? m["content"] : ojson();
+    if (c.is_null()) {
+      msg.extras["content"] = nullptr;  // a tool call's message may have none; the template then sees none
+    } else if (c.is_string()) {
+      msg.content = c.get<std::string>();
     } else if (c.is_array()) {  // content parts: text only
-      for (const json& part : c) {
-        if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
+      for (const ojson& part : c) {
+        if (!part.is_object() || part.value("type", ojson()) != "text" || !part.contains("text") ||
             !part["text"].is_string())
           throw Error(ErrorKind::Unsupported, "only text content parts are supported");
-        content += part["text"].get<std::string>();
+        msg.content += part["text"].get<std::string>();
       }
     } else {
-      throw Error(ErrorKind::InvalidArgument, "a message's 'content' must be a string or an array of text parts");
+      throw Error(ErrorKind::InvalidArgument, "a message's 'content' must be a string, null or an array of text parts");
     }
-    out.push_back({m["role"].get<std::string>(), content});
+    out.push_back(std::move(msg));
   }
   return out;
 }
@@ -195,11 +202,12 @@ void chat_completions(ApiContext& ctx, http::Request& req, std::shared_ptr<http:
   g.sampling.top_logprobs = static_cast<int32_t>(get_integer(body, "top_logprobs", 0, 20).value_or(0));
   g.sampling.logprobs = true;
   resolve_model(ctx, body, g);
-  bool thinking = true;
-  if (body.contains("chat_template_kwargs") && body["chat_template_kwargs"].is_object())
-    thinking = get_bool(body["chat_template_kwargs"], "enable_thinking").value_or(true);
+  const auto ordered = nlohmann::ordered_json::parse(req.body);  // parse_body has checked it
+  const nlohmann::ordered_json kwargs = ordered.value("chat_template_kwargs", nlohmann::ordered_json::object());
+  if (!kwargs.is_object() && !kwargs.is_null())
+    throw Error(ErrorKind::InvalidArgument, "'chat_template_kwargs' must be an object");
   const Tokenizer& tok = *ctx.service.engine().tokenizer;
-  const std::string prompt = render_chat(detect_chat_template(tok.chat_template), read_messages(body), true, thinking);
+  const std::string prompt = render_chat(chat_template_of(tok), read_messages(ordered), true, kwargs);
   GenerationRequest base;
   base.id = req.id;
   base.prompt = encode(tok, prompt, false);
