@@ -29,6 +29,7 @@ from grpc_tools import protoc
 from safetensors.numpy import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_model import random_model_folder  # noqa: E402
 from serving_bench import ROOT, machine, percentile, resolve_default_model, run_level  # noqa: E402
 
 CLI = ROOT / "build" / "src" / "hyprstream"
@@ -175,10 +176,12 @@ def throughput(served, coords, streams, n, entries, rng):
 
 
 def latency(served, coords, n, entries, rng):
-    """One update at a time: submit -> durable / applied / visible to the next request."""
+    """One update at a time over StreamEvents: submit -> durable / applied, p50 / p99; then as many again, each
+    followed by a Generate with the adapter, the share of them that runs on the version just announced applied.
+    The two are apart because a generation's own work on the same cores would be timed as the update's."""
     domain = "latency"
     agrpc.AdaptersStub(served.channel).Create(apb.CreateAdapterRequest(name=domain, seed=0))
-    updates = make_updates(coords, domain, n, entries, domain, rng)
+    updates = make_updates(coords, domain, 2 * n, entries, domain, rng)
     sent, replies = queue.Queue(), queue.Queue()
 
     def requests():
@@ -190,7 +193,7 @@ def latency(served, coords, n, entries, rng):
     probe = ipb.GenerateRequest(text="Hi", adapter=domain, sampling=ipb.Sampling(temperature=0, max_tokens=1))
     durable, applied, visible = [], [], 0
     version = 1
-    for u in map(lpb.GradientUpdate.FromString, updates):
+    for k, u in enumerate(map(lpb.GradientUpdate.FromString, updates)):
         u.base_version = version
         t0 = time.perf_counter()
         sent.put(lpb.StreamEventsRequest(event=lpb.Event(domain=domain, gradient=u)))
@@ -204,9 +207,11 @@ def latency(served, coords, n, entries, rng):
                 version = r.applied.version
             if r.HasField("ack") and r.ack.status != lpb.EVENT_STATUS_ACCEPTED:
                 raise RuntimeError(f"update refused: {r.ack.error}")
-        durable.append(heard["durable"])
-        applied.append(heard["applied"])
-        visible += infer.Generate(probe).adapter.version >= version  # the very next request
+        if k < n:
+            durable.append(heard["durable"])
+            applied.append(heard["applied"])
+        else:
+            visible += infer.Generate(probe).adapter.version >= version  # the very next request
     sent.put(None)
     ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
     return {"updates": n, "entries": entries,
@@ -216,6 +221,7 @@ def latency(served, coords, n, entries, rng):
 
 
 def grpc_stream(served, prompt, max_tokens):
+    """One StreamGenerate call, timed as serving_bench.stream_completion times an HTTP stream."""
     t0 = time.perf_counter()
     times = []
     request = ipb.GenerateRequest(text=prompt, sampling=ipb.Sampling(temperature=0, max_tokens=max_tokens,
@@ -226,73 +232,56 @@ def grpc_stream(served, prompt, max_tokens):
                 times.append(time.perf_counter())
     except grpc.RpcError as e:
         return {"error": f"{e.code()}"}
+    if not times:
+        return {"error": "no tokens"}
     n = len(times)
     return {"ttft": times[0] - t0, "itl": (times[-1] - times[0]) / (n - 1) if n > 1 else None, "tokens": n,
             "e2e": times[-1] - t0}
 
 
-def grpc_level(served, concurrency, requests, max_tokens):
-    results, lock, next_i = [], threading.Lock(), [0]
-
-    def worker():
-        while True:
-            with lock:
-                i = next_i[0]
-                next_i[0] += 1
-            if i >= requests:
-                return
-            r = grpc_stream(served, f"Request {i}: tell me a story about a river", max_tokens)
-            with lock:
-                results.append(r)
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ok = [r for r in results if "error" not in r]
-    itl = [r["itl"] for r in ok if r["itl"] is not None]
-    tokens = sum(r["tokens"] for r in ok)
-    return {"concurrency": concurrency, "requests": requests, "errors": len(results) - len(ok), "seconds": wall,
-            "output_tokens_per_s": tokens / wall, "itl_p50_s": percentile(itl, 0.5), "itl_p99_s": percentile(itl, 0.99),
-            "ttft_p50_s": percentile([r["ttft"] for r in ok], 0.5)}
-
-
 def streaming_overhead(served, concurrency, max_tokens):
-    body = lambda i: {"prompt": f"Request {i}: tell me a story about a river", "max_tokens": max_tokens,  # noqa: E731
+    prompt = lambda i: f"Request {i}: tell me a story about a river"  # noqa: E731
+    body = lambda i: {"prompt": prompt(i), "max_tokens": max_tokens,  # noqa: E731
                       "temperature": 0, "ignore_eos": True, "stream": True}
     requests = 2 * concurrency
-    return {"grpc_stream_generate": grpc_level(served, concurrency, requests, max_tokens),
+    return {"grpc_stream_generate": run_level(served, concurrency, requests, prompt,
+                                              lambda s, p: grpc_stream(s, p, max_tokens)),
             "http_sse": run_level(served.http_port, concurrency, requests, body)}
 
 
-def config_text(fsync, batch_events):
-    """The server's defaults but for the policy, the batch size, and 16 versions kept (at ~100 versions/s, a
-    gradient may be computed on a version up to 0.16 s old)."""
-    return (f'[learning]\nfsync = "{fsync}"\nbatch_events = {batch_events}\n'
+def config_text(fsync, batch_events, group_commit_us=None):
+    """The server's defaults but for the policy, the batch size (and the group commit wait, when given), and 16
+    versions kept (at ~100 versions/s, a gradient may be computed on a version up to 0.16 s old)."""
+    wait = "" if group_commit_us is None else f"group_commit_us = {group_commit_us}\n"
+    return (f'[learning]\nfsync = "{fsync}"\nbatch_events = {batch_events}\n{wait}'
             f"[adapters]\nkeep_versions = 16\n")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model path (default: the bundled SmolLM2-135M GGUF)")
+    ap.add_argument("--random-config", default=None,
+                    help="random weights of a reference config instead (qwen3-1.7b: ../shared/reference), kept in "
+                         "~/.cache/hyprstream-bench/NAME")
     ap.add_argument("--streams", default="1,4,16")
     ap.add_argument("--fsync", default="always,batch,never")
     ap.add_argument("--submissions", type=int, default=2000)
     ap.add_argument("--entries", type=int, default=1000)
     ap.add_argument("--batch-events", type=int, default=64)
+    ap.add_argument("--group-commit-us", type=int, default=None, help="learning.group_commit_us (default: the server's)")
     ap.add_argument("--latency-updates", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = args.model or resolve_default_model()
+    if args.random_config:
+        model = random_model_folder(args.random_config, Path.home() / ".cache" / "hyprstream-bench" / args.random_config)
     rng = np.random.default_rng(0)
     result = {"machine": machine(), "model": str(model), "args": vars(args), "update_weights": [], "latency": {}}
     for fsync in args.fsync.split(","):
         with tempfile.TemporaryDirectory() as adir:
-            served = Served(model, adir, config_text(fsync, args.batch_events))
+            served = Served(model, adir, config_text(fsync, args.batch_events, args.group_commit_us))
             try:
                 agrpc.AdaptersStub(served.channel).Create(apb.CreateAdapterRequest(name="shape", seed=0))  # every adapter here: seed 0, one pattern
                 layers = 64

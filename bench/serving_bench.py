@@ -106,7 +106,9 @@ def stream_completion(port, body, timeout=1800):
     return {"ttft": times[0] - t0, "itl": itl, "tokens": n, "e2e": times[-1] - t0}
 
 
-def run_level(port, concurrency, requests, make_body):
+def run_level(target, concurrency, requests, make_body, send=stream_completion):
+    """`requests` requests from `concurrency` workers: `send(target, make_body(i))` makes request i and returns
+    its timings as stream_completion does (or {"error"}); the summary of the level."""
     results, lock, next_i = [], threading.Lock(), [0]
 
     def worker():
@@ -116,7 +118,7 @@ def run_level(port, concurrency, requests, make_body):
                 next_i[0] += 1
             if i >= requests:
                 return
-            r = stream_completion(port, make_body(i))
+            r = send(target, make_body(i))
             with lock:
                 results.append(r)
 

@@ -13,12 +13,13 @@ constexpr const char* kNames[kNumLoraModules] = {"q_proj",    "k_proj",  "v_proj
 
 const char* lora_module_name(LoraModule m) { return kNames[static_cast<int>(m)]; }
 
-LoraModule parse_lora_module(const std::string& name) {
+LoraModule parse_lora_module(std::string_view name) {
+  // Without allocating: a gradient submission names a module for each of its hundreds of parts.
   for (LoraModule m : kAllLoraModules) {
-    const std::string full = kNames[static_cast<int>(m)];
+    const std::string_view full = kNames[static_cast<int>(m)];
     if (name == full || name == full.substr(0, full.size() - 5)) return m;
   }
-  throw Error(ErrorKind::InvalidArgument, "unknown LoRA target module '" + name +
+  throw Error(ErrorKind::InvalidArgument, "unknown LoRA target module '" + std::string(name) +
                                               "'; expected one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
                                               "down_proj (or q, k, v, o, gate, up, down)");
 }

@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/config.h"
@@ -19,7 +20,7 @@ constexpr std::array<LoraModule, kNumLoraModules> kAllLoraModules = {
 const char* lora_module_name(LoraModule m);
 
 // Accepts "q" or "q_proj" (and so on); throws InvalidArgument naming the accepted values.
-LoraModule parse_lora_module(const std::string& name);
+LoraModule parse_lora_module(std::string_view name);
 
 struct AdapterConfig {
   int64_t rank = 16;

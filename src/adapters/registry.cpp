@@ -108,6 +108,8 @@ AdapterManifest AdapterRegistry::load_manifest(const std::string& name) {
       manifests_.erase(name);
       throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
     }
+    // A version published in memory is newer than the file until write_published() replaces it.
+    if (auto u = unwritten_.find(name); u != unwritten_.end()) return u->second.manifest;
     // Re-read when another process has replaced the manifest (publish, rollback) since it was cached.
     if (auto it = manifests_.find(name); it != manifests_.end() && manifest_stamps_[name] == stamp) return it->second;
   }
@@ -128,6 +130,7 @@ AdapterManifest AdapterRegistry::load_manifest(const std::string& name) {
   }
   if (!m.find(m.current)) bad("names a current version it does not list");
   std::lock_guard<std::mutex> lock(mu_);
+  if (auto u = unwritten_.find(name); u != unwritten_.end()) return u->second.manifest;  // published meanwhile
   manifests_[name] = m;
   manifest_stamps_[name] = stamp;
   return m;
@@ -157,40 +160,55 @@ void AdapterRegistry::check_base(const AdapterManifest& m) const {
                                                 " (" + model_->source + ")");
 }
 
-AdapterVersionInfo AdapterRegistry::write_version_locked(AdapterManifest& m, const AdapterImage& image,
-                                                         uint64_t parent, uint64_t events,
-                                                         const AdapterScope* scope, Sync sync) {
-  AdapterVersionInfo v;
+// The next version of `m` (it becomes current, and versions beyond `keep` leave the list), decided in memory:
+// write_version_files() writes what it names.
+AdapterRegistry::PendingVersion AdapterRegistry::next_version(AdapterManifest& m,
+                                                              std::shared_ptr<const AdapterImage> image,
+                                                              uint64_t parent, uint64_t events,
+                                                              std::shared_ptr<const AdapterScope> scope) const {
+  PendingVersion c;
+  AdapterVersionInfo& v = c.version;
   v.version = m.latest() + 1;
   v.parent = parent;
   v.file = version_file(v.version);
   v.created = utc_now_iso8601();
   v.events = events;
-  v.active_values = static_cast<uint64_t>(image.layout().num_values());
-  const std::string path = dir(m.name) + "/" + v.file;
-  image.write(path, parse_adapter_codec(m.codec), sync);
-  v.bytes = fs::file_size(path);
-  v.crc32 = image.crc32();
-  if (scope && !scope->empty()) {
-    // Before the manifest names the version: a reader never finds a version without its scope.
+  v.active_values = static_cast<uint64_t>(image->layout().num_values());
+  v.bytes = image->image_bytes();  // the file's size once written (smaller with a codec)
+  v.crc32 = image->crc32();
+  if (scope && scope->empty()) scope.reset();
+  if (scope) {
     v.scope_file = scope_file(v.version);
     v.scope_examples = scope->examples.size();
-    write_file_atomically(dir(m.name) + "/" + v.scope_file, scope_to_bytes(*scope), sync);
   }
   m.versions.push_back(v);
   m.current = v.version;
   // Keep the newest `keep` versions, and the current one whatever its age.
-  std::vector<std::string> doomed;
   while (m.versions.size() > m.keep) {
     auto victim = m.versions.begin();
     if (victim->version == m.current) ++victim;
-    doomed.push_back(victim->file);
-    if (!victim->scope_file.empty()) doomed.push_back(victim->scope_file);
+    c.pruned.push_back(*victim);
     m.versions.erase(victim);
   }
-  save_manifest_locked(m, sync);
-  for (const auto& f : doomed) fs::remove(dir(m.name) + "/" + f);
-  return v;
+  c.manifest = m;
+  c.image = std::move(image);
+  c.scope = std::move(scope);
+  return c;
+}
+
+void AdapterRegistry::write_version_files(PendingVersion& c, Sync sync) {
+  AdapterVersionInfo& v = c.version;
+  const std::string d = dir(c.manifest.name);
+  c.image->write(d + "/" + v.file, parse_adapter_codec(c.manifest.codec), sync);
+  v.bytes = fs::file_size(d + "/" + v.file);
+  c.manifest.versions.back().bytes = v.bytes;  // the newest: versions ascend
+  // Before the manifest names the version: a reader never finds a version without its scope.
+  if (c.scope) write_file_atomically(d + "/" + v.scope_file, scope_to_bytes(*c.scope), sync);
+  save_manifest_locked(c.manifest, sync);
+  for (const AdapterVersionInfo& old : c.pruned) {
+    fs::remove(d + "/" + old.file);
+    if (!old.scope_file.empty()) fs::remove(d + "/" + old.scope_file);
+  }
 }
 
 AdapterManifest AdapterRegistry::create(const std::string& name, const AdapterConfig& config) {
@@ -233,7 +251,9 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
   m.dense_values = static_cast<uint64_t>(layout.dense_values());
   m.keep = options_.keep_versions;
   try {
-    write_version_locked(m, *image, 0, 0);
+    PendingVersion change = next_version(m, std::move(image), 0, 0, nullptr);
+    write_version_files(change, Sync::Durable);
+    m = change.manifest;
   } catch (const Error&) {
     // The folder is this call's own (made just now, under the folder lock): remove it, so that a failed create
     // (a full disk) does not leave a folder without a manifest that blocks the name. The first error is the one
@@ -251,6 +271,16 @@ AdapterManifest AdapterRegistry::create_locked(const std::string& name, const Ad
 AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::vector<float>& values,
                                             std::optional<uint64_t> events, const TileLayout* layout,
                                             std::shared_ptr<const AdapterScope> scope, Sync sync) {
+  PendingVersion p = publish_in_memory(name, values, events, layout, std::move(scope));
+  write_published(p, sync);
+  return p.version;
+}
+
+AdapterRegistry::PendingVersion AdapterRegistry::publish_in_memory(const std::string& name,
+                                                                   const std::vector<float>& values,
+                                                                   std::optional<uint64_t> events,
+                                                                   const TileLayout* layout,
+                                                                   std::shared_ptr<const AdapterScope> scope) {
   for (float x : values)
     if (!std::isfinite(x))
       throw Error(ErrorKind::InvalidArgument, "adapter '" + name + "': refusing to publish non-finite values");
@@ -274,21 +304,40 @@ AdapterVersionInfo AdapterRegistry::publish(const std::string& name, const std::
     image = current->image->clone();
     image->set_values(values.data());
   }
-  std::vector<AdapterVersionInfo> before = m.versions;
-  if (scope && scope->empty()) scope.reset();
-  AdapterVersionInfo v =
-      write_version_locked(m, *image, m.current, events.value_or(parent_events), scope.get(), sync);
-  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, v, m.config, image, scope});
+  PendingVersion c = next_version(m, std::move(image), m.current, events.value_or(parent_events), std::move(scope));
+  auto snap = std::make_shared<AdapterSnapshot>(AdapterSnapshot{name, c.version, m.config, c.image, c.scope});
   std::lock_guard<std::mutex> lock(mu_);
+  // Current from now on for this process, and kept in memory until its files are written: an LRU eviction
+  // meanwhile must not send a request to a file that does not exist yet.
+  unwritten_[name] = {c.manifest, snap};
   // Versions pruned from the folder leave the caches too: a domain that keeps learning would otherwise fill
   // them with versions no request can name any more (requests holding one keep it alive).
-  for (const AdapterVersionInfo& old : before)
-    if (std::none_of(m.versions.begin(), m.versions.end(), [&](const auto& k) { return k.version == old.version; })) {
-      resident_.erase(key(name, old), [&](const auto& gone) { resident_bytes_ -= snapshot_bytes(*gone); });
-      hot_.erase(key(name, old), [](const auto&) {});
-    }
+  for (const AdapterVersionInfo& old : c.pruned) {
+    resident_.erase(key(name, old), [&](const auto& gone) { resident_bytes_ -= snapshot_bytes(*gone); });
+    hot_.erase(key(name, old), [](const auto&) {});
+  }
   remember_locked(snap);
-  return v;
+  return c;
+}
+
+void AdapterRegistry::write_published(PendingVersion& pending, Sync sync) {
+  const std::string& name = pending.manifest.name;
+  std::lock_guard<std::mutex> wlock(write_mu_);
+  try {
+    FileLock folder = lock_folder(options_.root);
+    write_version_files(pending, sync);
+  } catch (...) {
+    // No file holds the version: this process forgets it too rather than serve (or number again) what a restart
+    // would not find. The caller (a trainer) stops, and its log publishes the batch again at its next start.
+    std::lock_guard<std::mutex> lock(mu_);
+    unwritten_.erase(name);
+    manifests_.erase(name);
+    resident_.erase(key(name, pending.version), [&](const auto& gone) { resident_bytes_ -= snapshot_bytes(*gone); });
+    hot_.erase(key(name, pending.version), [](const auto&) {});
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  unwritten_.erase(name);
 }
 
 FileLock AdapterRegistry::lock_domain(const std::string& name, const std::string& purpose) {
@@ -301,9 +350,12 @@ FileLock AdapterRegistry::lock_domain(const std::string& name, const std::string
 AdapterManifest AdapterRegistry::rollback(const std::string& name, uint64_t version) {
   std::lock_guard<std::mutex> wlock(write_mu_);
   FileLock folder = lock_folder(options_.root);
-  AdapterManifest m = reload_manifest(name);
   // A trainer would overwrite the rollback with its next publish, from values the rollback did not change.
+  // Taken before the manifest is read again: a trainer's version published in memory is newer than the file.
+  if (!fs::exists(dir(name) + "/manifest.json"))
+    throw Error(ErrorKind::NotFound, "no adapter named '" + name + "' in " + options_.root);
   FileLock domain = lock_domain(name, "roll it back");
+  AdapterManifest m = reload_manifest(name);
   const AdapterVersionInfo* v = m.find(version);
   if (!v) {
     std::string kept;
@@ -382,6 +434,8 @@ std::shared_ptr<const AdapterSnapshot> AdapterRegistry::acquire(const std::strin
       ++counters_.resident_hits;
       return *cached;
     }
+    if (auto u = unwritten_.find(name); u != unwritten_.end() && u->second.snapshot->version.version == version)
+      return u->second.snapshot;
   }
   // Read and verified without the lock: other requests keep acquiring cached adapters meanwhile.
   auto image = AdapterImage::open(dir(name) + "/" + v->file);

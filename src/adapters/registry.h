@@ -80,11 +80,30 @@ class AdapterRegistry {
   // when `layout` is given. It becomes current; versions beyond `keep` are deleted. `events` is the number of
   // learning events applied since the adapter was created (unset: the parent's). Values must be finite.
   // `scope`, when given and not empty, is stored with the version (<name>/v00000007.scope): requests outside it
-  // get the base model. A trainer publishes with Sync::Deferred: its log and checkpoint are the durable record,
-  // and a version torn by a power loss fails its checksum and is published again from them (learning/trainer.h).
+  // get the base model. It is publish_in_memory() then write_published(), so the caller must be the only one
+  // publishing to `name` (a trainer holds the domain lock). A trainer publishes with Sync::Deferred: its log and
+  // checkpoint are the durable record, and a version torn by a power loss fails its checksum and is published
+  // again from them (learning/trainer.h).
   AdapterVersionInfo publish(const std::string& name, const std::vector<float>& values,
                              std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr,
                              std::shared_ptr<const AdapterScope> scope = nullptr, Sync sync = Sync::Durable);
+
+  // A new version decided in memory, its files not written yet.
+  struct PendingVersion {
+    AdapterManifest manifest;  // with the new version current
+    AdapterVersionInfo version;
+    std::vector<AdapterVersionInfo> pruned;  // beyond `keep`: their files go once the manifest no longer names them
+    std::shared_ptr<const AdapterImage> image;
+    std::shared_ptr<const AdapterScope> scope;  // null: none
+  };
+  // publish() in two steps, so that a trainer's new version is served before its files are written (they
+  // follow behind): publish_in_memory() makes it current in this process (acquire() returns it), and
+  // write_published() writes its file, scope and the manifest. Nothing else may publish to `name` in between:
+  // the caller holds the domain lock (lock_domain) and calls both in turn.
+  PendingVersion publish_in_memory(const std::string& name, const std::vector<float>& values,
+                                   std::optional<uint64_t> events = std::nullopt, const TileLayout* layout = nullptr,
+                                   std::shared_ptr<const AdapterScope> scope = nullptr);
+  void write_published(PendingVersion& pending, Sync sync);
 
   // Rollback and remove change what a trainer works on, so they take the domain lock and throw Busy while a
   // trainer (in this process or another) holds it. A rollback moves the domain's training state aside
@@ -117,9 +136,11 @@ class AdapterRegistry {
   void check_base(const AdapterManifest& m) const;
   AdapterManifest create_locked(const std::string& name, const AdapterConfig& config, const TileLayout& layout,
                                 const std::vector<float>& values);
-  AdapterVersionInfo write_version_locked(AdapterManifest& m, const AdapterImage& image, uint64_t parent,
-                                          uint64_t events, const AdapterScope* scope = nullptr,
-                                          Sync sync = Sync::Durable);
+  PendingVersion next_version(AdapterManifest& m, std::shared_ptr<const AdapterImage> image, uint64_t parent,
+                             uint64_t events, std::shared_ptr<const AdapterScope> scope) const;
+  // Writes the version's files and the manifest naming it (write_mu_ and the folder lock held), then removes
+  // the pruned versions' files.
+  void write_version_files(PendingVersion& version, Sync sync);
   void remember_locked(const std::shared_ptr<const AdapterSnapshot>& snap);
   void forget_locked(const std::string& name);
 
@@ -131,6 +152,11 @@ class AdapterRegistry {
   std::mutex mu_;        // guards everything below; held for lookups only, never for file I/O or device copies
   std::map<std::string, AdapterManifest> manifests_;
   std::map<std::string, std::string> manifest_stamps_;  // inode and mtime of each cached manifest, to notice other writers
+  struct Unwritten {
+    AdapterManifest manifest;
+    std::shared_ptr<const AdapterSnapshot> snapshot;
+  };
+  std::map<std::string, Unwritten> unwritten_;  // published in memory, files not yet written (publish_in_memory)
   LruCache<std::shared_ptr<const AdapterSnapshot>> resident_;  // key "name@version#crc"
   size_t resident_bytes_ = 0;
   LruCache<std::shared_ptr<const LoraWeights>> hot_;

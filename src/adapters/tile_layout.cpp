@@ -16,7 +16,10 @@ int64_t TileLayout::dense_values() const {
   return n;
 }
 
-int64_t TileLayout::find(int64_t layer, LoraModule m, bool is_b) const {
+int64_t TileLayout::find(int64_t layer, LoraModule m, bool is_b, int64_t near) const {
+  const size_t first = static_cast<size_t>(std::max<int64_t>(near, 0));
+  for (size_t i = first; i < std::min(first + 4, tensors.size()); ++i)
+    if (tensors[i].layer == layer && tensors[i].module == m && tensors[i].is_b == is_b) return static_cast<int64_t>(i);
   // Layouts keep lora_tensors' order, (layer, module, A before B): halving finds a tensor in it (written out,
   // since std::lower_bound needs a range known to be ordered), and a scan in any other order.
   auto key = [](int64_t l, LoraModule mod, bool b) { return std::make_tuple(l, static_cast<int>(mod), b); };

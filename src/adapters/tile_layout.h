@@ -39,7 +39,9 @@ struct TileLayout {
   int64_t num_values() const { return static_cast<int64_t>(tiles.size()) * kTileValues; }
   int64_t dense_values() const;  // entries of the dense A and B matrices
   // Index into `tensors`, or -1 when the adapter does not target that module.
-  int64_t find(int64_t layer, LoraModule m, bool is_b) const;
+  // `near`: where to look first, a few tensors from it on (callers going through tensors in the layout's order
+  // pass the one after their last: a gradient submission's hundreds of parts usually come in that order).
+  int64_t find(int64_t layer, LoraModule m, bool is_b, int64_t near = 0) const;
 };
 
 bool operator==(const TileLayout& a, const TileLayout& b);

@@ -82,8 +82,8 @@ void add_learning_flags(CLI::App* s, TrainFlags& t) {
   s->add_option("--dp-clip", t.dp_clip, "Differential privacy: per-example gradient norm bound")->capture_default_str();
   s->add_option("--dp-delta", t.dp_delta, "Differential privacy: the delta epsilon is reported at")->capture_default_str();
   s->add_option("--fsync", t.fsync, "always: each micro-batch is on disk before it is acknowledged; batch: group "
-                                    "commit, one sync shared by the micro-batches of about 1 ms; never: the OS "
-                                    "decides (survives a killed process, not a power loss)")
+                                    "commit, one sync shared by the micro-batches logged while the last one ran; "
+                                    "never: the OS decides (survives a killed process, not a power loss)")
       ->capture_default_str();
   s->add_option("--checkpoint-every", t.checkpoint_every, "Batches between checkpoints (the log is compacted then)")
       ->capture_default_str();

@@ -1,7 +1,8 @@
 #pragma once
 // JSON from clients, parsed strictly: malformed text, invalid UTF-8, numbers out of range and duplicate keys
 // (which a lenient parser resolves silently, last one winning) are refused with an InvalidArgument naming the
-// problem; `what` names the text in messages ("the event", "the request body"). Torch-free, header-only on
+// problem; `what` names the text in messages ("the event", "the request body"). Json is nlohmann::json or
+// nlohmann::ordered_json (where key order shows, as in a chat template's tojson). Torch-free, header-only on
 // nlohmann/json.
 #include <nlohmann/json.hpp>
 #include <set>
@@ -13,21 +14,24 @@
 
 namespace hs {
 
-inline nlohmann::json parse_strict_json(std::string_view text, const std::string& what) {
-  using json = nlohmann::json;
+template <typename Json = nlohmann::json>
+Json parse_strict_json(std::string_view text, const std::string& what) {
+  using json = Json;
   std::vector<std::set<std::string>> keys;  // per open object
   auto check = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     if (event == json::parse_event_t::object_start) keys.emplace_back();
     if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
-    if (event == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second)
-      throw Error(ErrorKind::InvalidArgument, what + " has the key \"" + parsed.get<std::string>() + "\" twice");
+    if (event == json::parse_event_t::key && !keys.empty() &&
+        !keys.back().insert(parsed.template get<std::string>()).second)
+      throw Error(ErrorKind::InvalidArgument,
+                  what + " has the key \"" + parsed.template get<std::string>() + "\" twice");
     return true;
   };
   try {
     return json::parse(text.begin(), text.end(), check);
-  } catch (const json::out_of_range& e) {
+  } catch (const typename json::out_of_range& e) {
     throw Error(ErrorKind::InvalidArgument, what + ": a number is not finite or out of range: " + e.what());
-  } catch (const json::exception& e) {
+  } catch (const typename json::exception& e) {
     throw Error(ErrorKind::InvalidArgument, "malformed JSON in " + what + ": " + e.what());
   }
 }

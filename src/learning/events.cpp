@@ -164,17 +164,19 @@ class GradientBuilder {
       if (const std::string problem = ctx.base_version_problem(base_version); !problem.empty()) reject(id, problem);
   }
 
+  void reserve(size_t entries) { gradient_.reserve(entries); }
+
   // Starts the part of one LoRA matrix; `where` names it for later messages.
   void part(int64_t layer, std::string_view module_name, std::string_view matrix) {
     if (matrix != "A" && matrix != "B") reject(id_, "\"matrix\" must be \"A\" or \"B\", not '" + std::string(matrix) + "'");
     if (layer < 0 || layer > (1 << 20)) reject(id_, "\"layer\" must be a layer index, not " + std::to_string(layer));
     LoraModule module;
     try {
-      module = parse_lora_module(std::string(module_name));
+      module = parse_lora_module(module_name);
     } catch (const Error& e) {
       reject(id_, e.what());
     }
-    tensor_ = ctx_.layout->find(layer, module, matrix == "B");
+    tensor_ = ctx_.layout->find(layer, module, matrix == "B", tensor_ + 1);
     layer_ = layer;
     module_ = module;
     b_ = matrix == "B";
@@ -309,6 +311,9 @@ LearningEvent gradient_event(std::string id, uint64_t base_version, const std::v
   if (!utf8_is_valid(id)) reject("", "event ids must be UTF-8");
   GradientBuilder g(ctx, id, base_version);
   if (parts.empty()) reject(id, "the gradient has no parts");
+  size_t entries = 0;
+  for (const GradientPart& p : parts) entries += p.size;
+  g.reserve(entries);
   for (const GradientPart& p : parts) {
     g.part(p.layer, p.module, p.matrix);
     for (size_t i = 0; i < p.size; ++i)

@@ -663,7 +663,16 @@ void DomainTrainer::process(std::vector<LearningEvent> batch) {
     report->ids = std::move(ids);
     announce_applied(std::move(*report));
   }
+  write_unwritten();
   if (seq_ - checkpoint_seq_ >= options_.checkpoint_every) checkpoint();
+}
+
+// Served and announced first, written after: the log and checkpoint are the durable record (Sync::Deferred).
+void DomainTrainer::write_unwritten() {
+  if (!unwritten_) return;
+  AdapterRegistry::PendingVersion pending = std::move(*unwritten_);
+  unwritten_.reset();
+  registry_.write_published(pending, Sync::Deferred);
 }
 
 std::vector<float> DomainTrainer::step_gradient(const std::vector<TrainingExample>& examples, size_t own,
@@ -747,7 +756,7 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
   int64_t rehearsed_tokens = 0;
   for (int step = 0; step < options_.steps_per_batch; ++step) {
     bool reached = false;
-    run_compute([&] {
+    auto work = [&] {
       StepFigures f;
       const DistillationTerm distill = distillation_for(state.adam.step);
       const std::vector<TrainingExample> earlier = rehearsed_at(state.rehearsal, rehearse, state.adam.step);
@@ -770,7 +779,13 @@ BatchReport DomainTrainer::compute(const std::vector<LearningEvent>& batch, uint
       r.grad_norm = f.norm;
       adamw_step(options_.adamw, state.adam, state.values, grad);
       for (const TrainingExample& ex : earlier) rehearsed_tokens += target_tokens(ex);
-    });
+    };
+    // Submitted gradients alone need no model: summed here, they do not wait for the engine's next step.
+    if (examples.empty()) {
+      work();
+    } else {
+      run_compute(work);
+    }
     if (reached) break;
     r.steps += 1;
   }
@@ -809,9 +824,11 @@ std::optional<BatchReport> DomainTrainer::apply(const std::vector<LearningEvent>
   state_ = std::move(next);
   end_apply_attempt(dir_);
   if (state_.scope) r.scope_examples = state_.scope->examples.size();
-  if (publish)
-    r.version = registry_.publish(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope,
-                                  Sync::Deferred).version;
+  if (publish) {
+    unwritten_ =
+        registry_.publish_in_memory(domain_, state_.values, state_.totals.events_applied, nullptr, state_.scope);
+    r.version = unwritten_->version.version;
+  }
   r.update_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   r.teacher_ms = teacher_ms;
   record_applied(r);

@@ -49,11 +49,12 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // x [..., in] times a weight kept quantized. The kernels have no derivative: a pass that needs x's gradient
 // multiplies by the dequantized weight instead.
 at::Tensor quantized_linear(const at::Tensor& x, const Linear& lin) {
-  if (lin.q4.defined()) return int4_linear(x, lin);
   const at::Tensor x2 = x.reshape({-1, x.size(-1)});
   const bool grad = tracks_grad(x);
   at::Tensor y;
-  if (lin.rows.defined()) {
+  if (lin.q4.defined()) {
+    y = int4_linear(x2, lin);
+  } else if (lin.rows.defined()) {
     y = grad ? at::linear(x2, ggml_dequantize_rows(lin.rows).to(x.scalar_type())) : ggml_matmul(x2, lin.rows);
   } else {
     // At any row count the int8 kernel keeps pace with, or beats, a float32 product (2 cores, 49152 x 576: 1

@@ -38,8 +38,8 @@ void set_int4(Linear& lin, const Int4Codes& codes);
 // Unsupported where torch packs in a layout this code does not recognize.
 at::Tensor int4_dequantized(const Linear& lin);
 
-// x [..., in] times the weight: through the kernel, or through the dequantized weight when x needs a gradient
-// (the kernel has no derivative).
+// x [rows, in] times the weight, [rows, out] in x's dtype: through the kernel, or through the dequantized weight
+// when x needs a gradient (the kernel has no derivative). quantized_linear (forward.cpp) takes any leading shape.
 at::Tensor int4_linear(const at::Tensor& x, const Linear& lin);
 
 }  // namespace hs

@@ -9,9 +9,19 @@
 
 namespace hs {
 
+const ChatTemplate& Service::chat_template() const {
+  if (chat_template_error_) throw *chat_template_error_;
+  return *chat_template_;
+}
+
 Service::Service(ServiceOptions options, MetricsRegistry* metrics) : options_(std::move(options)) {
   engine_ = load_engine(options_.engine);
   require_tokenizer(engine_);
+  try {
+    chat_template_ = chat_template_of(*engine_.tokenizer);
+  } catch (const Error& e) {
+    chat_template_error_ = e;
+  }
   registry_ = std::make_unique<AdapterRegistry>(options_.adapters, engine_.model);
   scheduler_ = std::make_unique<Scheduler>(engine_, options_.scheduler, metrics);
   validate_trainer_options(options_.learning);

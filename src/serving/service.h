@@ -18,6 +18,7 @@
 #include "learning/trainer.h"
 #include "serving/engine.h"
 #include "serving/scheduler.h"
+#include "tokenizer/chat_template.h"
 
 namespace hs {
 
@@ -53,6 +54,9 @@ class Service {
   AdapterRegistry& registry() { return *registry_; }
   Scheduler& scheduler() { return *scheduler_; }
   const ServiceOptions& options() const { return options_; }
+  // The model's chat template, compiled once; a template that does not compile throws its error to every
+  // caller (raw prompts are still served).
+  const ChatTemplate& chat_template() const;
 
   // The adapter version a request runs with: `version`, or the current one (0). Throws NotFound.
   std::shared_ptr<const LoraWeights> adapter(const std::string& name, uint64_t version = 0);
@@ -84,6 +88,8 @@ class Service {
   Engine engine_;
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::optional<ChatTemplate> chat_template_;
+  std::optional<Error> chat_template_error_;
   MetricFamily *events_applied_ = nullptr, *train_loss_ = nullptr, *train_version_ = nullptr,
                *update_ms_ = nullptr, *queue_depth_ = nullptr, *drift_ = nullptr, *refused_ = nullptr,
                *quarantined_ = nullptr;

@@ -2,16 +2,36 @@
 
 #include <algorithm>
 #include <array>
-#ifdef HYPRSTREAM_HAVE_ZLIB
+#if defined(HYPRSTREAM_HAVE_ISAL)
+#include <immintrin.h>
+#include <isa-l/crc.h>
+#elif defined(HYPRSTREAM_HAVE_ZLIB)
 #include <zlib.h>
 #endif
 
 namespace hs {
 
-// zlib's is several times faster than a byte-at-a-time table, which matters because every published version
-// is checksummed; the table is the fallback when zlib is absent.
+#if defined(HYPRSTREAM_HAVE_ISAL) && defined(__x86_64__)
+namespace {
+// ISA-L's AVX-512 kernels return with the upper halves of the vector registers in use, which slows every SSE
+// instruction after them on this thread (measured: the trainer's AdamW loop 4x); vzeroupper clears them. An
+// intrinsic the compiler knows of, in a function of its own compiled for AVX, called only where AVX exists.
+__attribute__((target("avx"))) void clear_upper_vector_state() { _mm256_zeroupper(); }
+}  // namespace
+#endif
+
+// Every published version and every logged batch is checksummed on the way to its announcement, so speed
+// matters: ISA-L's carry-less multiply folding takes 0.011 ms for a 614 KB adapter image where zlib's takes 0.2
+// (and a byte-at-a-time table several times more). The table is the fallback when neither library is present.
 uint32_t crc32_update(uint32_t crc, const void* data, size_t size) {
-#ifdef HYPRSTREAM_HAVE_ZLIB
+#if defined(HYPRSTREAM_HAVE_ISAL)
+  crc = crc32_gzip_refl(crc, static_cast<const unsigned char*>(data), size);
+#if defined(__x86_64__)
+  static const bool avx = __builtin_cpu_supports("avx");
+  if (avx) clear_upper_vector_state();
+#endif
+  return crc;
+#elif defined(HYPRSTREAM_HAVE_ZLIB)
   const auto* p = static_cast<const Bytef*>(data);
   while (size > 0) {
     const uInt n = static_cast<uInt>(std::min<size_t>(size, 1u << 30));

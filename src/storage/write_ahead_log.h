@@ -3,8 +3,9 @@
 // wal-<first seq>.log inside one folder. When a record is durable depends on the policy:
 //   Always  on disk before append() returns (an fdatasync per append: one per micro-batch);
 //   Batch   group commit: append() returns once the record is written, and the log's own thread syncs
-//           everything written so far at most `group_commit` after the first unsynced record, one fdatasync
-//           for all of them, then reports them durable (a killed process loses nothing written);
+//           everything written so far at most `group_commit` after the first unsynced record (0: at once;
+//           what is written during a sync waits for the next), one fdatasync for all of them, then reports
+//           them durable (a killed process loses nothing written);
 //   Never   the OS decides: survives a killed process, not a power loss.
 // Torch-free.
 //
@@ -39,7 +40,7 @@ class WriteAheadLog {
   // compact(), or from the log's thread (Batch); `on_sync_failure` hears that the log's thread could not sync
   // (appends fail from then on). Neither may call back into the log.
   WriteAheadLog(std::string dir, FsyncPolicy policy,
-                std::chrono::microseconds group_commit = std::chrono::milliseconds(1),
+                std::chrono::microseconds group_commit = std::chrono::microseconds(0),
                 std::function<void(uint64_t seq)> on_durable = {},
                 std::function<void(const std::string& why)> on_sync_failure = {});
   ~WriteAheadLog();

@@ -75,7 +75,9 @@ std::string user_header(const ChatTemplate& tmpl) {
 
 // The rendering of messages and a later user turn, up to that turn's header.
 std::string before_later_user_turn(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages, bool& found) {
-  const std::string text = before_sentinel(tmpl, messages), header = user_header(tmpl);
+  const std::string text = before_sentinel(tmpl, messages);
+  if (tmpl.user_header.empty()) throw Error(tmpl.user_header_error_kind, tmpl.user_header_error);
+  const std::string& header = tmpl.user_header;
   found = text.size() >= header.size() && text.compare(text.size() - header.size(), header.size(), header) == 0;
   return found ? text.substr(0, text.size() - header.size()) : "";
 }
@@ -85,7 +87,14 @@ std::string before_later_user_turn(const ChatTemplate& tmpl, const std::vector<C
 ChatTemplate compile_chat_template(const std::string& jinja, const std::string& bos_token, const std::string& eos_token) {
   if (jinja.empty())
     throw Error(ErrorKind::Unsupported, "the model has no chat template; use `generate` with a raw prompt");
-  return ChatTemplate{std::make_shared<const jinja::Template>(jinja), bos_token, eos_token};
+  ChatTemplate tmpl{std::make_shared<const jinja::Template>(jinja), bos_token, eos_token};
+  try {
+    tmpl.user_header = user_header(tmpl);
+  } catch (const Error& e) {  // the template still renders whole conversations; history and opening report this
+    tmpl.user_header_error_kind = e.kind();
+    tmpl.user_header_error = e.what();
+  }
+  return tmpl;
 }
 
 ChatTemplate chat_template_of(const Tokenizer& tok) {

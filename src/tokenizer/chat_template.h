@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
+
 namespace hs {
 
 namespace jinja {
@@ -28,6 +30,12 @@ struct ChatMessage {
 struct ChatTemplate {
   std::shared_ptr<const jinja::Template> program;
   std::string bos_token, eos_token;  // empty: not passed to the template
+  // The text a later user turn's content follows ("<|im_start|>user\n"), found once by compile_chat_template
+  // since it depends on the template alone. Empty where the template does not render turn by turn: then
+  // user_header_error says why, and history and opening are refused with it.
+  std::string user_header;
+  ErrorKind user_header_error_kind = ErrorKind::Unsupported;
+  std::string user_header_error;
 };
 
 // Parses a template; throws Unsupported for an empty one and an error naming the line of a construct we do

@@ -215,6 +215,17 @@ std::string token_content(const json& v) {
   return "";
 }
 
+// A chat template as its file holds it. Templates are text (GGUF strings are UTF-8 by the spec) and the Jinja
+// interpreter's string operations work by code point, so other bytes would reach prompts as garbage: the file
+// is damaged, and refused naming where the template lies.
+std::string checked_chat_template(std::string text, const std::string& where) {
+  if (!utf8_is_valid(text))
+    throw Error(ErrorKind::CorruptFile, "the chat template in " + where +
+                                            " is not valid UTF-8; the file is damaged, or was written in another "
+                                            "encoding: re-export it");
+  return text;
+}
+
 void read_tokenizer_config(Tokenizer& tok, const fs::path& path) {
   if (!fs::exists(path)) return;
   json c;
@@ -237,7 +248,8 @@ void read_tokenizer_config(Tokenizer& tok, const fs::path& path) {
   if (c.contains("pad_token")) tok.pad_id = tok.find_token(token_content(c["pad_token"]));
   // transformers 5 keeps the template in its own file.
   fs::path jinja = path.parent_path() / "chat_template.jinja";
-  if (tok.chat_template.empty() && fs::exists(jinja)) tok.chat_template = read_text_file(jinja.string());
+  if (tok.chat_template.empty() && fs::exists(jinja))
+    tok.chat_template = checked_chat_template(read_text_file(jinja.string()), "'" + jinja.string() + "'");
 }
 
 // The BPE model: vocabulary, merges (as "a b" strings or as pairs) and options. `id_limit`: the count of
@@ -417,6 +429,11 @@ void read_gguf_special_ids(Tokenizer& tok, const GgufFile& g, GgufSpecialDefault
   if (g.get_bool("tokenizer.ggml.add_eos_token", false) && tok.eos_id >= 0) tok.suffix_ids.push_back(tok.eos_id);
 }
 
+std::string gguf_chat_template(const GgufFile& g) {
+  return checked_chat_template(g.get_string("tokenizer.chat_template", ""),
+                               "'" + g.file->path() + "' (tokenizer.chat_template)");
+}
+
 }  // namespace
 
 std::shared_ptr<Tokenizer> load_tokenizer_gguf(const GgufFile& g) {
@@ -424,7 +441,7 @@ std::shared_ptr<Tokenizer> load_tokenizer_gguf(const GgufFile& g) {
   if (model == "llama") {
     auto tok = load_spm_gguf(g);
     read_gguf_special_ids(*tok, g, {1, 2, true});
-    tok->chat_template = g.get_string("tokenizer.chat_template", "");
+    tok->chat_template = gguf_chat_template(g);
     return tok;
   }
   if (model != "gpt2")
@@ -460,7 +477,7 @@ std::shared_ptr<Tokenizer> load_tokenizer_gguf(const GgufFile& g) {
     throw Error(ErrorKind::Unsupported, "GGUF pre-tokenizer '" + pre + "' is not supported (smollm, qwen2, llama-bpe, gpt2)");
   }
   read_gguf_special_ids(*tok, g, {});
-  tok->chat_template = g.get_string("tokenizer.chat_template", "");
+  tok->chat_template = gguf_chat_template(g);
   return tok;
 }
 

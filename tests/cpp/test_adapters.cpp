@@ -22,6 +22,7 @@
 #include "adapters/scope_index.h"
 #include "adapters/tile_layout.h"
 #include "common/error.h"
+#include "storage/crc32.h"
 #include "common/fs_util.h"
 #include "model/config.h"
 #include "model/load.h"
@@ -44,6 +45,24 @@ std::vector<float> random_values(const TileLayout& layout, uint64_t seed) {
   return v;
 }
 
+
+// Files written with one CRC implementation (ISA-L, zlib or the table, whichever the build found) are read by
+// builds with another: all must agree with CRC-32/IEEE, whole or in pieces.
+TEST(Crc32, MatchesTheIeeeCheckValueWholeAndInPieces) {
+  EXPECT_EQ(hs::crc32_update(0, "123456789", 9), 0xCBF43926u);
+  EXPECT_EQ(hs::crc32_update(hs::crc32_update(0, "12345", 5), "6789", 4), 0xCBF43926u);
+  std::vector<uint8_t> bytes(100'003);
+  std::mt19937 rng(7);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+  uint32_t bitwise = ~0u;  // the definition, a bit at a time
+  for (uint8_t b : bytes) {
+    bitwise ^= b;
+    for (int k = 0; k < 8; ++k) bitwise = (bitwise >> 1) ^ ((bitwise & 1) ? 0xEDB88320u : 0);
+  }
+  bitwise = ~bitwise;
+  EXPECT_EQ(hs::crc32_update(0, bytes.data(), bytes.size()), bitwise);
+  EXPECT_EQ(hs::crc32_update(hs::crc32_update(0, bytes.data(), 777), bytes.data() + 777, bytes.size() - 777), bitwise);
+}
 
 TEST(TileLayout, RandomPatternIsDeterministicBalancedAndSparse) {
   AdapterConfig cfg;

@@ -163,6 +163,18 @@ TEST(ChatTemplate, HistoryAndOpeningComeFromTheTemplate) {
   EXPECT_EQ(render_chat_opening(compile_chat_template(kChatML), conv), "");
 }
 
+TEST(ChatTemplate, ATemplateNotTurnByTurnRendersButRefusesHistory) {
+  // Only the last message shows: no text is put before every user turn. Found once at compile time: history is
+  // refused with the same error every time it is asked for (the loop), and the opening is empty.
+  const ChatTemplate t = compile_chat_template("{{ messages[-1].role }}: {{ messages[-1].content }}");
+  EXPECT_EQ(render_chat(t, {{"user", "q"}}, false), "user: q");
+  const std::vector<ChatMessage> conv = {{"user", "q"}, {"assistant", "a"}};
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(error_of([&] { render_chat_history(t, conv); }),
+              "the chat template does not render a conversation turn by turn");
+  EXPECT_EQ(render_chat_opening(t, conv), "");
+}
+
 TEST(ChatTemplate, MessageExtrasReachTheTemplate) {
   const ChatTemplate t = compile_chat_template(
       "{% for m in messages %}{{ m.role }}:{{ m.content if m.content is defined else '-' }}"

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
-from conftest import create_adapter, run_cli, run_probe
+from conftest import create_adapter, probe_logits, run_cli
 from tiny_models import build_tiny_model, hf_logits, prompt_of
 
 TOL = 1e-4
@@ -22,23 +21,6 @@ MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3_tied_gqa")
     return folder, build_tiny_model("qwen3_tied_gqa", folder)
-
-
-
-def probe_logits(folder, prompts, tmp_path, adapter_dir=None, adapters=None, scales=None, continuations=None,
-                 chunk=1 << 20):
-    out = tmp_path / "logits.safetensors"
-    req = {"mode": "logits", "model": str(folder), "prompts": prompts, "out": str(out), "chunk": chunk}
-    if adapters is not None:
-        req.update(adapter_dir=str(adapter_dir), adapters=adapters)
-    if scales is not None:
-        req["adapter_scales"] = scales
-    if continuations is not None:
-        req["continuations"] = continuations
-    run_probe(req, tmp_path)
-    t = load_file(out)
-    return [t[f"logits.{i}"] for i in range(len(prompts))]
-
 
 
 def cli_ok(*args):
@@ -70,7 +52,7 @@ def test_sparse_adapter_matches_peft_loading_our_export(tiny, tmp_path):
 
     peft_model = PeftModel.from_pretrained(copy.deepcopy(model), peft_dir).eval()
     ids = prompt_of(32, 1)
-    ours = probe_logits(folder, [ids], tmp_path, adir, ["sparse"])[0]
+    ours = probe_logits(folder, [ids], tmp_path, adapter_dir=str(adir), adapters=["sparse"])[0]
     theirs = hf_logits(peft_model, ids)
     base = hf_logits(model, ids)
     assert np.abs(theirs - base).max() > 0.05, "the adapter should change the logits"
@@ -94,7 +76,7 @@ def test_peft_adapter_imported_dense_matches_peft(tiny, tmp_path, rank, alpha, r
     assert out["density"] == 1.0
     assert out["rank"] == (16 if rank == 16 else 8)  # rank padded to a multiple of 8
     ids = prompt_of(24, 2)
-    ours = probe_logits(folder, [ids], tmp_path, adir, ["imported"])[0]
+    ours = probe_logits(folder, [ids], tmp_path, adapter_dir=str(adir), adapters=["imported"])[0]
     theirs = hf_logits(peft_model, ids)
     assert np.abs(theirs - hf_logits(model, ids)).max() > 0.05
     assert np.abs(ours - theirs).max() < TOL
@@ -144,7 +126,8 @@ def mixed_batch(tiny, tmp_path_factory):
         create_adapter(folder, adir, f"a{i}", tmp, seed=10 + i, sparsity=0.9 if i % 2 else 0.99)
     prompts = [prompt_of(5 + 3 * i, 100 + i) for i in range(len(ROWS))]
     conts = [prompt_of(4 + (i % 3), 200 + i) for i in range(len(ROWS))]
-    batched = probe_logits(folder, prompts, tmp, adir, ROWS, SCALES, conts, chunk=8)
+    batched = probe_logits(folder, prompts, tmp, continuations=conts, chunk=8, adapter_dir=str(adir), adapters=ROWS,
+                           adapter_scales=SCALES)
     return adir, prompts, conts, batched
 
 
@@ -152,7 +135,8 @@ def test_mixed_batch_rows_match_running_alone(tiny, mixed_batch, tmp_path):
     folder, _ = tiny
     adir, prompts, conts, batched = mixed_batch
     for i, name in enumerate(ROWS):
-        alone = probe_logits(folder, [prompts[i]], tmp_path, adir, [name], [SCALES[i]], [conts[i]])[0]
+        alone = probe_logits(folder, [prompts[i]], tmp_path, continuations=[conts[i]], adapter_dir=str(adir),
+                             adapters=[name], adapter_scales=[SCALES[i]])[0]
         assert batched[i].shape == alone.shape
         assert np.abs(batched[i] - alone).max() < 1e-5, f"row {i} ({name})"
     base = probe_logits(folder, [prompts[0]], tmp_path, continuations=[conts[0]])[0]

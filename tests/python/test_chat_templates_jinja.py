@@ -323,3 +323,55 @@ def test_history_of_a_bos_template_keeps_the_last_eos(tmp_path):
     assert out["errors"][0] is None, out["errors"][0]
     assert out["rendered"][0] == longer[:-len(turn)]
     assert out["rendered"][0].endswith("a2</s>")
+
+
+def write_gguf_tokenizer(path, template: bytes):
+    """A tokenizer-only GGUF (gpt2-style BPE) whose chat template holds `template` as it is, UTF-8 or not."""
+    from gguf import GGUFWriter
+    w = GGUFWriter(str(path), arch="llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["<s>", "</s>", "h", "i", "hi"])
+    w.add_token_types([3, 3, 1, 1, 1])
+    w.add_token_merges(["h i"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_string("tokenizer.chat_template", template)  # bytes are written unchecked
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gguf_template_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    """GGUF strings are UTF-8 and the interpreter's string operations work by code point: a template with other
+    bytes is a damaged file, refused when the tokenizer loads, never rendered."""
+    good = b"{% for m in messages %}{{ m.content | upper }}{% endfor %}"
+    path = tmp_path / "tok.gguf"
+    write_gguf_tokenizer(path, good)
+    conv = [{"role": "user", "content": "hi"}]
+    out = run_probe({"mode": "chat", "model": str(path), "conversations": [conv]}, tmp_path)
+    assert out == {"rendered": ["HI"], "errors": [None]}
+    for bad in [good.replace(b"upper", b"upper }}\xff{{ 'x'"), b"\xc3{{ messages[0].content[1:] }}\xe2\x82",
+                b"{{ '\xed\xa0\x80' | length }}"]:
+        write_gguf_tokenizer(path, bad)
+        out = run_probe({"mode": "chat", "model": str(path), "conversations": [conv]}, tmp_path)
+        assert out["rendered"] == [None], out
+        assert "tokenizer.chat_template" in out["errors"][0] and "not valid UTF-8" in out["errors"][0], out
+
+
+def test_a_chat_template_jinja_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    """transformers 5 keeps the template in chat_template.jinja, read as it is: the same check applies."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    src = qwen3_tokenizer_dir()
+    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    conv = [{"role": "user", "content": "hi"}]
+    for template, rendered in [(b"{{ messages[0].content }}\xc3\xa9", "hi\u00e9"), (b"{{ messages[0].content }}\xe9", None)]:
+        (folder / "chat_template.jinja").write_bytes(template)
+        out = run_probe({"mode": "chat", "model": str(folder), "conversations": [conv]}, tmp_path)
+        assert out["rendered"] == [rendered], out
+        if rendered is None:
+            assert "chat_template.jinja' is not valid UTF-8" in out["errors"][0], out

@@ -539,3 +539,57 @@ def test_events_push_sends_a_file_resends_what_was_busy_and_reports_each_event_w
     for path in (tmp_path, fifo):
         r = run_cli("events", "push", "--server", "127.0.0.1:1", "--domain", "d", path, timeout=30)
         assert r.returncode == 2 and "is not a regular file" in r.stderr, r.stderr
+
+
+def test_a_subscriber_that_reads_too_slowly_is_ended_with_resource_exhausted_and_the_server_goes_on(
+        served, tmp_path):
+    """Notifications are put in a call's mailbox by the trainer, which never waits for a client: one that stops
+    reading its '*' subscription is ended once 4 MiB wait unread, instead of growing the server's memory."""
+    srv, channel, adir = served
+    adapters, learning = agrpc.AdaptersStub(channel), lgrpc.LearningStub(channel)
+    adapters.Create(apb.CreateAdapterRequest(name="flood", seed=17))
+    inside, _ = pattern_coordinates(adir, "flood", tmp_path)
+    slow_channel = grpc.insecure_channel(srv.grpc_target)  # another client, which stops reading
+    stop = threading.Event()
+
+    def requests():
+        yield lpb.StreamEventsRequest(subscribe=lpb.Subscribe(domain="*"))
+        stop.wait()
+    # Without the bound, the call would end at its deadline, after every notification was read.
+    slow = lgrpc.LearningStub(slow_channel).StreamEvents(requests(), timeout=180)
+    assert next(slow).subscribed == "*"
+    # Each update's 128-byte id comes back in a durable and an applied notification: ~270 bytes unread each,
+    # 20 MiB for 80,000 updates, more than the mailbox and the transport's flow-control windows together hold.
+    sent = 0
+    while sent < 80_000:
+        base = adapters.Get(apb.GetAdapterRequest(name="flood")).version  # within the staleness bound
+        batch = [update(f"flood-{sent + k:07d}".ljust(128, "x"), "flood", [(*inside[k % len(inside)], 1e-6)],
+                        base_version=base) for k in range(2000)]
+        assert learning.UpdateWeights(iter(batch), timeout=120).accepted == len(batch)
+        sent += len(batch)
+    # What the transport held before the server's writes blocked is still delivered; then the status, which a
+    # client only sees after the messages before it.
+    heard = set()
+    with pytest.raises(grpc.RpcError) as e:
+        for reply in slow:
+            heard.update(reply.durable.ids)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.value.code(), e.value.details())
+    assert "reads too slowly" in e.value.details()
+    assert 0 < len(heard) < sent // 2, (len(heard), sent)
+    stop.set()
+    slow_channel.close()
+
+    # The server goes on: a subscriber that reads hears of new learning, and generation answers.
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+    ready, order, done = threading.Event(), [], threading.Event()
+    threading.Thread(target=durable_order, args=(channel, "flood", ready, order, done), daemon=True).start()
+    assert ready.wait(30)
+    base = adapters.Get(apb.GetAdapterRequest(name="flood")).version
+    assert learning.UpdateWeights(iter([update("after", "flood", [(*inside[0], 1e-6)], base)])).accepted == 1
+    deadline = time.time() + 30
+    while not any("after" in ids for _, ids in order) and time.time() < deadline:
+        time.sleep(0.1)
+    done.set()
+    assert any("after" in ids for _, ids in order), order[-3:]
+    assert igrpc.InferenceStub(channel).Generate(greedy(2, text=PROMPT)).usage.completion_tokens == 2

@@ -328,7 +328,13 @@ def test_a_trainer_stopped_by_a_damaged_manifest_exits_with_the_corrupt_file_cod
     proc.stdin.write(json.dumps({"id": "e1", "text": "the quick brown fox"}) + "\n")
     proc.stdin.flush()
     wait_for(proc, "applied")
-    (adir / "dmg" / "manifest.json").write_text("{ damaged")
+    # The version is announced before its files are written: damage the manifest once it names the version.
+    manifest = adir / "dmg" / "manifest.json"
+    deadline = time.monotonic() + 60
+    while json.loads(manifest.read_text())["current"] < 2:
+        assert time.monotonic() < deadline, manifest.read_text()
+        time.sleep(0.01)
+    manifest.write_text("{ damaged")
     proc.stdin.write(json.dumps({"id": "e2", "text": "online learning"}) + "\n")
     out, err = finish(proc)
     assert proc.returncode == 4, (proc.returncode, err)

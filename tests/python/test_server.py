@@ -220,6 +220,12 @@ BAD = [
      "invalid_value"),
     ("invalid UTF-8", "/v1/completions", b'{"prompt": "caf\xe9"}', 400, "\\xe9", "invalid_utf8"),
     ("a duplicate key", "/v1/completions", b'{"prompt": "a", "prompt": "b"}', 400, "twice", "malformed_json"),
+    # The chat route parses its body keeping key order, as strictly.
+    ("a duplicate key in a message", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "a", "content": "b"}]}', 400, "twice", "malformed_json"),
+    ("invalid UTF-8 in a message", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
+     400, "\\xe9", "invalid_utf8"),
+    ("a body that is not an object", "/v1/chat/completions", b'[1]', 400, "must be a JSON object", "malformed_json"),
     ("an unknown field", "/v1/completions", b'{"prompt": "a", "temprature": 0}', 400, "unknown field 'temprature'",
      "unknown_field"),
     ("a token id beyond 32 bits", "/v1/completions", b'{"prompt": [1, 4294967301]}', 400,

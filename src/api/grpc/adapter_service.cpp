@@ -120,7 +120,7 @@ class AdapterService final : public pb::Adapters::Service {
                              grpc::ServerWriter<pb::VersionPublished>* writer) override {
     return guarded(ctx_, *call, [&] {
       const std::string domain = in->domain() == "*" ? "" : in->domain();
-      auto box = std::make_shared<Mailbox<pb::VersionPublished>>();
+      auto box = std::make_shared<Mailbox<pb::VersionPublished>>(*call, kSubscriptionBytes);
       struct Listening {  // unsubscribes however the call ends
         hs::Service& service;
         uint64_t id;

@@ -1,12 +1,10 @@
 // hyprstream.v1.Inference: Generate and StreamGenerate through the scheduler, with the HTTP API's request
 // checks (generation_params.h).
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
 
 #include "api/grpc/grpc_status.h"
+#include "api/grpc/mailbox.h"
 #include "api/grpc/services.h"
 #include "api/server/generation_params.h"
 #include "common/utf8.h"
@@ -63,7 +61,8 @@ GenerationParams read_params(const pb::GenerateRequest& in, const SamplingParams
   return g;
 }
 
-std::vector<int32_t> read_prompt(const pb::GenerateRequest& in, const Tokenizer& tok) {
+std::vector<int32_t> read_prompt(const pb::GenerateRequest& in, const Service& service) {
+  const Tokenizer& tok = require_tokenizer(service.engine());
   switch (in.prompt_case()) {
     case pb::GenerateRequest::kText: return encode(tok, in.text(), true);
     case pb::GenerateRequest::kTokenIds:
@@ -77,7 +76,7 @@ std::vector<int32_t> read_prompt(const pb::GenerateRequest& in, const Tokenizer&
       const bool thinking = !in.chat().has_enable_thinking() || in.chat().enable_thinking();
       const nlohmann::ordered_json kwargs =
           thinking ? nlohmann::ordered_json::object() : nlohmann::ordered_json{{"enable_thinking", false}};
-      return encode(tok, render_chat(chat_template_of(tok), messages, true, kwargs), false);
+      return encode(tok, render_chat(service.chat_template(), messages, true, kwargs), false);
     }
     case pb::GenerateRequest::PROMPT_NOT_SET: break;
   }
@@ -89,7 +88,7 @@ GenerationRequest read_request(ApiContext& ctx, const pb::GenerateRequest& in, g
   const GenerationParams g = read_params(in, engine.defaults);
   GenerationRequest request;
   request.id = in.request_id().empty() ? "grpc-" + call.peer() : in.request_id();
-  request.prompt = read_prompt(in, require_tokenizer(engine));
+  request.prompt = read_prompt(in, ctx.service);
   prepare_request(ctx, g, request, ctx.service.scheduler().max_request_tokens());
   return request;
 }
@@ -124,34 +123,25 @@ void fill_result(const GenerationResult& r, Out& out) {
 
 // One request's events as the engine thread hands them over (it must not block), taken by the handler.
 struct Feed {
-  std::mutex mu;
-  std::condition_variable ready;
-  std::deque<TokenEvent> tokens;
+  Mailbox<TokenEvent> tokens;  // closed once the result is in
   std::optional<GenerationResult> result;
 
   RequestCallbacks callbacks(const std::shared_ptr<Feed>& self) {
-    return {[self](const TokenEvent& ev) {
-              std::lock_guard<std::mutex> lock(self->mu);
-              self->tokens.push_back(ev);
-              self->ready.notify_one();
-            },
+    return {[self](const TokenEvent& ev) { self->tokens.put(ev); },
             [self](const GenerationResult& r) {
-              std::lock_guard<std::mutex> lock(self->mu);
               self->result = r;
-              self->ready.notify_one();
+              self->tokens.close();
             }};
   }
 
-  // Waits for the next tokens or the end; cancels the request when the call is cancelled (or its deadline
-  // passes), then still waits for the end the scheduler reports.
-  std::deque<TokenEvent> next(grpc::ServerContext& call, RequestHandle& handle, bool& ended) {
-    std::unique_lock<std::mutex> lock(mu);
-    while (tokens.empty() && !result) {
-      if (!handle.cancelled() && call.IsCancelled()) handle.cancel();
-      ready.wait_for(lock, std::chrono::milliseconds(50));
+  // The next tokens; empty once the scheduler reported the end. Cancels the request when the call is cancelled
+  // (or its deadline passes), then still waits for that end.
+  std::deque<TokenEvent> next(grpc::ServerContext& call, RequestHandle& handle) {
+    for (;;) {
+      std::deque<TokenEvent> out = handle.cancelled() ? tokens.take() : tokens.take(call);
+      if (!out.empty() || tokens.closed()) return out;
+      handle.cancel();
     }
-    ended = tokens.empty() && result;
-    return std::exchange(tokens, {});
   }
 };
 
@@ -164,8 +154,8 @@ class InferenceService final : public pb::Inference::Service {
       const Tokenizer& tok = *ctx_.service.engine().tokenizer;
       auto feed = std::make_shared<Feed>();
       auto handle = ctx_.service.scheduler().submit(read_request(ctx_, *in, *call), feed->callbacks(feed));
-      for (bool ended = false; !ended;)
-        for (const TokenEvent& ev : feed->next(*call, *handle, ended)) fill_token(tok, ev, *out->add_tokens());
+      for (auto tokens = feed->next(*call, *handle); !tokens.empty(); tokens = feed->next(*call, *handle))
+        for (const TokenEvent& ev : tokens) fill_token(tok, ev, *out->add_tokens());
       return finish(*call, *feed->result, *out);
     });
   }
@@ -176,8 +166,8 @@ class InferenceService final : public pb::Inference::Service {
       const Tokenizer& tok = *ctx_.service.engine().tokenizer;
       auto feed = std::make_shared<Feed>();
       auto handle = ctx_.service.scheduler().submit(read_request(ctx_, *in, *call), feed->callbacks(feed));
-      for (bool ended = false; !ended;) {
-        for (const TokenEvent& ev : feed->next(*call, *handle, ended)) {
+      for (auto tokens = feed->next(*call, *handle); !tokens.empty(); tokens = feed->next(*call, *handle)) {
+        for (const TokenEvent& ev : tokens) {
           pb::GenerateChunk chunk;
           fill_token(tok, ev, *chunk.mutable_token());
           if (!handle->cancelled() && !writer->Write(chunk)) handle->cancel();  // the client went away

@@ -101,8 +101,9 @@ class LearningService final : public pb::Learning::Service {
         const std::string text = example_json(in->examples(i), prefix + "-" + std::to_string(i));
         r->set_id(event_id(text).value_or(""));
         try {
-          r->set_status(submit_status(trainer->submit(text)));
-          if (r->status() == pb::EVENT_STATUS_ACCEPTED || trainer->waiting(r->id(), applied)) acks.expect(r->id());
+          const SubmitResult submitted = trainer->submit(text);
+          r->set_status(submit_status(submitted));
+          acks.submitted(*trainer, r->id(), submitted);
         } catch (const Error& e) {
           if (e.kind() == ErrorKind::Busy) throw;  // the whole request is retried
           r->set_status(pb::EVENT_STATUS_REJECTED);
@@ -137,13 +138,13 @@ class LearningService final : public pb::Learning::Service {
           } else if (u.domain() != domain) {
             throw Error(ErrorKind::InvalidArgument, "a stream updates one domain: '" + u.domain() + "' after '" + domain + "'");
           }
-          if (submit_waiting(ctx_.service, *trainer, u, *call) == SubmitResult::Duplicate) {
+          const SubmitResult r = submit_waiting(ctx_.service, *trainer, u, *call);
+          if (r == SubmitResult::Duplicate) {
             out->set_duplicates(out->duplicates() + 1);
-            if (trainer->waiting(u.id(), false)) acks->expect(u.id());  // sent before, not yet in the log
           } else {
             out->set_accepted(out->accepted() + 1);
-            acks->expect(u.id());
           }
+          acks->submitted(*trainer, u.id(), r);  // a duplicate not yet in the log is waited for too
         } catch (const Error& e) {
           throw Error(e.kind(), "update #" + std::to_string(n) + " ('" + u.id() + "') refused: " + e.what() +
                                     "; the updates before it were accepted");
@@ -165,18 +166,23 @@ class LearningService final : public pb::Learning::Service {
   ApiContext& ctx_;
 };
 
-// One StreamEvents call: a writer thread sends what the mailbox gathers; this thread reads requests.
+// One StreamEvents call: a writer thread sends what the mailbox gathers; this thread reads requests. The
+// mailbox is bounded: a client that reads its acknowledgements and notifications too slowly is ended with
+// RESOURCE_EXHAUSTED, and never holds up the trainers.
 class EventSession {
  public:
   EventSession(ApiContext& ctx, grpc::ServerContext& call,
                grpc::ServerReaderWriter<pb::StreamEventsResponse, pb::StreamEventsRequest>& stream)
-      : ctx_(ctx), call_(call), box_(std::make_shared<Mailbox<pb::StreamEventsResponse>>()) {
+      : ctx_(ctx), call_(call), box_(std::make_shared<Mailbox<pb::StreamEventsResponse>>(call, kSubscriptionBytes)) {
     writer_ = std::thread([this, &stream] {
-      for (;;) {
-        std::deque<pb::StreamEventsResponse> out = box_->take(call_);
-        if (out.empty()) return;  // closed, or the call ended
-        for (const auto& m : out)
-          if (!stream.Write(m)) return;
+      try {
+        for (;;) {
+          std::deque<pb::StreamEventsResponse> out = box_->take(call_);
+          if (out.empty()) return;  // closed, or the call ended
+          for (const auto& m : out)
+            if (!stream.Write(m)) return;
+        }
+      } catch (const Error&) {  // overflowed: the mailbox ended the call with its status
       }
     });
   }
@@ -228,7 +234,7 @@ class EventSession {
       Acknowledgements& acks = follow(ev.domain());
       const auto trainer = ctx_.service.trainer(ev.domain());
       const SubmitResult r = ev.has_gradient() ? submit_gradient(*trainer, ev.gradient()) : trainer->submit(text);
-      if (r == SubmitResult::Queued || trainer->waiting(id, true)) acks.expect(id);
+      acks.submitted(*trainer, id, r);
       ack(id, ev.domain(), submit_status(r), "");
     } catch (const Error& e) {
       const bool busy = e.kind() == ErrorKind::Busy;

@@ -6,8 +6,8 @@
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <mutex>
-#include <set>
 
+#include "api/server/pending_events.h"
 #include "api/server/routes.h"
 #include "api/server/views.h"
 #include "common/strict_json.h"
@@ -94,24 +94,24 @@ class Submission : public std::enable_shared_from_this<Submission> {
   // answers once every accepted event is durable, or applied (with the version that holds them).
   void start(const std::vector<std::string>& events, bool wait_applied) {
     wait_applied_ = wait_applied;
-    std::weak_ptr<Submission> weak = shared_from_this();
-    listener_ = ctx_.service.subscribe(domain_, [weak](const DomainEvent& e) {
-      if (auto self = weak.lock()) self->heard(e);
-    });
+    // `this`, not a strong reference: the listener must never be the one to destroy the submission (its
+    // destructor unsubscribes, which waits for the notification it would be running in). pending_ goes first
+    // in the destructor, so no notification outlives the rest.
+    pending_ = std::make_unique<PendingEvents>(ctx_.service, domain_, wait_applied,
+                                               [this](const DomainEvent&) { heard(); });
     json results;
     try {
       results = submit(events);
     } catch (...) {
-      stop_listening();
+      pending_->stop();
       throw;  // Busy: the whole request is retried
     }
     out_ = {{"domain", domain_}, {"results", results}};
     // All refused: an error answer naming the first problem; otherwise each event's fate is in the results.
     if (std::all_of(results.begin(), results.end(), [](const json& x) { return x["status"] == "rejected"; })) {
-      stop_listening();
+      pending_->stop();
       return reply_error(ctx_, *r_, 400, results[0]["error"].get<std::string>(), "invalid_event");
     }
-    bool done = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       // The timeout's handler owns the timer and this submission: they go with the pool's pending work.
@@ -121,9 +121,8 @@ class Submission : public std::enable_shared_from_this<Submission> {
       });
       timer_ = timer;
       submitted_ = true;
-      done = pending_.empty() || failure_;
     }
-    if (done) finish(false);
+    if (pending_->settled()) finish(false);
   }
 
  private:
@@ -133,13 +132,9 @@ class Submission : public std::enable_shared_from_this<Submission> {
     for (const std::string& text : events) {
       const std::string id = event_id(text).value_or("");
       try {
-        const bool dup = trainer->submit(text) == SubmitResult::Duplicate;
-        results.push_back({{"id", id}, {"status", dup ? "duplicate" : "accepted"}});
-        // A duplicate sent before and not yet logged (or applied) is waited for as well.
-        if (!dup || trainer->waiting(id, wait_applied_)) {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (!heard_.count(id)) pending_.insert(id);
-        }
+        const SubmitResult result = trainer->submit(text);
+        results.push_back({{"id", id}, {"status", result == SubmitResult::Duplicate ? "duplicate" : "accepted"}});
+        pending_->submitted(*trainer, id, result);
       } catch (const Error& e) {
         if (e.kind() == ErrorKind::Busy) throw;
         results.push_back({{"id", id}, {"status", "rejected"}, {"error", e.what()}});
@@ -149,34 +144,27 @@ class Submission : public std::enable_shared_from_this<Submission> {
   }
 
   // On a trainer thread, inside the service's notification: must not block, nor unsubscribe.
-  void heard(const DomainEvent& e) {
-    bool done = false;
+  void heard() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (e.kind == DomainEvent::Kind::Durable && wait_applied_) return;
-      if (!wait_applied_ && e.kind != DomainEvent::Kind::Durable && e.kind != DomainEvent::Kind::Failed) return;
-      if (e.kind == DomainEvent::Kind::Failed) failure_ = e.failure;  // what still waits never comes
-      for (const std::string& id : e.ids) {
-        heard_.insert(id);
-        if (pending_.erase(id) && e.kind == DomainEvent::Kind::Quarantined) quarantined_[id] = e.quarantine->reason;
-      }
-      if (e.kind == DomainEvent::Kind::Applied) version_ = std::max(version_, e.report->version);
-      done = submitted_ && (pending_.empty() || failure_);
+      if (!submitted_) return;
     }
-    if (done) finish(false);
+    if (pending_->settled()) finish(false);
   }
 
   // Once: stops listening and answers, on the blocking pool (reading the manifest is file I/O, and a listener
   // may not unsubscribe itself).
   void finish(bool timed_out) {
+    auto self = weak_from_this().lock();
+    if (!self) return;  // being destroyed (its owner, the timeout's handler, went with a stopped pool)
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
       finished_ = true;
       if (auto timer = timer_.lock()) timer->cancel();
     }
-    boost::asio::post(*ctx_.blocking, [self = shared_from_this(), timed_out] {
-      self->stop_listening();
+    boost::asio::post(*ctx_.blocking, [self, timed_out] {
+      self->pending_->stop();
       try {
         self->answer(timed_out);
       } catch (const Error& e) {
@@ -192,35 +180,23 @@ class Submission : public std::enable_shared_from_this<Submission> {
       throw Error(ErrorKind::Busy, std::string("the events were accepted but not yet ") +
                                        (wait_applied_ ? "applied" : "logged") + " after " +
                                        std::to_string(kApplyTimeout.count()) + " s");
-    std::lock_guard<std::mutex> lock(mu_);
-    if (failure_ && !pending_.empty()) throw *failure_;
+    pending_->throw_failure();
     if (!wait_applied_) return reply_json(*r_, 200, out_);
-    out_["version"] = version_ > 0 ? json(version_) : json(ctx_.service.registry().manifest(domain_).current);
+    const uint64_t version = pending_->version();
+    out_["version"] = version > 0 ? json(version) : json(ctx_.service.registry().manifest(domain_).current);
     out_["applied"] = true;
-    out_["quarantined"] = quarantined_;
+    out_["quarantined"] = pending_->quarantined();
     reply_json(*r_, 200, out_);
-  }
-
-  void stop_listening() {
-    uint64_t id = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      std::swap(id, listener_);
-    }
-    if (id) ctx_.service.unsubscribe(id);
   }
 
   ApiContext& ctx_;
   std::shared_ptr<http::Responder> r_;
   std::string domain_;
   std::mutex mu_;
-  uint64_t listener_ = 0;
   std::weak_ptr<boost::asio::steady_timer> timer_;
-  std::set<std::string> pending_, heard_;  // accepted and not yet durable / applied; heard of
-  json out_, quarantined_ = json::object();
-  std::optional<Error> failure_;  // the trainer stopped before every event was applied
-  uint64_t version_ = 0;
+  json out_;
   bool wait_applied_ = false, submitted_ = false, finished_ = false;
+  std::unique_ptr<PendingEvents> pending_;  // from start(): listens before the first event is submitted; last
 };
 
 // Runs a submission on the blocking pool (starting a trainer is file I/O): answers once the events are

@@ -80,19 +80,30 @@ void reply_error(ApiContext& ctx, http::Responder& r, const Error& e, const std:
   reply_error(ctx, r, http_status(ctx, e), e.what(), label);
 }
 
-json parse_body(const http::Request& req) {
+namespace {
+
+template <typename Json>
+Json parse_body_as(const http::Request& req) {
   auto bad = [](const std::string& message, const std::string& reason) {
     throw RequestError(ErrorKind::InvalidArgument, message, reason);
   };
   if (req.body.empty()) bad("the request has no body; send a JSON object", "malformed_json");
-  json j;
+  Json j;
   try {
-    j = parse_strict_json(req.body, "the request body");
+    j = parse_strict_json<Json>(req.body, "the request body");
   } catch (const Error& e) {
     bad(e.what(), utf8_is_valid(req.body) ? "malformed_json" : "invalid_utf8");
   }
   if (!j.is_object()) bad("the request body must be a JSON object", "malformed_json");
   return j;
+}
+
+}  // namespace
+
+json parse_body(const http::Request& req) { return parse_body_as<json>(req); }
+
+nlohmann::ordered_json parse_ordered_body(const http::Request& req) {
+  return parse_body_as<nlohmann::ordered_json>(req);
 }
 
 void run_blocking(ApiContext& ctx, std::shared_ptr<http::Responder> r, std::function<void()> fn,

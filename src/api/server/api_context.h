@@ -59,6 +59,8 @@ void reply_json(http::Responder& r, int status, const json& body);
 
 // The request body as a JSON object, strictly (duplicate keys, invalid UTF-8 and malformed text refused).
 json parse_body(const http::Request& req);
+// The same, keeping the keys' order (a chat template's tojson shows it).
+nlohmann::ordered_json parse_ordered_body(const http::Request& req);
 
 // The metric label for why a request was refused: a RequestError's reason, else one per error kind.
 std::string reason_of(const Error& e);

@@ -193,7 +193,9 @@ std::vector<GenerationRequest> choices_of(const GenerationRequest& base, const G
 }
 
 void chat_completions(ApiContext& ctx, http::Request& req, std::shared_ptr<http::Responder> r) {
-  const json body = parse_body(req);
+  // Parsed in order for the template (its tojson of tools and arguments shows key order); a copy for the rest.
+  const nlohmann::ordered_json ordered = parse_ordered_body(req);
+  const json body = ordered;
   std::set<std::string> fields = generation_fields();
   fields.insert({"messages", "logprobs", "top_logprobs", "chat_template_kwargs"});
   check_fields(body, fields);
@@ -202,12 +204,11 @@ void chat_completions(ApiContext& ctx, http::Request& req, std::shared_ptr<http:
   g.sampling.top_logprobs = static_cast<int32_t>(get_integer(body, "top_logprobs", 0, 20).value_or(0));
   g.sampling.logprobs = true;
   resolve_model(ctx, body, g);
-  const auto ordered = nlohmann::ordered_json::parse(req.body);  // parse_body has checked it
   const nlohmann::ordered_json kwargs = ordered.value("chat_template_kwargs", nlohmann::ordered_json::object());
   if (!kwargs.is_object() && !kwargs.is_null())
     throw Error(ErrorKind::InvalidArgument, "'chat_template_kwargs' must be an object");
   const Tokenizer& tok = *ctx.service.engine().tokenizer;
-  const std::string prompt = render_chat(chat_template_of(tok), read_messages(ordered), true, kwargs);
+  const std::string prompt = render_chat(ctx.service.chat_template(), read_messages(ordered), true, kwargs);
   GenerationRequest base;
   base.id = req.id;
   base.prompt = encode(tok, prompt, false);
