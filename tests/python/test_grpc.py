@@ -549,7 +549,9 @@ def test_a_subscriber_that_reads_too_slowly_is_ended_with_resource_exhausted_and
     adapters, learning = agrpc.AdaptersStub(channel), lgrpc.LearningStub(channel)
     adapters.Create(apb.CreateAdapterRequest(name="flood", seed=17))
     inside, _ = pattern_coordinates(adir, "flood", tmp_path)
-    slow_channel = grpc.insecure_channel(srv.grpc_target)  # another client, which stops reading
+    # Another client, which stops reading; without BDP probing its flow-control window stays small, so what the
+    # transport can hold for it does not depend on the machine.
+    slow_channel = grpc.insecure_channel(srv.grpc_target, options=[("grpc.http2.bdp_probe", 0)])
     stop = threading.Event()
 
     def requests():
@@ -559,9 +561,9 @@ def test_a_subscriber_that_reads_too_slowly_is_ended_with_resource_exhausted_and
     slow = lgrpc.LearningStub(slow_channel).StreamEvents(requests(), timeout=180)
     assert next(slow).subscribed == "*"
     # Each update's 128-byte id comes back in a durable and an applied notification: ~270 bytes unread each,
-    # 20 MiB for 80,000 updates, more than the mailbox and the transport's flow-control windows together hold.
+    # 40 MiB for 160,000 updates, several times what the mailbox, the flow-control windows and the sockets hold.
     sent = 0
-    while sent < 80_000:
+    while sent < 160_000:
         base = adapters.Get(apb.GetAdapterRequest(name="flood")).version  # within the staleness bound
         batch = [update(f"flood-{sent + k:07d}".ljust(128, "x"), "flood", [(*inside[k % len(inside)], 1e-6)],
                         base_version=base) for k in range(2000)]
