@@ -208,7 +208,8 @@ Base base_side(const hs::Engine& e, const Dataset& d, const std::string& cache) 
     b.facts = j.at("facts");
     b.paraphrases = j.at("paraphrases");
     b.controls = j.at("controls");
-    if (auto t = hs::read_teacher_targets(cache + ".targets", d.controls, wide)) b.control_targets = std::move(*t);
+    if (auto t = hs::read_teacher_targets(cache + ".targets", d.controls, wide, hs::weights_name(*e.model)))
+      b.control_targets = std::move(*t);
   }
   if (b.controls.size() != d.controls.size() || b.control_targets.empty()) {
     b.facts = answers(e, fact_questions(d, n), nullptr);
@@ -217,7 +218,8 @@ Base base_side(const hs::Engine& e, const Dataset& d, const std::string& cache) 
     b.control_targets = hs::build_teacher_targets(*e.model, *e.tokenizer, &chat, d.controls, wide);
     if (!cache.empty()) {
       std::ofstream(cache) << json{{"facts", b.facts}, {"paraphrases", b.paraphrases}, {"controls", b.controls}};
-      hs::write_teacher_targets(cache + ".targets", d.controls, b.control_targets, wide);
+      hs::write_teacher_targets(cache + ".targets", d.controls, b.control_targets, wide,
+                                hs::weights_name(*e.model));
     }
   }
   return b;

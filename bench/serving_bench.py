@@ -171,7 +171,7 @@ class Hyprstream:
         self.port = free_port()
         cmd = [args.hyprstream, "serve", "--model", args.model, "--port", str(self.port), "--adapter-dir", adapter_dir,
                "--max-seqs", str(args.slots), "--max-seq-tokens", str(args.prompt_words * 2 + args.max_tokens + 64),
-               "--queue", "4096", "--log-level", "warn"]
+               "--queue", "4096", "--log-level", "warn", "--quantize", args.quantize]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(self.port, self.proc)
 
@@ -325,6 +325,7 @@ def main():
     p.add_argument("--min-requests", type=int, default=16)
     p.add_argument("--slots", type=int, default=32, help="parallel sequences of both servers")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--quantize", default="auto", help="the server's --quantize (auto: int4 for the default GGUF)")
     p.add_argument("--prompt-words", type=int, default=96)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--adapters", type=int, default=8)

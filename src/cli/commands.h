@@ -18,7 +18,7 @@ struct ModelFlags {
   std::string model = "default";
   std::string dtype = "auto";
   std::string device = "cpu";
-  std::string quantize = "none";
+  std::string quantize = "auto";
 };
 
 struct SamplingFlags {

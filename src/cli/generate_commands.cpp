@@ -24,7 +24,7 @@ void add_model_flags(CLI::App* app, ModelFlags& f) {
       ->capture_default_str();
   app->add_option("--dtype", f.dtype, "auto, float32 or bfloat16")->capture_default_str();
   app->add_option("--device", f.device, "cpu, cuda or cuda:N")->capture_default_str();
-  app->add_option("--quantize", f.quantize, "none; int8 or int4: weight-only quantized projections (cpu), faster decoding (int4 takes a GGUF's own 4-bit blocks)")
+  app->add_option("--quantize", f.quantize, "auto: int4 for a GGUF whose projections are 4-bit, on the cpu in float32, else none; int8 or int4: weight-only quantized projections (cpu), faster decoding (int4 takes a GGUF's own 4-bit blocks); none: dense")
       ->capture_default_str();
 }
 

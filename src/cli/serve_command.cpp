@@ -41,7 +41,7 @@ CLI::App* add_serve_command(CLI::App& app) {
   s->add_option("--model-name", f.model_name, "The base model's id in /v1/models (default: the file's name)");
   s->add_option("--device", f.device, "cpu, cuda or cuda:N");
   s->add_option("--dtype", f.dtype, "auto, float32 or bfloat16");
-  s->add_option("--quantize", f.quantize, "none, int8 or int4 (cpu)");
+  s->add_option("--quantize", f.quantize, "auto (int4 for a 4-bit GGUF on the cpu, else none), none, int8 or int4 (cpu) [auto]");
   s->add_option("--adapter-dir", f.adapter_dir, "Folder of adapters");
   s->add_option("--max-seqs", f.max_seqs, "Requests decoded together (KV slots)");
   s->add_option("--max-seq-tokens", f.max_seq_tokens, "Prompt plus completion tokens per request at most");

@@ -149,7 +149,8 @@ void validate_teacher_targets(const Model& model, const std::vector<TeacherTarge
 }
 
 void write_teacher_targets(const std::string& path, const std::vector<std::string>& prompts,
-                           const std::vector<TeacherTargets>& targets, const TeacherOptions& options) {
+                           const std::vector<TeacherTargets>& targets, const TeacherOptions& options,
+                           const std::string& weights) {
   nlohmann::json list = nlohmann::json::array();
   for (const TeacherTargets& t : targets)
     list.push_back({{"prompt", t.prompt},
@@ -160,20 +161,22 @@ void write_teacher_targets(const std::string& path, const std::vector<std::strin
                     {"top_logprobs", t.top_logprobs},
                     {"rest_logprobs", t.rest_logprobs}});
   const nlohmann::json j = {
-      {"format", kFormat}, {"prompts", prompts}, {"answer_tokens", options.answer_tokens}, {"top_k", options.top_k},
-      {"targets", list}};
+      {"format", kFormat},       {"prompts", prompts}, {"answer_tokens", options.answer_tokens},
+      {"top_k", options.top_k}, {"weights", weights}, {"targets", list}};
   write_file_atomically(path, j.dump() + "\n");
 }
 
 std::optional<std::vector<TeacherTargets>> read_teacher_targets(const std::string& path,
                                                                 const std::vector<std::string>& prompts,
-                                                                const TeacherOptions& options) {
+                                                                const TeacherOptions& options,
+                                                                const std::string& weights) {
   if (::access(path.c_str(), F_OK) != 0) return std::nullopt;
   std::vector<TeacherTargets> out;
   try {
     const nlohmann::json j = nlohmann::json::parse(read_text_file(path, ErrorKind::CorruptFile));
     if (j.at("format").get<int>() != kFormat || j.at("prompts").get<std::vector<std::string>>() != prompts ||
-        j.at("answer_tokens").get<int64_t>() != options.answer_tokens || j.at("top_k").get<int64_t>() != options.top_k)
+        j.at("answer_tokens").get<int64_t>() != options.answer_tokens || j.at("top_k").get<int64_t>() != options.top_k ||
+        j.value("weights", std::string()) != weights)
       return std::nullopt;
     for (const nlohmann::json& e : j.at("targets")) {
       TeacherTargets t;

@@ -53,13 +53,17 @@ TeacherTargets teacher_targets_for(const Model& model, std::vector<int32_t> toke
 void validate_teacher_targets(const Model& model, const std::vector<TeacherTargets>& targets,
                               const TeacherOptions& options);
 
-// Written atomically. Throws Io.
+// Written atomically, with the weights they were made on (weights_name: "int4", "float32", ...). Throws Io.
 void write_teacher_targets(const std::string& path, const std::vector<std::string>& prompts,
-                           const std::vector<TeacherTargets>& targets, const TeacherOptions& options);
-// The targets stored at `path`, when that file exists and was made from exactly `prompts` with `options`;
-// nothing otherwise (a changed prompt set is rebuilt). Throws CorruptFile for an unreadable file.
+                           const std::vector<TeacherTargets>& targets, const TeacherOptions& options,
+                           const std::string& weights);
+// The targets stored at `path`, when that file exists and was made from exactly `prompts` with `options` on
+// `weights`; nothing otherwise (a changed prompt set, or the same model now loaded in another form, is rebuilt:
+// a guard comparing int4 answers with float32 targets would see drift in an unchanged adapter). Throws
+// CorruptFile for an unreadable file.
 std::optional<std::vector<TeacherTargets>> read_teacher_targets(const std::string& path,
                                                                 const std::vector<std::string>& prompts,
-                                                                const TeacherOptions& options);
+                                                                const TeacherOptions& options,
+                                                                const std::string& weights);
 
 }  // namespace hs

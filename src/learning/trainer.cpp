@@ -296,14 +296,14 @@ double DomainTrainer::load_teachers(bool make) {
   auto load = [&](TeacherSet& set, const std::string& name, const std::vector<std::string>& prompts) {
     if (set.ready) return;
     const std::string path = dir_ + "/" + name;
-    if (auto stored = read_teacher_targets(path, prompts, r.teacher)) {
+    if (auto stored = read_teacher_targets(path, prompts, r.teacher, weights_name(*model_))) {
       validate_teacher_targets(*model_, *stored, r.teacher);
       set = {std::move(*stored), true};
     } else if (make) {
       const auto start = Clock::now();
       std::vector<TeacherTargets> built;
       run_compute([&] { built = build_teacher_targets(*model_, *tokenizer_, chat_.get(), prompts, r.teacher); });
-      write_teacher_targets(path, prompts, built, r.teacher);
+      write_teacher_targets(path, prompts, built, r.teacher, weights_name(*model_));
       set = {std::move(built), true};
       made_ms += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     }

@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -34,12 +33,6 @@ bool has_dot(int32_t type) {
   return t->vec_dot && cpu_traits(t->vec_dot_type)->from_float;
 }
 
-GgmlRows copy_rows(int32_t type, const void* data, int64_t rows, int64_t cols) {
-  const size_t row_bytes = ggml_row_size(static_cast<ggml_type>(type), cols);
-  GgmlRows r{at::empty({rows, static_cast<int64_t>(row_bytes)}, at::kByte), type, cols};
-  std::memcpy(r.bytes.data_ptr<uint8_t>(), data, row_bytes * rows);
-  return r;
-}
 
 }  // namespace
 
@@ -50,7 +43,8 @@ bool ggml_available() { return cpu_traits(GGML_TYPE_Q8_0) != nullptr; }
 GgmlRows ggml_rows_from_gguf(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols) {
   const int32_t t = static_cast<int32_t>(type);
   if (!has_dot(t) || cols % ggml_blck_size(static_cast<ggml_type>(t)) != 0) return {};
-  return copy_rows(t, data, rows, cols);
+  const auto row_bytes = static_cast<int64_t>(ggml_row_size(static_cast<ggml_type>(t), cols));
+  return {at::from_blob(const_cast<uint8_t*>(data), {rows, row_bytes}, at::kByte), t, cols};
 }
 
 GgmlRows ggml_rows_q8_0(const at::Tensor& weight) {

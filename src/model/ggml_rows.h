@@ -23,8 +23,9 @@ struct GgmlRows {
 
 bool ggml_available();
 
-// The rows of a GGUF tensor of `rows` x `cols` elements in ggml type `type`, copied; undefined where this
-// build has no ggml or ggml has no CPU dot product for the type.
+// The rows of a GGUF tensor of `rows` x `cols` elements in ggml type `type`: a view of `data`, which must
+// outlive them (a model keeps its files mapped: Model::files); undefined where this build has no ggml or ggml
+// has no CPU dot product for the type.
 GgmlRows ggml_rows_from_gguf(uint32_t type, const uint8_t* data, int64_t rows, int64_t cols);
 
 // A float weight [rows, cols] quantized to Q8_0 (cols a multiple of 32).

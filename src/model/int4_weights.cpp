@@ -93,11 +93,13 @@ void set_int4(Linear& lin, const Int4Codes& c) {
   lin.weight = at::Tensor();
 }
 
+bool int4_gradients_supported() { return pack_layout().block_rows != 0; }
+
 at::Tensor int4_dequantized(const Linear& lin) {
   const PackLayout layout = pack_layout();
   if (layout.block_rows == 0)
     throw Error(ErrorKind::Unsupported, "torch packs int4 weights on this CPU in a layout Hyprstream does not know, so "
-                                        "an int4 model cannot run gradient passes here; load it without --quantize int4");
+                                        "an int4 model cannot run gradient passes here; load it with --quantize none");
   const int64_t out = lin.q4.size(0), in = lin.q4.size(1) * 2;
   const at::Tensor codes = unpack_codes(lin.q4, out, in, layout).view({out, in / kInt4Group, kInt4Group}).to(at::kFloat);
   const at::Tensor sz = lin.q4_scale_zero.to(at::kFloat).permute({1, 0, 2});  // [out, in / 32, 2]

@@ -34,6 +34,10 @@ bool int4_kernel_fits(int64_t out, int64_t in);
 // Sets lin.q4 and lin.q4_scale_zero from codes, and drops lin.weight.
 void set_int4(Linear& lin, const Int4Codes& codes);
 
+// Whether int4_dequantized works on this CPU: torch's packed layout differs per CPU capability, and the known
+// ones are recognized by packing a probe.
+bool int4_gradients_supported();
+
 // The weight [out, in] as float32 values (for products the kernel does not serve, such as gradients). Throws
 // Unsupported where torch packs in a layout this code does not recognize.
 at::Tensor int4_dequantized(const Linear& lin);

@@ -13,8 +13,9 @@ struct ModelConfig;
 struct LoadOptions {
   std::string dtype = "auto";   // "auto" (float32 on cpu, bfloat16 on cuda), "float32", "bfloat16"
   std::string device = "cpu";   // "cpu", "cuda", "cuda:N"
-  std::string quantize = "none";  // "int8" or "int4" (model/int4_weights.h): weight-only quantized
-                                  // projections (CPU), for faster decoding
+  // "none", "int8" or "int4" (model/int4_weights.h): weight-only quantized projections (CPU), for faster
+  // decoding; "auto": int4 for a GGUF on the CPU whose projections are 4-bit (load.cpp: resolve_auto_quantize).
+  std::string quantize = "none";
 };
 
 // path is a Hugging Face model folder or a .gguf file.

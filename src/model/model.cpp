@@ -45,4 +45,10 @@ int64_t count_parameters(ModelWeights& w) {
 
 int64_t parameter_count(const Model& model) { return model.parameters; }
 
+std::string weights_name(const Model& model) {
+  if (model.weight_format == WeightFormat::Int8) return "int8";
+  if (model.weight_format == WeightFormat::Int4) return "int4";
+  return model.dtype == at::kBFloat16 ? "bfloat16" : "float32";
+}
+
 }  // namespace hs

@@ -86,4 +86,7 @@ void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn);
 int64_t count_parameters(ModelWeights& w);
 int64_t parameter_count(const Model& model);  // model.parameters
 
+// What the projections compute with: "int4", "int8", or the dtype ("float32", "bfloat16").
+std::string weights_name(const Model& model);
+
 }  // namespace hs

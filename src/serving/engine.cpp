@@ -141,7 +141,7 @@ ModelSummary summarize(const Engine& e) {
   s.architecture = architecture_name(c.arch);
   s.dtype = m.dtype == at::kBFloat16 ? "bfloat16" : "float32";
   s.device = m.device.str();
-  s.weights = m.weight_format == WeightFormat::Int8 ? "int8" : m.weight_format == WeightFormat::Int4 ? "int4" : s.dtype;
+  s.weights = weights_name(m);
   s.parameters = parameter_count(m);
   s.context_length = c.context_length;
   s.vocab_size = c.vocab_size;

@@ -17,7 +17,7 @@ struct EngineOptions {
   std::string dtype = "auto";
   std::string device = "cpu";
   bool load_weights = true;       // false loads only the tokenizer and the configuration
-  std::string quantize = "none";  // "int8" or "int4": weight-only quantized projections on the CPU
+  std::string quantize = "auto";  // LoadOptions::quantize: "auto", "none", "int8" or "int4"
 };
 
 struct Engine {

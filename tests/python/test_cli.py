@@ -27,11 +27,17 @@ def test_info_reports_the_gguf_shape(default_model_path):
     assert info["context_length"] == field("llama.context_length")
     assert info["layers"] == field("llama.block_count")
     assert info["dtype"] == "float32"
+    # Its projections are Q4_1: served from those 4-bit codes unless told otherwise (--quantize auto).
+    assert info["weights"] == "int4"
+    dense = json.loads(run_cli("info", "--model", "default", "--json", "--quantize", "none").stdout)
+    assert dense["weights"] == "float32" and dense["parameters"] == info["parameters"]
 
 
 def test_generate_json_streams_tokens_with_logprobs(hf_gguf_model):
+    # Dense: the default (--quantize auto) computes from the file's 4-bit blocks, which test_default_gguf.py
+    # measures against llama.cpp; here the logprobs must be the exact model's.
     tokens, final = generate_json("--prompt", "The three primary colours are", "--temperature", "0",
-                                  "--max-tokens", "12")
+                                  "--max-tokens", "12", "--quantize", "none")
     assert len(tokens) == final["completion_tokens"] == 12
     assert final["finish_reason"] == "length"
     assert "".join(t["text"] for t in tokens) == final["text"]

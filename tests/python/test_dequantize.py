@@ -1,4 +1,6 @@
 """GGUF block formats: our dequantisation against gguf-py's reference implementation of the spec."""
+import json
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -146,3 +148,28 @@ def test_unsupported_block_type_is_refused_by_name(tmp_path, qtype):
     assert r.returncode == 5, r.stderr
     assert f"has type {qtype.name}, which is not supported" in r.stderr, r.stderr
     assert "Q5_K" in r.stderr and "IQ4_NL" in r.stderr, r.stderr  # the message lists what is supported
+
+
+def test_quantize_auto_takes_the_4bit_blocks_where_most_projections_have_them(tmp_path):
+    """--quantize auto (the default): a GGUF whose layer projections are mostly (by elements) Q4_0, Q4_1 or Q4_K
+    computes from those codes on the CPU in float32, as llama.cpp computes from the file; one mostly in other
+    types, asked for bfloat16 or --quantize none stays dense."""
+    def weights(types, *flags):
+        rng = np.random.default_rng(3)
+        tensors = tiny_llama(rng)
+        for name, qtype in types.items():
+            (rows, cols), _ = LLAMA_MATRICES[name]
+            tensors[name] = (random_blocks(qtype, rows, cols, rng, scale=1e-4 if qtype == Q.Q4_K else 3e-3), qtype)
+        path = write_gguf(tmp_path / f"auto{len(list(tmp_path.iterdir()))}.gguf", tensors, metadata=LLAMA_METADATA)
+        r = run_cli("info", "--model", path, "--json", *flags)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["weights"]
+
+    ffn = {"blk.0.ffn_gate.weight": Q.Q4_K, "blk.0.ffn_up.weight": Q.Q4_0, "blk.0.ffn_down.weight": Q.Q4_1}
+    attention = {f"blk.0.attn_{n}.weight": Q.Q4_0 for n in ("q", "k", "v", "output")}
+    assert weights(ffn) == "int4"  # 60% of the projections' elements
+    assert weights(attention) == "float32"  # 40%
+    assert weights({}) == "float32"
+    assert weights(ffn, "--quantize", "none") == "float32"
+    assert weights(ffn, "--dtype", "bfloat16") == "bfloat16"
+    assert weights(attention, "--quantize", "int4") == "int4"

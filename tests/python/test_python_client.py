@@ -66,9 +66,10 @@ def serving(model, tmp, *args, config=None):
 
 @pytest.fixture(scope="module")
 def served(default_model_path, tmp_path_factory):
-    """A server with the built-in settings (one training step per batch: quick)."""
+    """A server with the built-in settings (one training step per batch: quick), dense so that streamed and whole
+    answers computed in different batches agree to float reassociation (see test_server.py: served)."""
     tmp = tmp_path_factory.mktemp("client-served")
-    with serving(default_model_path, tmp) as srv:
+    with serving(default_model_path, tmp, "--quantize", "none") as srv:
         yield srv, tmp / "adapters"
         assert srv.stop() == 0, "".join(srv.log)
 

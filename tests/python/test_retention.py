@@ -44,6 +44,13 @@ def answers(srv, model, questions):
         return list(pool.map(one, questions))
 
 
+# The exact model for tests that compare answers across server runs: with the default --quantize auto the
+# bundled GGUF computes in int4, whose bfloat16 roundings make a greedy answer depend on the batch it shared
+# (README, "The CLI"); the recipe itself does as well in int4 (one run, 2026-11-29: recalled 10/10, paraphrases
+# 19/20, controls 38/40 kept, as dense).
+DENSE = ("--quantize", "none")
+
+
 def teach(model, adir, tmp_path, domain, facts, *flags):
     """`hyprstream train --json` on the facts as chat examples, one batch; its JSON lines."""
     data = tmp_path / f"{domain}.jsonl"
@@ -67,18 +74,18 @@ def test_ten_taught_facts_are_recalled_pass_the_guard_and_leave_the_base_and_oth
     paraphrases = [p for f in FACTS for p in f["paraphrases"]]
     # Another domain, taught something else first: adapters stay isolated from each other.
     teach(model, adir, tmp_path, "other", [{"question": "What is the secret word?",
-                                           "answer": "The secret word is Marmalade."}])
-    with Server("--model", model, adapter_dir=adir) as srv:
+                                           "answer": "The secret word is Marmalade."}], *DENSE)
+    with Server("--model", model, *DENSE, adapter_dir=adir) as srv:
         base = base_model(srv)
         assert not any(f["key"] in a for f, a in zip(FACTS, answers(srv, base, questions)))  # not known before
         before = answers(srv, base, CONTROLS)
         other_before = answers(srv, "other", CONTROLS[:10])
         assert srv.stop() == 0, "".join(srv.log)
-    lines = teach(model, adir, tmp_path, "facts", FACTS)
+    lines = teach(model, adir, tmp_path, "facts", FACTS, *DENSE)
     done = lines[-1]
     assert done["version"] == 1 + done["batches"] and done["rejected_versions"] == 0, lines
     assert 0 < done["guard"]["last_drift"] <= done["guard"]["max_drift"], done
-    with Server("--model", model, adapter_dir=adir) as srv:
+    with Server("--model", model, *DENSE, adapter_dir=adir) as srv:
         recalled = answers(srv, "facts", questions)
         paraphrased = answers(srv, "facts", paraphrases)
         kept_answers = answers(srv, "facts", CONTROLS)
@@ -105,7 +112,8 @@ def test_guard_refuses_a_harmful_version_and_the_served_version_stays(default_mo
     version trained that way breaks the model's other answers, and the guard keeps it from being published."""
     model, adir = default_model_path, tmp_path / "adapters"
     fact = FACTS[0]
-    lines = teach(model, adir, tmp_path, "harm", [fact], "--lr", "0.5", "--stop-loss", "0", "--distill-weight", "0")
+    lines = teach(model, adir, tmp_path, "harm", [fact], "--lr", "0.5", "--stop-loss", "0", "--distill-weight", "0",
+                  *DENSE)
     refused = [x for x in lines if x["event"] == "refused"]
     assert len(refused) == 1 and refused[0]["ids"] == ["harm-0"], lines
     assert "publication guard refused" in refused[0]["reason"]
@@ -114,7 +122,7 @@ def test_guard_refuses_a_harmful_version_and_the_served_version_stays(default_mo
     assert Path(guard["candidate"]).stat().st_size > 0
     done = lines[-1]
     assert done["version"] == 1 and done["rejected_versions"] == 1 and not [x for x in lines if x["event"] == "applied"]
-    with Server("--model", model, adapter_dir=adir) as srv:
+    with Server("--model", model, *DENSE, adapter_dir=adir) as srv:
         # Still the first version (a fresh adapter): the base model's answers, the fact unknown.
         assert answers(srv, "harm", CONTROLS[:8] + [fact["question"]]) == answers(srv, base_model(srv),
                                                                                  CONTROLS[:8] + [fact["question"]])
@@ -137,7 +145,7 @@ def test_scope_keys_are_the_hidden_states_transformers_computes(default_model_pa
     import torch
     adir = tmp_path / "adapters"
     teach(default_model_path, adir, tmp_path, "keys", FACTS[:2], "--steps-per-batch", "1", "--distill-weight", "0",
-          "--max-drift", "0", "--stop-loss", "0")
+          "--max-drift", "0", "--stop-loss", "0", *DENSE)  # the exact model, as transformers
     manifest = json.loads((adir / "keys" / "manifest.json").read_text())
     version = manifest["versions"][-1]
     assert version["scope"]["examples"] == 2, version

@@ -137,6 +137,14 @@ def test_teacher_answers_are_made_at_the_first_batch_and_a_damaged_store_refuses
     rc, lines, err = train(tiny, adir, "t", [{"id": "b", "text": "jumps over"}], "--max-drift", "100")
     applied = [x for x in lines if x["event"] == "applied"]
     assert rc == 0 and len(applied) == 1 and "teacher_ms" not in applied[0], err
+    # Made on the model as loaded: the same model in another form makes them again (a guard comparing int8
+    # answers with float32 targets would count the rounding as the adapter's drift).
+    assert json.loads(targets.read_text())["weights"] == "float32"
+    rc, lines, err = train(tiny, adir, "t", [{"id": "b2", "text": "over the"}], "--max-drift", "100",
+                           "--quantize", "int8")
+    applied = [x for x in lines if x["event"] == "applied"]
+    assert rc == 0 and len(applied) == 1 and applied[0]["teacher_ms"] > 0, err
+    assert json.loads(targets.read_text())["weights"] == "int8"
     # Damaged, they are refused when the trainer starts, before any event is acknowledged.
     targets.write_text(targets.read_text()[:-40])
     rc, lines, err = train(tiny, adir, "t", [{"id": "c", "text": "the lazy dog"}], "--max-drift", "100")

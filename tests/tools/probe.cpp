@@ -100,7 +100,8 @@ void run_logits(const json& req) {
 }
 
 void run_generate(const json& req) {
-  hs::Engine engine = hs::load_engine(hs::EngineOptions{req.at("model"), req.value("dtype", "float32"), "cpu", true});
+  hs::Engine engine = hs::load_engine(hs::EngineOptions{req.at("model"), req.value("dtype", "float32"), "cpu", true,
+                                                                      req.value("quantize", "none")});
   std::vector<hs::GenerationRequest> requests;
   for (const auto& p : req.at("prompts")) {
     hs::GenerationRequest r;

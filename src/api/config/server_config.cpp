@@ -137,7 +137,7 @@ std::vector<Binding> bindings(ServerConfig& c) {
       integer("grpc.max_threads", c.grpc.max_threads, 4, 4096),
       text("model.path", c.service.engine.model), text("model.name", c.model_name),
       text("model.device", c.service.engine.device), text("model.dtype", c.service.engine.dtype, {"auto", "float32", "bfloat16"}),
-      text("model.quantize", c.service.engine.quantize, {"none", "int8", "int4"}),
+      text("model.quantize", c.service.engine.quantize, {"auto", "none", "int8", "int4"}),
       integer("scheduler.max_seqs", s.max_seqs, 1, 4096), integer("scheduler.max_seq_tokens", s.max_seq_tokens, 2, big),
       integer("scheduler.max_step_tokens", s.max_step_tokens, 1, big),
       integer("scheduler.queue_capacity", s.queue_capacity, 1, big), integer("scheduler.max_adapters", s.max_adapters, 1, 1024),

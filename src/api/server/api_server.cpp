@@ -68,6 +68,9 @@ int run_api_server(const ServerConfig& config) {
   if (options.adapters.root.empty()) options.adapters.root = default_adapter_root();
   spdlog::info("loading model {}", options.engine.model);
   Service service(options, &metrics);
+  const ModelSummary model = summarize(service.engine());
+  spdlog::info("loaded {} ({} parameters) on {}, weights {} (model.quantize = {})", model.architecture,
+               model.parameters, model.device, model.weights, options.engine.quantize);
 
   net::io_context io;
   net::thread_pool blocking(4), readers(4);
